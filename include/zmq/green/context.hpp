@@ -1,0 +1,53 @@
+// A ZeroMQ context whose close() never blocks the hub thread.
+#pragma once
+
+#include <zmq.hpp>
+
+#include <memory>
+
+namespace zmq::green {
+
+namespace detail {
+struct context_core;
+}
+
+// cppzmq's context_t, except that close() (and the destructor) wait for the
+// context's green sockets by parking the calling fiber, and run the blocking
+// zmq_ctx_term on a helper thread. Other fibers of the thread keep running.
+class context_t {
+public:
+    context_t();
+    explicit context_t(int io_threads, int max_sockets = ZMQ_MAX_SOCKETS_DFLT);
+    ~context_t();
+
+    context_t(context_t&& other) noexcept;
+    context_t& operator=(context_t&& other) noexcept;
+    context_t(const context_t&) = delete;
+    context_t& operator=(const context_t&) = delete;
+
+    void set(zmq::ctxopt option, int value);
+    int get(zmq::ctxopt option) const;
+
+    // Every fiber parked on a socket of this context, on any thread, wakes
+    // with zmq::error_t(ETERM). Safe to call from any thread.
+    void shutdown() noexcept;
+
+    // shutdown(), wait until every green socket of the context is closed,
+    // then terminate. Parks only the calling fiber.
+    void close() noexcept;
+
+    void* handle() noexcept;
+    explicit operator bool() const noexcept { return core_ != nullptr; }
+    operator void*() noexcept { return handle(); }
+
+    void swap(context_t& other) noexcept { core_.swap(other.core_); }
+
+    const std::shared_ptr<detail::context_core>& core() const noexcept { return core_; }
+
+private:
+    std::shared_ptr<detail::context_core> core_;
+};
+
+inline void swap(context_t& a, context_t& b) noexcept { a.swap(b); }
+
+} // namespace zmq::green

@@ -1,0 +1,73 @@
+// The per-thread fiber scheduler that waits in epoll.
+#pragma once
+
+#include <boost/fiber/algo/algorithm.hpp>
+#include <boost/fiber/scheduler.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+
+namespace zmq::green {
+
+namespace detail {
+class reactor;
+}
+
+// Thrown when a green object is used from a thread that does not own it.
+// libzmq sockets are not thread-safe, and a socket's wake-ups are delivered
+// by the hub of the thread that created it.
+class thread_error : public std::logic_error {
+public:
+    using std::logic_error::logic_error;
+};
+
+struct hub_stats {
+    std::uint64_t fd_wakeups = 0;     // fibers made ready by a socket or fd event
+    std::uint64_t timer_wakeups = 0;  // fibers made ready because their deadline passed
+    std::uint64_t remote_wakeups = 0; // wake-ups requested by other threads
+    std::uint64_t rescues = 0;        // waits the fallback re-check ended that no edge reported
+};
+
+// A Boost.Fiber scheduling algorithm: round-robin over ready fibers, and when
+// none is ready, epoll_wait on the fds fibers wait for until the earliest
+// deadline. One per thread; the first green call on a thread installs it.
+class hub final : public boost::fibers::algo::algorithm {
+public:
+    hub();
+    ~hub() override;
+    hub(const hub&) = delete;
+    hub& operator=(const hub&) = delete;
+
+    // This thread's hub, installed with use_scheduling_algorithm on first use.
+    static hub& current();
+    // This thread's hub, or nullptr if none is installed.
+    static hub* installed() noexcept;
+
+    void awakened(boost::fibers::context* ctx) noexcept override;
+    boost::fibers::context* pick_next() noexcept override;
+    bool has_ready_fibers() const noexcept override;
+    void suspend_until(std::chrono::steady_clock::time_point const& abs_time) noexcept override;
+    void notify() noexcept override;
+
+    hub_stats stats() const noexcept;
+
+    // How often parked socket waits are re-checked for an edge that epoll did
+    // not deliver. Zero disables the re-check. Default: one second.
+    void set_fallback_interval(std::chrono::milliseconds interval);
+    std::chrono::milliseconds fallback_interval() const noexcept;
+
+    const std::shared_ptr<detail::reactor>& reactor() const noexcept { return reactor_; }
+
+private:
+    boost::fibers::scheduler::ready_queue_type rqueue_{};
+    std::shared_ptr<detail::reactor> reactor_;
+};
+
+// Park the calling fiber until fd is readable (writable), or the timeout
+// passes (-1: no timeout). Returns false on timeout. Other fibers keep running.
+bool wait_readable(int fd, std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
+bool wait_writable(int fd, std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
+
+} // namespace zmq::green

@@ -1,0 +1,176 @@
+// Green poll and poller_t: cppzmq's polling shapes, parking the fiber.
+#pragma once
+
+#include <zmq/green/socket.hpp>
+
+#include <zmq.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <vector>
+
+namespace zmq::green {
+
+// As zmq::poll: items hold sockets (green or not) or raw fds; results are
+// level-triggered, read from ZMQ_EVENTS. A zero timeout never yields;
+// -1 waits forever. Returns the number of items with events.
+int poll(zmq_pollitem_t* items, size_t nitems,
+         std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
+
+inline int poll(std::vector<zmq_pollitem_t>& items,
+                std::chrono::milliseconds timeout = std::chrono::milliseconds{-1})
+{
+    return poll(items.data(), items.size(), timeout);
+}
+
+template<std::size_t N>
+int poll(std::array<zmq_pollitem_t, N>& items,
+         std::chrono::milliseconds timeout = std::chrono::milliseconds{-1})
+{
+    return poll(items.data(), items.size(), timeout);
+}
+
+inline int poll(zmq_pollitem_t* items, size_t nitems, long timeout_ms)
+{
+    return poll(items, nitems, std::chrono::milliseconds{timeout_ms});
+}
+
+inline int poll(std::vector<zmq_pollitem_t>& items, long timeout_ms)
+{
+    return poll(items.data(), items.size(), std::chrono::milliseconds{timeout_ms});
+}
+
+enum class event_flags : short {
+    none = 0,
+    pollin = ZMQ_POLLIN,
+    pollout = ZMQ_POLLOUT,
+    pollerr = ZMQ_POLLERR,
+    pollpri = ZMQ_POLLPRI
+};
+
+constexpr event_flags operator|(event_flags a, event_flags b) noexcept
+{
+    return zmq::detail::enum_bit_or(a, b);
+}
+constexpr event_flags operator&(event_flags a, event_flags b) noexcept
+{
+    return zmq::detail::enum_bit_and(a, b);
+}
+constexpr event_flags operator^(event_flags a, event_flags b) noexcept
+{
+    return zmq::detail::enum_bit_xor(a, b);
+}
+constexpr event_flags operator~(event_flags a) noexcept
+{
+    return zmq::detail::enum_bit_not(a);
+}
+
+struct no_user_data;
+
+// The draft cppzmq poller_event, with a green socket reference.
+template<class T = no_user_data>
+struct poller_event {
+    socket_ref socket;
+    zmq::fd_t fd = -1;
+    T* user_data = nullptr;
+    event_flags events = event_flags::none;
+};
+
+// cppzmq's draft poller_t (libzmq here has no zmq_poller), built on green poll.
+template<class T = no_user_data>
+class poller_t {
+public:
+    using event_type = poller_event<T>;
+
+    template<class U = T, class = std::enable_if_t<!std::is_same_v<U, no_user_data>>>
+    void add(socket_ref socket, event_flags events, T* user_data)
+    {
+        add_item(true, socket, -1, events, user_data);
+    }
+    void add(socket_ref socket, event_flags events) { add_item(true, socket, -1, events, nullptr); }
+
+    template<class U = T, class = std::enable_if_t<!std::is_same_v<U, no_user_data>>>
+    void add(zmq::fd_t fd, event_flags events, T* user_data)
+    {
+        add_item(false, {}, fd, events, user_data);
+    }
+    void add(zmq::fd_t fd, event_flags events) { add_item(false, {}, fd, events, nullptr); }
+
+    void modify(socket_ref socket, event_flags events)
+    {
+        find(true, socket, -1).events = static_cast<short>(events);
+    }
+    void modify(zmq::fd_t fd, event_flags events)
+    {
+        find(false, {}, fd).events = static_cast<short>(events);
+    }
+
+    void remove(socket_ref socket) { erase(find(true, socket, -1)); }
+    void remove(zmq::fd_t fd) { erase(find(false, {}, fd)); }
+
+    // Fills events with the ready entries; returns how many (0 on timeout).
+    size_t wait_all(std::vector<event_type>& events, std::chrono::milliseconds timeout)
+    {
+        if (items_.empty() && timeout.count() < 0)
+            throw zmq::error_t(EFAULT); // as zmq_poller_wait_all: nothing could ever wake it
+        if (poll(items_.data(), items_.size(), timeout) <= 0)
+            return 0;
+        size_t n = 0;
+        for (size_t i = 0; i < items_.size() && n < events.size(); ++i) {
+            if (items_[i].revents == 0)
+                continue;
+            events[n++] = event_type{entries_[i].socket, items_[i].socket ? -1 : items_[i].fd,
+                                     entries_[i].user_data,
+                                     static_cast<event_flags>(items_[i].revents)};
+        }
+        return n;
+    }
+
+    size_t size() const noexcept { return items_.size(); }
+
+private:
+    struct entry {
+        socket_ref socket;
+        T* user_data;
+    };
+
+    void add_item(bool is_socket, socket_ref socket, zmq::fd_t fd, event_flags events,
+                  T* user_data)
+    {
+        if (is_socket ? !socket : fd < 0)
+            throw zmq::error_t(is_socket ? ENOTSOCK : EBADF);
+        for (size_t i = 0; i < items_.size(); ++i)
+            if (matches(i, is_socket, socket, fd))
+                throw zmq::error_t(EINVAL); // already added, as zmq_poller_add
+        items_.push_back({is_socket ? socket.handle() : nullptr, is_socket ? 0 : fd,
+                          static_cast<short>(events), 0});
+        entries_.push_back({socket, user_data});
+    }
+
+    bool matches(size_t i, bool is_socket, socket_ref socket, zmq::fd_t fd) const noexcept
+    {
+        return is_socket ? entries_[i].socket == socket
+                         : (!items_[i].socket && items_[i].fd == fd);
+    }
+
+    zmq_pollitem_t& find(bool is_socket, socket_ref socket, zmq::fd_t fd)
+    {
+        for (size_t i = 0; i < items_.size(); ++i)
+            if (matches(i, is_socket, socket, fd))
+                return items_[i];
+        throw zmq::error_t(EINVAL); // not added, as zmq_poller_modify/remove
+    }
+
+    void erase(zmq_pollitem_t& item)
+    {
+        const auto i = static_cast<size_t>(&item - items_.data());
+        items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(i));
+        entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+
+    std::vector<zmq_pollitem_t> items_;
+    std::vector<entry> entries_;
+};
+
+} // namespace zmq::green

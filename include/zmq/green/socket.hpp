@@ -1,0 +1,154 @@
+// Green sockets: cppzmq's socket API, where a call that would block parks the
+// calling fiber instead of the thread.
+#pragma once
+
+#include <zmq/green/context.hpp>
+
+#include <zmq.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace zmq::green {
+
+class socket_t;
+class socket_ref;
+
+namespace detail {
+
+class socket_core;
+
+// The operations shared by socket_t and socket_ref, as in cppzmq.
+//
+// send/recv first try the operation without blocking. When libzmq answers
+// EAGAIN and the caller did not ask for dontwait, the fiber parks until the
+// socket is ready, ZMQ_SNDTIMEO/ZMQ_RCVTIMEO passes (empty result, as in
+// cppzmq), the socket is closed (error_t ENOTSOCK) or its context shut down
+// (error_t ETERM). Fibers waiting in one direction are served in arrival
+// order, and a multipart message, sent or received, is never interleaved
+// with another fiber's frames: the first frame's fiber owns that direction
+// until the last frame.
+class socket_base {
+public:
+    template<class Opt, class... Args>
+    void set(Opt opt, Args&&... args)
+    {
+        zmq::socket_ref(zmq::from_handle, checked_handle()).set(opt, std::forward<Args>(args)...);
+    }
+
+    template<class Opt, class... Args>
+    ZMQ_NODISCARD decltype(auto) get(Opt opt, Args&&... args) const
+    {
+        auto value = zmq::socket_ref(zmq::from_handle, checked_handle())
+                         .get(opt, std::forward<Args>(args)...);
+        // Reading ZMQ_EVENTS consumes the edge that would have woken waiters.
+        if constexpr (std::is_same_v<Opt, zmq::sockopt::events_t>)
+            events_read();
+        return value;
+    }
+
+    void bind(const std::string& addr) { bind(addr.c_str()); }
+    void bind(const char* addr);
+    void unbind(const std::string& addr) { unbind(addr.c_str()); }
+    void unbind(const char* addr);
+    void connect(const std::string& addr) { connect(addr.c_str()); }
+    void connect(const char* addr);
+    void disconnect(const std::string& addr) { disconnect(addr.c_str()); }
+    void disconnect(const char* addr);
+
+    send_result_t send(const_buffer buf, send_flags flags = send_flags::none);
+    send_result_t send(message_t& msg, send_flags flags = send_flags::none);
+    send_result_t send(message_t&& msg, send_flags flags = send_flags::none)
+    {
+        return send(msg, flags);
+    }
+
+    ZMQ_NODISCARD recv_buffer_result_t recv(mutable_buffer buf,
+                                            recv_flags flags = recv_flags::none);
+    ZMQ_NODISCARD recv_result_t recv(message_t& msg, recv_flags flags = recv_flags::none);
+
+    // Wait up to timeout (-1: forever) for any of events (ZMQ_POLLIN,
+    // ZMQ_POLLOUT); returns those that are ready, 0 on timeout.
+    short poll(short events = ZMQ_POLLIN,
+               std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
+
+    ZMQ_NODISCARD void* handle() const noexcept;
+    explicit operator bool() const noexcept { return handle() != nullptr; }
+
+    detail::socket_core* core() const noexcept { return core_; }
+
+protected:
+    socket_base() noexcept = default;
+    explicit socket_base(socket_core* core) noexcept : core_(core) {}
+
+    socket_core* core_ = nullptr;
+
+private:
+    void* checked_handle() const;
+    void events_read() const noexcept;
+};
+
+} // namespace detail
+
+// Owns a libzmq socket, registered with the hub of the thread that creates
+// it. Using it from another thread throws zmq::green::thread_error.
+// Unlike cppzmq's socket_t it does not convert to zmq::socket_ref: blocking
+// cppzmq helpers would stall the whole thread. Use zmq::green's own.
+class socket_t : public detail::socket_base {
+public:
+    socket_t() noexcept = default;
+    socket_t(context_t& context, int type);
+    socket_t(context_t& context, socket_type type) : socket_t(context, static_cast<int>(type)) {}
+    ~socket_t() { close(); }
+
+    socket_t(socket_t&& other) noexcept : socket_base(std::exchange(other.core_, nullptr)) {}
+    socket_t& operator=(socket_t&& other) noexcept
+    {
+        if (this != &other) {
+            close();
+            core_ = std::exchange(other.core_, nullptr);
+        }
+        return *this;
+    }
+    socket_t(const socket_t&) = delete;
+    socket_t& operator=(const socket_t&) = delete;
+
+    // Fibers parked on the socket wake with zmq::error_t(ENOTSOCK).
+    void close() noexcept;
+
+    void swap(socket_t& other) noexcept { std::swap(core_, other.core_); }
+
+    operator void*() noexcept { return handle(); }
+    operator void const*() const noexcept { return handle(); }
+};
+
+inline void swap(socket_t& a, socket_t& b) noexcept { a.swap(b); }
+
+// A non-owning reference to a green socket, as cppzmq's socket_ref.
+class socket_ref : public detail::socket_base {
+public:
+    socket_ref() noexcept = default;
+    socket_ref(socket_t& socket) noexcept : socket_base(socket.core()) {}
+};
+
+inline bool operator==(const detail::socket_base& a, const detail::socket_base& b) noexcept
+{
+    return a.core() == b.core();
+}
+inline bool operator!=(const detail::socket_base& a, const detail::socket_base& b) noexcept
+{
+    return !(a == b);
+}
+
+} // namespace zmq::green
+
+template<> struct std::hash<zmq::green::socket_ref> {
+    std::size_t operator()(const zmq::green::socket_ref& s) const noexcept
+    {
+        return std::hash<const void*>()(s.core());
+    }
+};

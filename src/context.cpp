@@ -1,0 +1,115 @@
+#include <zmq/green/context.hpp>
+#include <zmq/green/hub.hpp>
+
+#include "context_core.hpp"
+
+#include <boost/fiber/future.hpp>
+
+#include <mutex>
+#include <thread>
+
+namespace zmq::green {
+
+namespace {
+
+std::shared_ptr<detail::context_core> make_core()
+{
+    void* h = zmq_ctx_new();
+    if (h == nullptr)
+        throw zmq::error_t();
+    return std::make_shared<detail::context_core>(h);
+}
+
+void set_option(void* h, int option, int value)
+{
+    if (zmq_ctx_set(h, option, value) != 0)
+        throw zmq::error_t();
+}
+
+void term(void* h) noexcept
+{
+    while (zmq_ctx_term(h) != 0 && errno == EINTR) {
+    }
+}
+
+} // namespace
+
+context_t::context_t() : core_(make_core()) {}
+
+context_t::context_t(int io_threads, int max_sockets) : core_(make_core())
+{
+    try {
+        set_option(core_->handle, ZMQ_IO_THREADS, io_threads);
+        set_option(core_->handle, ZMQ_MAX_SOCKETS, max_sockets);
+    } catch (...) {
+        term(core_->handle);
+        throw;
+    }
+}
+
+context_t::~context_t() { close(); }
+
+context_t::context_t(context_t&& other) noexcept : core_(std::move(other.core_)) {}
+
+context_t& context_t::operator=(context_t&& other) noexcept
+{
+    if (this != &other) {
+        close();
+        core_ = std::move(other.core_);
+    }
+    return *this;
+}
+
+void context_t::set(zmq::ctxopt option, int value)
+{
+    if (!core_)
+        throw zmq::error_t(EFAULT);
+    set_option(core_->handle, static_cast<int>(option), value);
+}
+
+int context_t::get(zmq::ctxopt option) const
+{
+    if (!core_)
+        throw zmq::error_t(EFAULT);
+    const int rc = zmq_ctx_get(core_->handle, static_cast<int>(option));
+    if (rc == -1)
+        throw zmq::error_t();
+    return rc;
+}
+
+void context_t::shutdown() noexcept
+{
+    if (core_)
+        zmq_ctx_shutdown(core_->handle);
+}
+
+void* context_t::handle() noexcept { return core_ ? core_->handle : nullptr; }
+
+void context_t::close() noexcept
+{
+    if (!core_)
+        return;
+    const auto core = std::move(core_);
+    zmq_ctx_shutdown(core->handle);
+    if (hub::installed() == nullptr && core->open_sockets.load() == 0) {
+        // No fiber can run here (or the thread is exiting): nothing to park.
+        term(core->handle);
+        return;
+    }
+    {
+        std::unique_lock<boost::fibers::mutex> lock(core->mutex);
+        core->closing.store(true);
+        core->all_closed.wait(lock, [&] { return core->open_sockets.load() == 0; });
+    }
+    // zmq_ctx_term can still block on LINGER: let a helper thread wait.
+    boost::fibers::promise<void> terminated;
+    auto done = terminated.get_future();
+    std::thread helper([h = core->handle, &terminated] {
+        term(h);
+        terminated.set_value();
+    });
+    done.wait();
+    helper.join();
+}
+
+} // namespace zmq::green

@@ -1,0 +1,96 @@
+#include <zmq/green/hub.hpp>
+
+#include "reactor.hpp"
+
+#include <boost/fiber/operations.hpp>
+#include <boost/fiber/type.hpp>
+
+#include <zmq.h>
+
+#include <stdexcept>
+
+namespace zmq::green {
+
+namespace {
+
+thread_local hub* this_thread_hub = nullptr;
+
+} // namespace
+
+hub::hub() : reactor_(std::make_shared<detail::reactor>(*this)) { this_thread_hub = this; }
+
+hub::~hub()
+{
+    reactor_->detach_hub();
+    if (this_thread_hub == this)
+        this_thread_hub = nullptr;
+}
+
+hub& hub::current()
+{
+    if (this_thread_hub == nullptr)
+        boost::fibers::use_scheduling_algorithm<hub>();
+    return *this_thread_hub;
+}
+
+hub* hub::installed() noexcept { return this_thread_hub; }
+
+void hub::awakened(boost::fibers::context* ctx) noexcept { ctx->ready_link(rqueue_); }
+
+boost::fibers::context* hub::pick_next() noexcept
+{
+    if (rqueue_.empty())
+        return nullptr;
+    // The dispatcher picks once per round of the ready queue. If it did not
+    // just come back from epoll, look for fd events without blocking, so that
+    // fibers that never park cannot starve the ones waiting for an fd.
+    if (boost::fibers::context::active()->is_context(boost::fibers::type::dispatcher_context))
+        reactor_->poll_unless_fresh();
+    boost::fibers::context* ctx = &rqueue_.front();
+    rqueue_.pop_front();
+    return ctx;
+}
+
+bool hub::has_ready_fibers() const noexcept { return !rqueue_.empty(); }
+
+void hub::suspend_until(std::chrono::steady_clock::time_point const& abs_time) noexcept
+{
+    reactor_->run(abs_time, true);
+}
+
+void hub::notify() noexcept { reactor_->notify(); }
+
+hub_stats hub::stats() const noexcept { return reactor_->stats(); }
+
+void hub::set_fallback_interval(std::chrono::milliseconds interval)
+{
+    reactor_->set_fallback_interval(interval);
+}
+
+std::chrono::milliseconds hub::fallback_interval() const noexcept
+{
+    return reactor_->fallback_interval();
+}
+
+namespace {
+
+bool wait_fd(int fd, short events, std::chrono::milliseconds timeout)
+{
+    if (timeout.count() < -1)
+        throw std::invalid_argument("zmq::green: wait timeout must be -1 (forever) or >= 0 ms");
+    return hub::current().reactor()->wait_fd(fd, events, detail::deadline_after(timeout));
+}
+
+} // namespace
+
+bool wait_readable(int fd, std::chrono::milliseconds timeout)
+{
+    return wait_fd(fd, ZMQ_POLLIN, timeout);
+}
+
+bool wait_writable(int fd, std::chrono::milliseconds timeout)
+{
+    return wait_fd(fd, ZMQ_POLLOUT, timeout);
+}
+
+} // namespace zmq::green

@@ -1,0 +1,334 @@
+#include "reactor.hpp"
+
+#include "socket_core.hpp"
+
+#include <zmq.h>
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <climits>
+#include <stdexcept>
+#include <system_error>
+#include <vector>
+
+namespace zmq::green::detail {
+
+namespace {
+
+thread_local reactor* this_thread_reactor = nullptr;
+
+// epoll_event.data.ptr for the eventfd that other threads write.
+char wakefd_tag;
+
+int checked(int rc, const char* what)
+{
+    if (rc < 0)
+        throw std::system_error(errno, std::generic_category(), what);
+    return rc;
+}
+
+short poll_to_zmq(std::uint32_t ev) noexcept
+{
+    short mask = 0;
+    if (ev & (EPOLLIN | EPOLLPRI | EPOLLRDHUP))
+        mask |= ZMQ_POLLIN;
+    if (ev & EPOLLOUT)
+        mask |= ZMQ_POLLOUT;
+    if (ev & (EPOLLERR | EPOLLHUP))
+        mask |= ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR;
+    return mask;
+}
+
+} // namespace
+
+clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept
+{
+    if (timeout.count() < 0)
+        return no_deadline;
+    return clock::now() + timeout;
+}
+
+reactor::reactor(hub& h) : hub_(&h)
+{
+    epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");
+    level_epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");
+    wakefd_ = checked(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "zmq::green hub: eventfd");
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.ptr = &wakefd_tag;
+    checked(::epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev), "zmq::green hub: epoll_ctl");
+    this_thread_reactor = this;
+}
+
+reactor::~reactor()
+{
+    ::close(wakefd_);
+    ::close(level_epfd_);
+    ::close(epfd_);
+}
+
+reactor* reactor::current() noexcept { return this_thread_reactor; }
+
+void reactor::detach_hub() noexcept
+{
+    hub_ = nullptr;
+    if (this_thread_reactor == this)
+        this_thread_reactor = nullptr;
+}
+
+wake_reason reactor::park(park_slot& slot) noexcept
+{
+    slot.ctx = boost::fibers::context::active();
+    slot.reason = wake_reason::none;
+    if (slot.deadline != no_deadline)
+        deadlines_.insert(slot);
+    slot.ctx->suspend();
+    return slot.reason;
+}
+
+bool reactor::wake(park_slot& slot, wake_reason why) noexcept
+{
+    if (slot.reason != wake_reason::none)
+        return false;
+    slot.reason = why;
+    if (slot.is_linked())
+        slot.unlink();
+    boost::fibers::context::active()->schedule(slot.ctx);
+    return true;
+}
+
+std::size_t reactor::wake_matching(wait_list& list, short events) noexcept
+{
+    std::size_t woken = 0;
+    for (auto it = list.begin(); it != list.end();) {
+        wait_node& node = *it;
+        if ((node.mask & events) == 0) {
+            ++it;
+            continue;
+        }
+        it = list.erase(it);
+        woken += wake(*node.slot, wake_reason::event) ? 1 : 0;
+    }
+    return woken;
+}
+
+int reactor::timeout_ms(clock::time_point until) const noexcept
+{
+    if (!deadlines_.empty())
+        until = std::min(until, deadlines_.begin()->deadline);
+    if (parked_socket_waits_ > 0)
+        until = std::min(until, next_sweep_);
+    if (until == no_deadline)
+        return -1;
+    const auto now = clock::now();
+    if (until <= now)
+        return 0;
+    // Round up: waking a little early would only spin until the deadline.
+    const auto ms = std::chrono::ceil<std::chrono::milliseconds>(until - now).count();
+    return static_cast<int>(std::min<long long>(ms, INT_MAX));
+}
+
+void reactor::run(clock::time_point until, bool block) noexcept
+{
+    int timeout = 0;
+    if (block) {
+        if (parked_socket_waits_ > 0 && next_sweep_ == no_deadline && fallback_.count() > 0)
+            next_sweep_ = clock::now() + fallback_;
+        timeout = timeout_ms(until);
+        sleeping_.store(true);
+        if (notified_.exchange(false))
+            timeout = 0;
+    }
+    std::array<epoll_event, 128> events;
+    int n = ::epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), timeout);
+    if (block)
+        sleeping_.store(false);
+    deliver(events.data(), n);
+    expire_deadlines();
+    if (parked_socket_waits_ == 0)
+        next_sweep_ = no_deadline;
+    else if (next_sweep_ <= clock::now())
+        fallback_sweep();
+    fresh_ = true;
+}
+
+void reactor::deliver(const epoll_event* events, int n) noexcept
+{
+    for (int i = 0; i < n; ++i) {
+        if (events[i].data.ptr == &wakefd_tag) {
+            std::uint64_t count;
+            while (::read(wakefd_, &count, sizeof count) > 0) {
+            }
+            continue;
+        }
+        static_cast<io_source*>(events[i].data.ptr)->on_ready(events[i].events);
+    }
+}
+
+void reactor::expire_deadlines() noexcept
+{
+    if (deadlines_.empty())
+        return;
+    const auto now = clock::now();
+    while (!deadlines_.empty() && deadlines_.begin()->deadline <= now) {
+        if (wake(*deadlines_.begin(), wake_reason::timeout))
+            ++stats_.timer_wakeups;
+    }
+}
+
+// Edges can be lost (a kernel or libzmq bug, or a wake-up this library forgot
+// to deliver): then a socket's fd stays readable with a fiber parked on it.
+// The level-triggered set finds those fds in one call, so the sweep costs
+// nothing for sockets that are merely idle.
+void reactor::fallback_sweep() noexcept
+{
+    next_sweep_ = fallback_.count() > 0 ? clock::now() + fallback_ : no_deadline;
+    std::array<epoll_event, 128> events;
+    const int n = ::epoll_wait(level_epfd_, events.data(), static_cast<int>(events.size()), 0);
+    if (n <= 0)
+        return;
+    std::vector<std::pair<socket_core*, std::uint64_t>> suspects;
+    for (int i = 0; i < n; ++i) {
+        auto* core = static_cast<socket_core*>(events[i].data.ptr);
+        if (!core->waiters.empty())
+            suspects.emplace_back(core, core->edges);
+    }
+    if (suspects.empty())
+        return;
+    // Deliver the edges epoll already holds, so they do not count as lost.
+    std::array<epoll_event, 128> pending;
+    deliver(pending.data(),
+            ::epoll_wait(epfd_, pending.data(), static_cast<int>(pending.size()), 0));
+    for (auto [core, edges] : suspects) {
+        if (core->edges == edges && !core->waiters.empty())
+            stats_.rescues += core->refresh().woken;
+    }
+}
+
+void reactor::notify() noexcept
+{
+    remote_wakeups_.fetch_add(1, std::memory_order_relaxed);
+    notified_.store(true);
+    if (sleeping_.load()) {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] auto rc = ::write(wakefd_, &one, sizeof one);
+    }
+}
+
+void fd_watch::on_ready(std::uint32_t epoll_events) noexcept
+{
+    owner.count_fd_wakeups(owner.wake_matching(waiters, poll_to_zmq(epoll_events)));
+}
+
+fd_watch& reactor::watch_fd(int fd, wait_node& node)
+{
+    auto& slot = fds_[fd];
+    if (!slot) {
+        auto watch = std::make_unique<fd_watch>(*this, fd);
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
+        ev.data.ptr = static_cast<io_source*>(watch.get());
+        if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            const int err = errno;
+            fds_.erase(fd);
+            throw std::system_error(err, std::generic_category(),
+                                    "zmq::green: cannot wait on fd " + std::to_string(fd)
+                                        + (err == EEXIST ? " (it is a green socket's fd; "
+                                                           "wait on the socket instead)"
+                                                         : ""));
+        }
+        slot = std::move(watch);
+    }
+    slot->waiters.push_back(node);
+    return *slot;
+}
+
+void reactor::unwatch_fd(fd_watch& watch) noexcept
+{
+    if (!watch.waiters.empty())
+        return;
+    // The fd may already be closed: then the kernel dropped it from the set.
+    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, watch.fd, nullptr);
+    fds_.erase(watch.fd);
+}
+
+bool reactor::wait_fd(int fd, short events, clock::time_point deadline)
+{
+    for (;;) {
+        pollfd pfd{fd, 0, 0};
+        if (events & ZMQ_POLLIN)
+            pfd.events |= POLLIN;
+        if (events & ZMQ_POLLOUT)
+            pfd.events |= POLLOUT;
+        const int rc = ::poll(&pfd, 1, 0);
+        if (rc < 0 && errno != EINTR)
+            throw std::system_error(errno, std::generic_category(), "zmq::green: poll");
+        if (rc > 0 && (pfd.revents & POLLNVAL))
+            throw std::system_error(EBADF, std::generic_category(),
+                                    "zmq::green: cannot wait on fd " + std::to_string(fd));
+        if (rc > 0)
+            return true;
+        if (deadline <= clock::now())
+            return false;
+        park_slot slot;
+        slot.deadline = deadline;
+        wait_node node(slot, static_cast<short>(events | ZMQ_POLLERR));
+        fd_watch& watch = watch_fd(fd, node);
+        park(slot);
+        node.unlink();
+        unwatch_fd(watch);
+    }
+}
+
+void reactor::add_socket(socket_core& core)
+{
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLET;
+    ev.data.ptr = static_cast<io_source*>(&core);
+    checked(::epoll_ctl(epfd_, EPOLL_CTL_ADD, core.fd, &ev), "zmq::green: epoll_ctl");
+    epoll_event level{};
+    level.events = EPOLLIN;
+    level.data.ptr = &core;
+    if (::epoll_ctl(level_epfd_, EPOLL_CTL_ADD, core.fd, &level) != 0) {
+        const int err = errno;
+        ::epoll_ctl(epfd_, EPOLL_CTL_DEL, core.fd, nullptr);
+        throw std::system_error(err, std::generic_category(), "zmq::green: epoll_ctl");
+    }
+    sockets_.emplace(core.handle, &core);
+}
+
+void reactor::remove_socket(socket_core& core) noexcept
+{
+    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, core.fd, nullptr);
+    ::epoll_ctl(level_epfd_, EPOLL_CTL_DEL, core.fd, nullptr);
+    sockets_.erase(core.handle);
+}
+
+socket_core* reactor::find_socket(void* handle) const noexcept
+{
+    const auto it = sockets_.find(handle);
+    return it == sockets_.end() ? nullptr : it->second;
+}
+
+hub_stats reactor::stats() const noexcept
+{
+    hub_stats s = stats_;
+    s.remote_wakeups = remote_wakeups_.load(std::memory_order_relaxed);
+    return s;
+}
+
+void reactor::set_fallback_interval(std::chrono::milliseconds interval)
+{
+    if (interval.count() < 0)
+        throw std::invalid_argument("zmq::green::hub::set_fallback_interval: negative interval");
+    fallback_ = interval;
+    next_sweep_ = no_deadline;
+}
+
+} // namespace zmq::green::detail

@@ -1,0 +1,160 @@
+// Internals of the hub: epoll, deadlines and parked fibers. One per thread.
+#pragma once
+
+#include <zmq/green/hub.hpp>
+
+#include <boost/fiber/context.hpp>
+#include <boost/intrusive/list.hpp>
+#include <boost/intrusive/set.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <utility>
+
+struct epoll_event;
+
+namespace zmq::green::detail {
+
+using clock = std::chrono::steady_clock;
+constexpr clock::time_point no_deadline = clock::time_point::max();
+
+using auto_unlink = boost::intrusive::link_mode<boost::intrusive::auto_unlink>;
+
+enum class wake_reason : unsigned char { none, event, timeout, closed };
+
+// A parked fiber. Whoever wakes it first (an event, its deadline, a close)
+// decides why; later wake attempts are ignored, so it is scheduled once.
+struct park_slot : boost::intrusive::set_base_hook<auto_unlink> {
+    boost::fibers::context* ctx = nullptr;
+    clock::time_point deadline = no_deadline;
+    wake_reason reason = wake_reason::none;
+};
+
+struct by_deadline {
+    bool operator()(const park_slot& a, const park_slot& b) const noexcept
+    {
+        return a.deadline < b.deadline;
+    }
+};
+
+// One fiber's interest (mask of ZMQ_POLLIN/ZMQ_POLLOUT/ZMQ_POLLERR) in one
+// socket or fd. Lives on the waiting fiber's stack; unlinks itself.
+struct wait_node : boost::intrusive::list_base_hook<auto_unlink> {
+    wait_node(park_slot& s, short m) noexcept : slot(&s), mask(m) {}
+    park_slot* slot;
+    short mask;
+};
+
+using wait_list = boost::intrusive::list<wait_node, boost::intrusive::constant_time_size<false>>;
+
+// Something registered with the reactor's epoll set.
+class io_source {
+public:
+    virtual void on_ready(std::uint32_t epoll_events) noexcept = 0;
+
+protected:
+    ~io_source() = default;
+};
+
+class socket_core;
+
+// A raw fd some fibers wait on; registered only while they do.
+struct fd_watch final : io_source {
+    explicit fd_watch(class reactor& r, int f) noexcept : owner(r), fd(f) {}
+    void on_ready(std::uint32_t epoll_events) noexcept override;
+
+    class reactor& owner;
+    int fd;
+    wait_list waiters;
+};
+
+class reactor {
+public:
+    explicit reactor(hub& h);
+    ~reactor();
+    reactor(const reactor&) = delete;
+    reactor& operator=(const reactor&) = delete;
+
+    // The reactor of the calling thread's hub, or nullptr.
+    static reactor* current() noexcept;
+
+    bool alive() const noexcept { return hub_ != nullptr; }
+    void detach_hub() noexcept;
+
+    // Suspends the running fiber until something wakes slot (or its deadline
+    // passes, if it has one). Returns why it woke.
+    wake_reason park(park_slot& slot) noexcept;
+    // Makes slot's fiber ready, unless something already did. Returns true if
+    // this call woke it.
+    bool wake(park_slot& slot, wake_reason why) noexcept;
+    // Wakes the waiters in list whose mask intersects events, unlinking them.
+    std::size_t wake_matching(wait_list& list, short events) noexcept;
+
+    // Waits for events (at most until `until` when block, not at all
+    // otherwise), then wakes the fibers whose events or deadlines came.
+    void run(clock::time_point until, bool block) noexcept;
+    // run() without blocking, unless run() is what the dispatcher did last.
+    void poll_unless_fresh() noexcept
+    {
+        if (!std::exchange(fresh_, false))
+            run(clock::time_point{}, false);
+    }
+    void notify() noexcept;
+
+    // Waits until the raw fd has one of events (ZMQ_POLLIN/ZMQ_POLLOUT) or
+    // the deadline passes. Returns false on timeout.
+    bool wait_fd(int fd, short events, clock::time_point deadline);
+    // Registers node for events on raw fd; the caller then parks.
+    fd_watch& watch_fd(int fd, wait_node& node);
+    void unwatch_fd(fd_watch& watch) noexcept;
+
+    void add_socket(socket_core& core);
+    void remove_socket(socket_core& core) noexcept;
+    socket_core* find_socket(void* handle) const noexcept;
+
+    // Parked socket waiters arm the fallback re-check.
+    void socket_wait_started() noexcept { ++parked_socket_waits_; }
+    void socket_wait_ended() noexcept { --parked_socket_waits_; }
+
+    hub_stats stats() const noexcept;
+    void count_fd_wakeups(std::size_t n) noexcept { stats_.fd_wakeups += n; }
+
+    std::chrono::milliseconds fallback_interval() const noexcept { return fallback_; }
+    void set_fallback_interval(std::chrono::milliseconds interval);
+
+private:
+    void deliver(const ::epoll_event* events, int n) noexcept;
+    void expire_deadlines() noexcept;
+    void fallback_sweep() noexcept;
+    int timeout_ms(clock::time_point until) const noexcept;
+
+    hub* hub_;
+    int epfd_ = -1;
+    // The same socket fds, level-triggered: what is readable right now. The
+    // fallback sweep asks it which sockets have a signal nobody consumed.
+    int level_epfd_ = -1;
+    int wakefd_ = -1;
+    std::atomic<bool> sleeping_{false};
+    std::atomic<bool> notified_{false};
+    std::atomic<std::uint64_t> remote_wakeups_{0};
+    hub_stats stats_{};
+
+    boost::intrusive::multiset<park_slot, boost::intrusive::compare<by_deadline>,
+                               boost::intrusive::constant_time_size<false>>
+        deadlines_;
+    std::unordered_map<void*, socket_core*> sockets_;
+    std::unordered_map<int, std::unique_ptr<fd_watch>> fds_;
+
+    std::size_t parked_socket_waits_ = 0;
+    std::chrono::milliseconds fallback_{1000};
+    clock::time_point next_sweep_ = no_deadline;
+    bool fresh_ = false; // run() ran since the dispatcher last picked a fiber
+};
+
+// Deadline after timeout from now; negative timeouts never expire.
+clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept;
+
+} // namespace zmq::green::detail

@@ -1,0 +1,277 @@
+#include <zmq/green/poll.hpp>
+#include <zmq/green/socket.hpp>
+
+#include "socket_core.hpp"
+
+#include <cstdio>
+
+namespace zmq::green {
+
+namespace detail {
+
+socket_core::socket_core(std::shared_ptr<reactor> r, std::shared_ptr<context_core> c, void* h,
+                         int f)
+    : owner_ref(std::move(r)), owner(*owner_ref), ctx(std::move(c)), handle(h), fd(f)
+{
+}
+
+void socket_core::on_ready(std::uint32_t) noexcept
+{
+    ++edges;
+    if (!waiters.empty())
+        owner.count_fd_wakeups(refresh().woken);
+}
+
+refresh_result socket_core::refresh() noexcept
+{
+    refresh_result r;
+    int events = 0;
+    size_t size = sizeof events;
+    int rc;
+    do {
+        rc = zmq_getsockopt(handle, ZMQ_EVENTS, &events, &size);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+        // Everyone wakes and meets the error in their own call.
+        r.error = errno;
+        r.woken = owner.wake_matching(waiters, ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR);
+        return r;
+    }
+    r.events = events;
+    if (events != 0)
+        r.woken = owner.wake_matching(waiters, static_cast<short>(events));
+    return r;
+}
+
+bool socket_core::acquire(direction& dir, clock::time_point deadline)
+{
+    park_slot slot;
+    slot.deadline = deadline;
+    wait_node node(slot, 0);
+    dir.queue.push_back(node);
+    const wake_reason why = owner.park(slot);
+    if (why == wake_reason::closed)
+        throw_closed();
+    return why == wake_reason::event;
+}
+
+void socket_core::release(direction& dir) noexcept
+{
+    dir.owner = nullptr;
+    while (!dir.queue.empty()) {
+        park_slot& next = *dir.queue.front().slot;
+        dir.queue.pop_front();
+        if (owner.wake(next, wake_reason::event)) {
+            dir.owner = next.ctx;
+            return;
+        }
+    }
+}
+
+wake_reason socket_core::wait_ready(short event, clock::time_point deadline) noexcept
+{
+    park_slot slot;
+    slot.deadline = deadline;
+    wait_node node(slot, event);
+    waiters.push_back(node);
+    owner.socket_wait_started();
+    const wake_reason why = owner.park(slot);
+    owner.socket_wait_ended();
+    return why;
+}
+
+clock::time_point socket_core::deadline_from_option(int timeo_option) const noexcept
+{
+    int ms = -1;
+    size_t size = sizeof ms;
+    if (zmq_getsockopt(handle, timeo_option, &ms, &size) != 0)
+        ms = -1; // the call itself will report what is wrong
+    return deadline_after(std::chrono::milliseconds{ms});
+}
+
+void socket_core::throw_closed() const { throw zmq::error_t(ENOTSOCK); }
+
+void socket_core::close() noexcept
+{
+    if (closed)
+        return;
+    closed = true;
+    for (wait_list* list : {&waiters, &send_dir.queue, &recv_dir.queue}) {
+        while (!list->empty()) {
+            park_slot& slot = *list->front().slot;
+            list->pop_front();
+            owner.wake(slot, wake_reason::closed);
+        }
+    }
+    owner.remove_socket(*this);
+    [[maybe_unused]] const int rc = zmq_close(handle);
+    handle = nullptr;
+    ctx->socket_closed();
+}
+
+namespace {
+
+zmq::error_t not_a_socket() { return zmq::error_t(ENOTSOCK); }
+
+} // namespace
+
+void* socket_base::checked_handle() const
+{
+    if (core_ == nullptr)
+        return nullptr; // libzmq reports ENOTSOCK, as for a closed cppzmq socket
+    if (reactor::current() != &core_->owner)
+        throw thread_error("zmq::green socket used from a thread that does not own it: "
+                           "a green socket belongs to the thread that created it");
+    return core_->handle;
+}
+
+void socket_base::events_read() const noexcept { core_->after_op(); }
+
+void* socket_base::handle() const noexcept { return core_ ? core_->handle : nullptr; }
+
+#define ZMQ_GREEN_ENDPOINT_CALL(name)                                                          \
+    void socket_base::name(const char* addr)                                                   \
+    {                                                                                          \
+        void* h = checked_handle();                                                            \
+        const int rc = zmq_##name(h, addr);                                                    \
+        /* Processing commands here can consume a signal fibers wait for. */                   \
+        if (core_)                                                                             \
+            core_->after_op();                                                                 \
+        if (rc != 0)                                                                           \
+            throw zmq::error_t();                                                              \
+    }
+
+ZMQ_GREEN_ENDPOINT_CALL(bind)
+ZMQ_GREEN_ENDPOINT_CALL(unbind)
+ZMQ_GREEN_ENDPOINT_CALL(connect)
+ZMQ_GREEN_ENDPOINT_CALL(disconnect)
+#undef ZMQ_GREEN_ENDPOINT_CALL
+
+send_result_t socket_base::send(const_buffer buf, send_flags flags)
+{
+    if (checked_handle() == nullptr)
+        throw not_a_socket();
+    const int f = static_cast<int>(flags);
+    const int rc = core_->perform(core_->send_dir, ZMQ_POLLOUT, f & ZMQ_DONTWAIT, ZMQ_SNDTIMEO,
+                                  [&](bool& more) {
+                                      more = f & ZMQ_SNDMORE;
+                                      return zmq_send(core_->handle, buf.data(), buf.size(),
+                                                      f | ZMQ_DONTWAIT);
+                                  });
+    if (rc < 0)
+        return {};
+    return static_cast<size_t>(rc);
+}
+
+send_result_t socket_base::send(message_t& msg, send_flags flags)
+{
+    if (checked_handle() == nullptr)
+        throw not_a_socket();
+    const int f = static_cast<int>(flags);
+    const int rc = core_->perform(core_->send_dir, ZMQ_POLLOUT, f & ZMQ_DONTWAIT, ZMQ_SNDTIMEO,
+                                  [&](bool& more) {
+                                      more = f & ZMQ_SNDMORE;
+                                      return zmq_msg_send(msg.handle(), core_->handle,
+                                                          f | ZMQ_DONTWAIT);
+                                  });
+    if (rc < 0)
+        return {};
+    return static_cast<size_t>(rc);
+}
+
+recv_buffer_result_t socket_base::recv(mutable_buffer buf, recv_flags flags)
+{
+    if (checked_handle() == nullptr)
+        throw not_a_socket();
+    const int f = static_cast<int>(flags);
+    const int rc = core_->perform(
+        core_->recv_dir, ZMQ_POLLIN, f & ZMQ_DONTWAIT, ZMQ_RCVTIMEO, [&](bool& more) {
+            const int n = zmq_recv(core_->handle, buf.data(), buf.size(), f | ZMQ_DONTWAIT);
+            if (n >= 0) {
+                int rcvmore = 0;
+                size_t size = sizeof rcvmore;
+                zmq_getsockopt(core_->handle, ZMQ_RCVMORE, &rcvmore, &size);
+                more = rcvmore != 0;
+            }
+            return n;
+        });
+    if (rc < 0)
+        return {};
+    return recv_buffer_size{std::min(static_cast<size_t>(rc), buf.size()),
+                            static_cast<size_t>(rc)};
+}
+
+recv_result_t socket_base::recv(message_t& msg, recv_flags flags)
+{
+    if (checked_handle() == nullptr)
+        throw not_a_socket();
+    const int f = static_cast<int>(flags);
+    const int rc = core_->perform(core_->recv_dir, ZMQ_POLLIN, f & ZMQ_DONTWAIT, ZMQ_RCVTIMEO,
+                                  [&](bool& more) {
+                                      const int n = zmq_msg_recv(msg.handle(), core_->handle,
+                                                                 f | ZMQ_DONTWAIT);
+                                      more = n >= 0 && msg.more();
+                                      return n;
+                                  });
+    if (rc < 0)
+        return {};
+    return static_cast<size_t>(rc);
+}
+
+short socket_base::poll(short events, std::chrono::milliseconds timeout)
+{
+    zmq_pollitem_t item{checked_handle(), 0, events, 0};
+    if (item.socket == nullptr)
+        throw not_a_socket();
+    return green::poll(&item, 1, timeout) > 0 ? item.revents : 0;
+}
+
+} // namespace detail
+
+socket_t::socket_t(context_t& context, int type)
+{
+    void* ctx = context.handle();
+    if (ctx == nullptr)
+        throw zmq::error_t(EFAULT); // as zmq_socket on a closed context
+    const auto& r = hub::current().reactor();
+    void* h = zmq_socket(ctx, type);
+    if (h == nullptr)
+        throw zmq::error_t();
+    int fd = -1;
+    size_t size = sizeof fd;
+    if (zmq_getsockopt(h, ZMQ_FD, &fd, &size) != 0) {
+        const int err = errno;
+        zmq_close(h);
+        throw zmq::error_t(err);
+    }
+    auto* core = new detail::socket_core(r, context.core(), h, fd);
+    try {
+        r->add_socket(*core);
+    } catch (...) {
+        zmq_close(h);
+        core->closed = true;
+        core->release();
+        throw;
+    }
+    core->ctx->socket_opened();
+    core_ = core;
+}
+
+void socket_t::close() noexcept
+{
+    if (core_ == nullptr)
+        return;
+    detail::socket_core* core = std::exchange(core_, nullptr);
+    if (detail::reactor::current() != &core->owner && core->owner.alive()) {
+        // Its hub's structures cannot be touched from here, and a destructor
+        // must not throw: say so and leave the socket open.
+        std::fprintf(stderr,
+                     "zmq::green: socket_t closed on a thread that does not own it; "
+                     "leaving it open (close sockets on the thread that created them)\n");
+        return;
+    }
+    core->close();
+    core->release();
+}
+
+} // namespace zmq::green

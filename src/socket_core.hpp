@@ -1,0 +1,205 @@
+// The state behind a green socket: its waiters, and the one place that reads
+// ZMQ_EVENTS and wakes them.
+#pragma once
+
+#include "context_core.hpp"
+#include "reactor.hpp"
+
+#include <boost/fiber/context.hpp>
+#include <boost/fiber/operations.hpp>
+
+#include <zmq.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <utility>
+
+namespace zmq::green::detail {
+
+// One direction (send or recv) of a socket. The fiber that owns it is the
+// only one that tries the operation or parks for readiness; the others queue
+// for ownership in arrival order. Ownership lasts from the first frame of a
+// message to the last, so messages are never interleaved.
+struct direction {
+    boost::fibers::context* owner = nullptr;
+    wait_list queue;
+};
+
+struct refresh_result {
+    int events = 0; // ZMQ_POLLIN/ZMQ_POLLOUT, when error == 0
+    int error = 0;  // errno of the failed ZMQ_EVENTS read (ETERM, ENOTSOCK)
+    std::size_t woken = 0;
+};
+
+class socket_core final : public io_source {
+public:
+    socket_core(std::shared_ptr<reactor> r, std::shared_ptr<context_core> ctx, void* handle,
+                int fd);
+    socket_core(const socket_core&) = delete;
+    socket_core& operator=(const socket_core&) = delete;
+
+    void on_ready(std::uint32_t epoll_events) noexcept override;
+
+    // Reads ZMQ_EVENTS, which also consumes the fd's pending signal, and
+    // wakes every waiter whose event is now ready (all of them on error).
+    // Call it after anything that may have consumed a signal: an operation,
+    // a user's ZMQ_EVENTS read, bind/connect, an edge.
+    refresh_result refresh() noexcept;
+
+    // refresh() if anybody waits: the cheap form for after an operation.
+    void after_op() noexcept
+    {
+        if (!waiters.empty())
+            refresh();
+    }
+
+    // Runs op, a non-blocking libzmq call (returns >= 0, or -1 with errno),
+    // in direction dir, parking the fiber until the socket has `event` as
+    // needed. op sets its bool argument when the message continues.
+    // Returns op's result, or -1 for "would block" (dontwait or the
+    // timeout option timeo_option passed); throws zmq::error_t otherwise.
+    template<class Op>
+    int perform(direction& dir, short event, bool dontwait, int timeo_option, Op&& op);
+
+    // Wakes every waiter with ENOTSOCK and closes the libzmq socket.
+    void close() noexcept;
+
+    void retain() noexcept { ++refs_; }
+    void release() noexcept
+    {
+        if (--refs_ == 0)
+            delete this;
+    }
+
+    std::shared_ptr<reactor> owner_ref; // outlives the hub if the socket does
+    reactor& owner;
+    std::shared_ptr<context_core> ctx;
+    void* handle;
+    int fd;
+    wait_list waiters;     // parked until ZMQ_EVENTS intersects their mask
+    direction send_dir;
+    direction recv_dir;
+    std::uint64_t edges = 0; // edges epoll delivered; the fallback sweep compares
+    bool closed = false;
+
+private:
+    ~socket_core() = default;
+
+    // Queues for dir and parks until it is handed over. False on timeout.
+    bool acquire(direction& dir, clock::time_point deadline);
+    void release(direction& dir) noexcept;
+    wake_reason wait_ready(short event, clock::time_point deadline) noexcept;
+    clock::time_point deadline_from_option(int timeo_option) const noexcept;
+    [[noreturn]] void throw_closed() const;
+
+    unsigned refs_ = 1;
+};
+
+// Keeps a core alive while its fiber is parked: close() may run meanwhile.
+class core_guard {
+public:
+    explicit core_guard(socket_core& c) noexcept : core_(c) { core_.retain(); }
+    ~core_guard() { core_.release(); }
+    core_guard(const core_guard&) = delete;
+    core_guard& operator=(const core_guard&) = delete;
+
+private:
+    socket_core& core_;
+};
+
+template<class Op>
+int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_option, Op&& op)
+{
+    bool more = false;
+    bool just_tried = false;
+    // Fast path: nobody owns the direction, so nobody is queued either.
+    if (dir.owner == nullptr) {
+        const int rc = op(more);
+        if (rc >= 0) {
+            if (more)
+                dir.owner = boost::fibers::context::active();
+            else
+                after_op();
+            return rc;
+        }
+        if (errno != EAGAIN && errno != EINTR) {
+            const int err = errno;
+            after_op();
+            throw zmq::error_t(err);
+        }
+        if (dontwait && errno == EAGAIN) {
+            // The failed call may have consumed a signal others wait for.
+            after_op();
+            return -1;
+        }
+        just_tried = errno == EAGAIN;
+    }
+
+    core_guard keep(*this);
+    auto* self = boost::fibers::context::active();
+    clock::time_point deadline{};
+    bool have_deadline = false;
+    auto get_deadline = [&] {
+        if (!have_deadline) {
+            deadline = deadline_from_option(timeo_option);
+            have_deadline = true;
+        }
+        return deadline;
+    };
+
+    if (dir.owner != self) {
+        if (dontwait) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (dir.owner != nullptr && !acquire(dir, get_deadline())) {
+            errno = EAGAIN;
+            return -1;
+        }
+        dir.owner = self;
+    }
+
+    for (int ready_but_again = 0;;) {
+        if (closed)
+            throw_closed();
+        const int rc = std::exchange(just_tried, false) ? (errno = EAGAIN, -1) : op(more);
+        if (rc >= 0) {
+            if (!more) {
+                release(dir);
+                after_op();
+            }
+            return rc;
+        }
+        const int err = errno;
+        if (err == EINTR)
+            continue;
+        if (err != EAGAIN || dontwait) {
+            release(dir);
+            after_op();
+            if (err != EAGAIN)
+                throw zmq::error_t(err);
+            errno = EAGAIN;
+            return -1;
+        }
+        const refresh_result state = refresh();
+        if (state.error != 0) {
+            release(dir);
+            throw zmq::error_t(state.error);
+        }
+        if (state.events & event) {
+            // EVENTS says ready but the call disagreed: retry, yielding now
+            // and then so that a disagreement cannot starve other fibers.
+            if (++ready_but_again % 16 == 0)
+                boost::this_fiber::yield();
+            continue;
+        }
+        if (get_deadline() <= clock::now() || wait_ready(event, deadline) == wake_reason::timeout) {
+            release(dir);
+            errno = EAGAIN;
+            return -1;
+        }
+    }
+}
+
+} // namespace zmq::green::detail

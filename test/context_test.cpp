@@ -1,0 +1,110 @@
+#include "support.hpp"
+
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace green = zmq::green;
+
+TEST(context, max_sockets_can_be_raised)
+{
+    green::context_t ctx(1, 20000);
+    EXPECT_EQ(ctx.get(zmq::ctxopt::max_sockets), 20000);
+    ctx.set(zmq::ctxopt::max_sockets, 5000);
+    EXPECT_EQ(ctx.get(zmq::ctxopt::max_sockets), 5000);
+}
+
+TEST(context, shutdown_from_another_thread_releases_a_thousand_parked_fibers)
+{
+    green::context_t ctx;
+    green::socket_t pull(ctx, zmq::socket_type::pull);
+    green::socket_t push(ctx, zmq::socket_type::push); // no peer: sends park
+    std::vector<boost::fibers::fiber> fibers;
+    int eterm = 0;
+    for (int i = 0; i < 1000; ++i) {
+        fibers.emplace_back([&, i] {
+            try {
+                if (i % 2) {
+                    zmq::message_t m;
+                    (void)pull.recv(m);
+                } else {
+                    push.send(zmq::str_buffer("x"));
+                }
+            } catch (const zmq::error_t& e) {
+                EXPECT_EQ(e.num(), ETERM);
+                ++eterm;
+            }
+        });
+    }
+    boost::this_fiber::yield(); // all of them park
+    std::thread([&] { ctx.shutdown(); }).join();
+    for (auto& f : fibers)
+        f.join();
+    EXPECT_EQ(eterm, 1000);
+    push.close();
+    pull.close();
+}
+
+TEST(context, close_parks_only_the_caller_until_the_sockets_are_closed)
+{
+    auto ctx = std::make_unique<green::context_t>();
+    bool closed = false;
+    int ticks_while_closing = 0;
+    test::run_fibers({[&] {
+                          green::socket_t s(*ctx, zmq::socket_type::pull);
+                          zmq::message_t m;
+                          try {
+                              (void)s.recv(m);
+                          } catch (const zmq::error_t& e) {
+                              EXPECT_EQ(e.num(), ETERM);
+                          }
+                          // Still busy for a while after ETERM; the closer waits.
+                          for (int i = 0; i < 10; ++i)
+                              boost::this_fiber::yield();
+                      },
+                      [&] {
+                          ctx->close();
+                          closed = true;
+                      },
+                      [&] {
+                          while (!closed) {
+                              ++ticks_while_closing;
+                              boost::this_fiber::yield();
+                          }
+                      }});
+    EXPECT_TRUE(closed);
+    EXPECT_GT(ticks_while_closing, 0);
+    EXPECT_EQ(ctx->handle(), nullptr);
+}
+
+TEST(context, socket_on_a_closed_context_is_an_error)
+{
+    green::context_t ctx;
+    ctx.close();
+    EXPECT_THROW(green::socket_t(ctx, zmq::socket_type::pair), zmq::error_t);
+    EXPECT_THROW(ctx.set(zmq::ctxopt::io_threads, 1), zmq::error_t);
+}
+
+TEST(context, sockets_in_several_threads)
+{
+    green::context_t ctx;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&, t] {
+            green::socket_t a(ctx, zmq::socket_type::pair);
+            green::socket_t b(ctx, zmq::socket_type::pair);
+            const auto ep = "inproc://thread-" + std::to_string(t);
+            a.bind(ep);
+            b.connect(ep);
+            test::run_fibers({[&] {
+                                  for (int i = 0; i < 100; ++i)
+                                      a.send(zmq::str_buffer("x"));
+                              },
+                              [&] {
+                                  zmq::message_t m;
+                                  for (int i = 0; i < 100; ++i)
+                                      ASSERT_TRUE(b.recv(m));
+                              }});
+        });
+    for (auto& t : threads)
+        t.join();
+}

@@ -1,0 +1,187 @@
+#include "support.hpp"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <system_error>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace green = zmq::green;
+
+namespace {
+
+struct pipe_fds {
+    pipe_fds() { EXPECT_EQ(::pipe(fd), 0); }
+    ~pipe_fds()
+    {
+        ::close(fd[0]);
+        ::close(fd[1]);
+    }
+    void write_byte() { ASSERT_EQ(::write(fd[1], "x", 1), 1); }
+    int fd[2]{-1, -1};
+};
+
+double cpu_seconds()
+{
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec)
+           + static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+} // namespace
+
+TEST(hub, installed_by_the_first_green_call_on_a_thread)
+{
+    std::thread([] {
+        EXPECT_EQ(green::hub::installed(), nullptr);
+        green::hub& h = green::hub::current();
+        EXPECT_EQ(green::hub::installed(), &h);
+        EXPECT_EQ(&green::hub::current(), &h);
+    }).join();
+}
+
+TEST(hub, explicitly_installable)
+{
+    std::thread([] {
+        boost::fibers::use_scheduling_algorithm<green::hub>();
+        ASSERT_NE(green::hub::installed(), nullptr);
+        green::context_t ctx;
+        green::socket_t s(ctx, zmq::socket_type::pair);
+        EXPECT_EQ(green::hub::installed(), &green::hub::current());
+    }).join();
+}
+
+TEST(hub, wait_readable_wakes_when_another_fiber_writes)
+{
+    pipe_fds p;
+    const auto before = green::hub::current().stats().fd_wakeups;
+    bool woke = false;
+    test::run_fibers({[&] { woke = green::wait_readable(p.fd[0], 5000ms); },
+                      [&] {
+                          EXPECT_FALSE(woke); // the reader is parked, not blocking the thread
+                          p.write_byte();
+                      }});
+    EXPECT_TRUE(woke);
+    EXPECT_GT(green::hub::current().stats().fd_wakeups, before);
+}
+
+TEST(hub, wait_readable_times_out)
+{
+    pipe_fds p;
+    const auto before = green::hub::current().stats().timer_wakeups;
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_FALSE(green::wait_readable(p.fd[0], 20ms));
+    EXPECT_GE(std::chrono::steady_clock::now() - start, 20ms);
+    EXPECT_EQ(green::hub::current().stats().timer_wakeups, before + 1);
+}
+
+TEST(hub, wait_with_zero_timeout_checks_without_parking)
+{
+    pipe_fds p;
+    EXPECT_FALSE(green::wait_readable(p.fd[0], 0ms));
+    EXPECT_TRUE(green::wait_writable(p.fd[1], 0ms));
+    p.write_byte();
+    EXPECT_TRUE(green::wait_readable(p.fd[0], 0ms));
+}
+
+TEST(hub, bad_fd_and_bad_timeout_are_errors)
+{
+    EXPECT_THROW(green::wait_readable(-1, 10ms), std::system_error);
+    pipe_fds p;
+    EXPECT_THROW(green::wait_readable(p.fd[0], -5ms), std::invalid_argument);
+}
+
+TEST(hub, several_fibers_wait_on_one_fd)
+{
+    pipe_fds p;
+    int woke = 0;
+    test::run_fibers({[&] { woke += green::wait_readable(p.fd[0]) ? 1 : 0; },
+                      [&] { woke += green::wait_readable(p.fd[0]) ? 1 : 0; },
+                      [&] { p.write_byte(); }});
+    EXPECT_EQ(woke, 2);
+}
+
+TEST(hub, another_thread_wakes_a_parked_fiber)
+{
+    green::hub& h = green::hub::current();
+    const auto before = h.stats().remote_wakeups;
+    boost::fibers::promise<int> promise;
+    auto future = promise.get_future();
+    std::thread other([&] { promise.set_value(42); });
+    EXPECT_EQ(future.get(), 42); // the hub sleeps in epoll until the eventfd is written
+    other.join();
+    EXPECT_GT(h.stats().remote_wakeups, before);
+}
+
+TEST(hub, a_fiber_that_never_blocks_does_not_starve_an_fd_waiter)
+{
+    pipe_fds p;
+    bool waiting = false;
+    bool done = false;
+    long spins_after_write = 0;
+    test::run_fibers({[&] {
+                          waiting = true;
+                          EXPECT_TRUE(green::wait_readable(p.fd[0]));
+                          done = true;
+                      },
+                      [&] {
+                          // Always ready: the hub never gets to block in epoll.
+                          ASSERT_TRUE(waiting);
+                          p.write_byte();
+                          while (!done) {
+                              ++spins_after_write;
+                              boost::this_fiber::yield();
+                          }
+                      }});
+    EXPECT_GT(spins_after_write, 0);
+}
+
+TEST(hub, fallback_interval_is_configurable)
+{
+    green::hub& h = green::hub::current();
+    const auto old = h.fallback_interval();
+    EXPECT_EQ(old, 1000ms);
+    h.set_fallback_interval(0ms);
+    EXPECT_EQ(h.fallback_interval(), 0ms);
+    EXPECT_THROW(h.set_fallback_interval(-1ms), std::invalid_argument);
+    h.set_fallback_interval(old);
+}
+
+TEST(hub, ten_thousand_parked_fibers_use_no_cpu)
+{
+    test::raise_fd_limit(8192);
+    green::context_t ctx;
+    constexpr int sockets = 1000;
+    constexpr int fibers_per_socket = 10;
+    std::vector<green::socket_t> pulls;
+    pulls.reserve(sockets);
+    for (int i = 0; i < sockets; ++i) {
+        pulls.emplace_back(ctx, zmq::socket_type::pull);
+        pulls.back().set(zmq::sockopt::linger, 0);
+    }
+    std::vector<boost::fibers::fiber> parked;
+    int ended = 0;
+    for (auto& s : pulls)
+        for (int j = 0; j < fibers_per_socket; ++j)
+            parked.emplace_back([&] {
+                zmq::message_t m;
+                try {
+                    (void)s.recv(m);
+                } catch (const zmq::error_t& e) {
+                    EXPECT_EQ(e.num(), ENOTSOCK);
+                    ++ended;
+                }
+            });
+    boost::this_fiber::yield(); // every fiber runs once and parks
+    const double cpu_before = cpu_seconds();
+    boost::this_fiber::sleep_for(300ms);
+    const double cpu_used = cpu_seconds() - cpu_before;
+    EXPECT_LT(cpu_used, 0.05) << "the hub spins while 10,000 fibers are parked";
+    for (auto& s : pulls)
+        s.close();
+    for (auto& f : parked)
+        f.join();
+    EXPECT_EQ(ended, sockets * fibers_per_socket);
+}

@@ -1,0 +1,198 @@
+#include "support.hpp"
+
+#include <unistd.h>
+
+using namespace std::chrono_literals;
+namespace green = zmq::green;
+using test::green_test;
+
+class poll : public green_test {};
+
+TEST_F(poll, pair_sockets_report_level_triggered_events)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    std::vector<zmq_pollitem_t> items{{p.a, 0, ZMQ_POLLIN | ZMQ_POLLOUT, 0},
+                                      {p.b, 0, ZMQ_POLLIN | ZMQ_POLLOUT, 0}};
+    // Wait for the connection: both become writable.
+    while (!(green::poll(items, 100ms) == 2 && items[0].revents == ZMQ_POLLOUT
+             && items[1].revents == ZMQ_POLLOUT)) {
+    }
+    p.a.send(zmq::str_buffer("x"));
+    p.b.send(zmq::str_buffer("y"));
+    while (!(green::poll(items, 100ms) == 2 && items[0].revents == (ZMQ_POLLIN | ZMQ_POLLOUT)
+             && items[1].revents == (ZMQ_POLLIN | ZMQ_POLLOUT))) {
+    }
+    zmq::message_t m;
+    ASSERT_TRUE(p.a.recv(m));
+    ASSERT_TRUE(p.b.recv(m));
+    EXPECT_EQ(green::poll(items, 0ms), 2);
+    EXPECT_EQ(items[0].revents, ZMQ_POLLOUT);
+    EXPECT_EQ(items[1].revents, ZMQ_POLLOUT);
+}
+
+TEST_F(poll, req_rep_events_follow_the_state_machine)
+{
+    test::bound_pair p(ctx, zmq::socket_type::rep, zmq::socket_type::req);
+    green::socket_t& rep = p.a;
+    green::socket_t& req = p.b;
+    EXPECT_EQ(req.poll(ZMQ_POLLOUT, 1000ms), ZMQ_POLLOUT);
+    EXPECT_EQ(rep.poll(ZMQ_POLLIN | ZMQ_POLLOUT, 0ms), 0);
+    req.send(zmq::str_buffer("req"));
+    EXPECT_EQ(req.poll(ZMQ_POLLIN | ZMQ_POLLOUT, 0ms), 0);
+    EXPECT_EQ(rep.poll(ZMQ_POLLIN, 1000ms), ZMQ_POLLIN);
+    zmq::message_t m;
+    ASSERT_TRUE(rep.recv(m));
+    EXPECT_EQ(rep.poll(ZMQ_POLLOUT, 0ms), ZMQ_POLLOUT);
+    rep.send(zmq::str_buffer("rep"));
+    EXPECT_EQ(rep.poll(ZMQ_POLLIN | ZMQ_POLLOUT, 0ms), 0);
+    EXPECT_EQ(req.poll(ZMQ_POLLIN, 1000ms), ZMQ_POLLIN);
+    ASSERT_TRUE(req.recv(m));
+    EXPECT_EQ(req.poll(ZMQ_POLLOUT, 0ms), ZMQ_POLLOUT);
+}
+
+TEST_F(poll, raw_fd_reports_readability)
+{
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    std::vector<zmq_pollitem_t> items{{nullptr, fds[0], ZMQ_POLLIN, 0}};
+    EXPECT_EQ(green::poll(items, 1ms), 0);
+    ASSERT_EQ(::write(fds[1], "x", 1), 1);
+    EXPECT_EQ(green::poll(items, 1ms), 1);
+    EXPECT_EQ(items[0].revents, ZMQ_POLLIN);
+    ::close(fds[0]);
+    ::close(fds[1]);
+}
+
+TEST_F(poll, timeout_is_in_milliseconds_and_other_fibers_run)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    bool other_ran = false;
+    test::run_fibers({[&] {
+                          std::vector<zmq_pollitem_t> items{{p.a, 0, ZMQ_POLLIN, 0}};
+                          const auto start = std::chrono::steady_clock::now();
+                          EXPECT_EQ(green::poll(items, 50ms), 0);
+                          EXPECT_GE(std::chrono::steady_clock::now() - start, 50ms);
+                          EXPECT_TRUE(other_ran);
+                      },
+                      [&] { other_ran = true; }});
+}
+
+TEST_F(poll, zero_timeout_never_yields)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    bool other_ran = false;
+    test::run_fibers({[&] {
+                          std::vector<zmq_pollitem_t> items{{p.a, 0, ZMQ_POLLIN, 0}};
+                          EXPECT_EQ(green::poll(items, 0ms), 0);
+                          EXPECT_FALSE(other_ran);
+                      },
+                      [&] { other_ran = true; }});
+}
+
+TEST_F(poll, a_send_from_another_fiber_wakes_the_poller)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    short revents = 0;
+    test::run_fibers({[&] {
+                          std::vector<zmq_pollitem_t> items{{p.b, 0, ZMQ_POLLIN, 0}};
+                          EXPECT_EQ(green::poll(items, 10000ms), 1);
+                          revents = items[0].revents;
+                      },
+                      [&] { p.a.send(zmq::str_buffer("wake")); }});
+    EXPECT_EQ(revents, ZMQ_POLLIN);
+}
+
+TEST_F(poll, socket_poll_wakes_on_send)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    test::run_fibers({[&] { EXPECT_EQ(p.b.poll(ZMQ_POLLIN, 10000ms), ZMQ_POLLIN); },
+                      [&] { p.a.send(zmq::str_buffer("wake")); }});
+}
+
+TEST_F(poll, plain_cppzmq_sockets_can_be_polled_too)
+{
+    zmq::context_t plain_ctx;
+    zmq::socket_t a(plain_ctx, zmq::socket_type::pair);
+    zmq::socket_t b(plain_ctx, zmq::socket_type::pair);
+    a.bind("inproc://plain");
+    b.connect("inproc://plain");
+    test::run_fibers({[&] {
+                          std::vector<zmq_pollitem_t> items{{b, 0, ZMQ_POLLIN, 0}};
+                          EXPECT_EQ(green::poll(items, 10000ms), 1);
+                      },
+                      [&] { a.send(zmq::str_buffer("x"), zmq::send_flags::dontwait); }});
+}
+
+TEST_F(poll, signals_without_events_do_not_wake_the_poller)
+{
+    green::socket_t router(ctx, zmq::socket_type::router);
+    router.bind("tcp://127.0.0.1:*");
+    const std::string ep = router.get(zmq::sockopt::last_endpoint);
+    const auto before = green::hub::current().stats().fd_wakeups;
+    test::run_fibers({[&] {
+                          std::vector<zmq_pollitem_t> items{{router, 0, ZMQ_POLLIN, 0}};
+                          EXPECT_EQ(green::poll(items, 200ms), 0);
+                      },
+                      [&] {
+                          // Peers connecting and leaving signal the router's fd.
+                          for (int i = 0; i < 5; ++i) {
+                              green::socket_t peer(ctx, zmq::socket_type::dealer);
+                              peer.set(zmq::sockopt::linger, 0);
+                              peer.connect(ep);
+                              peer.poll(ZMQ_POLLOUT, 1000ms);
+                          }
+                      }});
+    EXPECT_EQ(green::hub::current().stats().fd_wakeups, before);
+}
+
+TEST_F(poll, poller_add_modify_remove_wait_all)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    int tag = 7;
+    green::poller_t<int> poller;
+    poller.add(p.b, green::event_flags::pollin, &tag);
+    poller.add(fds[0], green::event_flags::pollin, nullptr);
+    EXPECT_EQ(poller.size(), 2u);
+    EXPECT_THROW(poller.add(p.b, green::event_flags::pollin, &tag), zmq::error_t);
+    std::vector<green::poller_event<int>> events(2);
+    EXPECT_EQ(poller.wait_all(events, 0ms), 0u);
+
+    p.a.send(zmq::str_buffer("x"));
+    ASSERT_EQ(poller.wait_all(events, 5000ms), 1u);
+    EXPECT_TRUE(events[0].socket == p.b);
+    EXPECT_EQ(events[0].user_data, &tag);
+    EXPECT_EQ(events[0].events, green::event_flags::pollin);
+
+    ASSERT_EQ(::write(fds[1], "x", 1), 1);
+    ASSERT_EQ(poller.wait_all(events, 0ms), 2u);
+    EXPECT_EQ(events[1].fd, fds[0]);
+
+    poller.modify(p.b, green::event_flags::none);
+    ASSERT_EQ(poller.wait_all(events, 0ms), 1u);
+    EXPECT_EQ(events[0].fd, fds[0]);
+
+    poller.remove(fds[0]);
+    poller.remove(p.b);
+    EXPECT_EQ(poller.size(), 0u);
+    EXPECT_THROW(poller.remove(p.b), zmq::error_t);
+    EXPECT_THROW(poller.wait_all(events, -1ms), zmq::error_t);
+    ::close(fds[0]);
+    ::close(fds[1]);
+}
+
+TEST_F(poll, closing_a_polled_socket_is_enotsock)
+{
+    green::socket_t s(ctx, zmq::socket_type::pull);
+    test::run_fibers({[&] {
+                          std::vector<zmq_pollitem_t> items{{s, 0, ZMQ_POLLIN, 0}};
+                          try {
+                              green::poll(items, 10000ms);
+                              ADD_FAILURE() << "poll returned";
+                          } catch (const zmq::error_t& e) {
+                              EXPECT_EQ(e.num(), ENOTSOCK);
+                          }
+                      },
+                      [&] { s.close(); }});
+}

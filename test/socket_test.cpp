@@ -1,0 +1,374 @@
+#include "support.hpp"
+
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace green = zmq::green;
+using test::green_test;
+using test::str;
+
+namespace {
+
+std::string recv_str(green::socket_t& s)
+{
+    zmq::message_t m;
+    auto r = s.recv(m);
+    EXPECT_TRUE(r.has_value());
+    return m.to_string();
+}
+
+} // namespace
+
+class socket : public green_test {};
+
+TEST_F(socket, pair_ping_pong)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    test::run_fibers({[&] {
+                          ASSERT_TRUE(p.a.send(zmq::str_buffer("message1")));
+                          EXPECT_EQ(recv_str(p.a), "message1");
+                      },
+                      [&] {
+                          zmq::message_t m;
+                          ASSERT_TRUE(p.b.recv(m));
+                          ASSERT_TRUE(p.b.send(m, zmq::send_flags::none));
+                      }});
+}
+
+TEST_F(socket, pair_multiple_in_order)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    for (int i = 0; i < 10; ++i) {
+        ASSERT_TRUE(p.a.send(zmq::buffer(std::string(static_cast<size_t>(i), ' '))));
+        ASSERT_TRUE(p.b.send(zmq::buffer(std::string(static_cast<size_t>(i), ' '))));
+    }
+    for (int i = 0; i < 10; ++i) {
+        EXPECT_EQ(recv_str(p.a).size(), static_cast<size_t>(i));
+        EXPECT_EQ(recv_str(p.b).size(), static_cast<size_t>(i));
+    }
+}
+
+TEST_F(socket, req_rep_round_trips_with_large_messages)
+{
+    test::bound_pair p(ctx, zmq::socket_type::rep, zmq::socket_type::req);
+    const std::string big(10000, 'x');
+    test::run_fibers({[&] {
+                          for (int i = 0; i < 10; ++i) {
+                              zmq::message_t m;
+                              ASSERT_TRUE(p.a.recv(m));
+                              ASSERT_TRUE(p.a.send(m, zmq::send_flags::none));
+                          }
+                      },
+                      [&] {
+                          for (int i = 0; i < 10; ++i) {
+                              ASSERT_TRUE(p.b.send(zmq::buffer(big)));
+                              EXPECT_EQ(recv_str(p.b), big);
+                          }
+                      }});
+}
+
+TEST_F(socket, req_rep_wrong_state_is_efsm)
+{
+    test::bound_pair p(ctx, zmq::socket_type::rep, zmq::socket_type::req);
+    zmq::message_t m;
+    try {
+        (void)p.b.recv(m);
+        FAIL() << "REQ recv before send must fail";
+    } catch (const zmq::error_t& e) {
+        EXPECT_EQ(e.num(), EFSM);
+    }
+    try {
+        p.a.send(zmq::str_buffer("x"));
+        FAIL() << "REP send before recv must fail";
+    } catch (const zmq::error_t& e) {
+        EXPECT_EQ(e.num(), EFSM);
+    }
+    test::run_fibers({[&] { EXPECT_EQ(recv_str(p.a), "ping"); p.a.send(zmq::str_buffer("pong")); },
+                      [&] {
+                          p.b.send(zmq::str_buffer("ping"));
+                          EXPECT_EQ(recv_str(p.b), "pong");
+                      }});
+}
+
+TEST_F(socket, pub_sub_with_subscription_handshake)
+{
+    green::socket_t pub(ctx, zmq::socket_type::xpub);
+    green::socket_t sub(ctx, zmq::socket_type::sub);
+    const auto ep = test::unique_inproc();
+    pub.bind(ep);
+    sub.connect(ep);
+    sub.set(zmq::sockopt::subscribe, "x");
+    // XPUB hands us the subscription: from then on nothing is dropped.
+    EXPECT_EQ(recv_str(pub), std::string("\1x", 2));
+    pub.send(zmq::str_buffer("ymessage"));
+    pub.send(zmq::str_buffer("xmessage"));
+    EXPECT_EQ(recv_str(sub), "xmessage");
+    zmq::message_t m;
+    EXPECT_FALSE(sub.recv(m, zmq::recv_flags::dontwait));
+}
+
+TEST_F(socket, router_dealer_identity_frame)
+{
+    green::socket_t router(ctx, zmq::socket_type::router);
+    green::socket_t dealer(ctx, zmq::socket_type::dealer);
+    dealer.set(zmq::sockopt::routing_id, "dealer-1");
+    const auto ep = test::unique_inproc();
+    router.bind(ep);
+    dealer.connect(ep);
+    dealer.send(zmq::str_buffer("hi"));
+    zmq::message_t id, body;
+    ASSERT_TRUE(router.recv(id));
+    EXPECT_EQ(str(id), "dealer-1");
+    EXPECT_TRUE(router.get(zmq::sockopt::rcvmore));
+    ASSERT_TRUE(router.recv(body));
+    EXPECT_EQ(str(body), "hi");
+    EXPECT_FALSE(router.get(zmq::sockopt::rcvmore));
+}
+
+TEST_F(socket, recv_into_buffer_reports_truncation)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    p.a.send(zmq::str_buffer("0123456789"));
+    char buf[4];
+    const auto r = p.b.recv(zmq::buffer(buf));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->size, 4u);
+    EXPECT_EQ(r->untruncated_size, 10u);
+    EXPECT_TRUE(r->truncated());
+    EXPECT_EQ(std::string(buf, 4), "0123");
+}
+
+TEST_F(socket, dontwait_gives_an_empty_result)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    zmq::message_t m;
+    EXPECT_FALSE(p.a.recv(m, zmq::recv_flags::dontwait));
+    char buf[1];
+    EXPECT_FALSE(p.a.recv(zmq::buffer(buf), zmq::recv_flags::dontwait));
+}
+
+TEST_F(socket, rcvtimeo_is_honoured)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    p.a.set(zmq::sockopt::rcvtimeo, 30);
+    bool other_ran = false;
+    test::run_fibers({[&] {
+                          zmq::message_t m;
+                          const auto start = std::chrono::steady_clock::now();
+                          EXPECT_FALSE(p.a.recv(m));
+                          EXPECT_GE(std::chrono::steady_clock::now() - start, 30ms);
+                          EXPECT_TRUE(other_ran); // it parked rather than blocked
+                      },
+                      [&] { other_ran = true; }});
+    p.a.set(zmq::sockopt::rcvtimeo, 0);
+    zmq::message_t m;
+    EXPECT_FALSE(p.a.recv(m));
+}
+
+TEST_F(socket, sndtimeo_is_honoured)
+{
+    green::socket_t push(ctx, zmq::socket_type::push); // no peer: a send cannot complete
+    push.set(zmq::sockopt::linger, 0);
+    push.set(zmq::sockopt::sndtimeo, 30);
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_FALSE(push.send(zmq::str_buffer("x")));
+    EXPECT_GE(std::chrono::steady_clock::now() - start, 30ms);
+}
+
+TEST_F(socket, ten_fibers_blocked_in_recv_are_served_in_fifo_order)
+{
+    green::socket_t pull(ctx, zmq::socket_type::pull);
+    green::socket_t push(ctx, zmq::socket_type::push);
+    const auto ep = test::unique_inproc();
+    pull.bind(ep);
+    push.connect(ep);
+    std::vector<std::string> got(10);
+    std::vector<std::function<void()>> fibers;
+    for (int i = 0; i < 10; ++i)
+        fibers.push_back([&, i] { got[static_cast<size_t>(i)] = recv_str(pull); });
+    fibers.push_back([&] {
+        for (int i = 0; i < 10; ++i)
+            push.send(zmq::buffer(std::to_string(i)));
+    });
+    test::run_fibers(std::move(fibers));
+    for (int i = 0; i < 10; ++i)
+        EXPECT_EQ(got[static_cast<size_t>(i)], std::to_string(i));
+}
+
+TEST_F(socket, sender_parked_at_hwm_resumes_when_the_peer_reads)
+{
+    green::socket_t push(ctx, zmq::socket_type::push);
+    green::socket_t pull(ctx, zmq::socket_type::pull);
+    push.set(zmq::sockopt::sndhwm, 1);
+    pull.set(zmq::sockopt::rcvhwm, 1);
+    const auto ep = test::unique_inproc();
+    pull.bind(ep);
+    push.connect(ep);
+    constexpr int count = 200;
+    int sent = 0;
+    int parked_while_full = 0;
+    test::run_fibers({[&] {
+                          for (int i = 0; i < count; ++i) {
+                              push.send(zmq::buffer(std::to_string(i)));
+                              ++sent;
+                          }
+                      },
+                      [&] {
+                          for (int i = 0; i < count; ++i) {
+                              // The sender filled the pipe and parked before we read.
+                              if (sent < count)
+                                  ++parked_while_full;
+                              EXPECT_EQ(recv_str(pull), std::to_string(i));
+                          }
+                      }});
+    EXPECT_EQ(sent, count);
+    EXPECT_GT(parked_while_full, 0);
+}
+
+TEST_F(socket, close_wakes_waiters_with_enotsock)
+{
+    green::socket_t pull(ctx, zmq::socket_type::pull);
+    int errors = 0;
+    auto waiter = [&] {
+        zmq::message_t m;
+        try {
+            (void)pull.recv(m);
+        } catch (const zmq::error_t& e) {
+            EXPECT_EQ(e.num(), ENOTSOCK);
+            ++errors;
+        }
+    };
+    test::run_fibers({waiter, waiter, waiter, [&] { pull.close(); }});
+    EXPECT_EQ(errors, 3);
+}
+
+TEST_F(socket, closed_socket_operations_fail_with_enotsock)
+{
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    s.close();
+    EXPECT_EQ(s.handle(), nullptr);
+    auto expect_enotsock = [](auto&& fn) {
+        try {
+            fn();
+            ADD_FAILURE() << "no error";
+        } catch (const zmq::error_t& e) {
+            EXPECT_EQ(e.num(), ENOTSOCK);
+        }
+    };
+    expect_enotsock([&] { s.bind("inproc://x"); });
+    expect_enotsock([&] { s.connect("inproc://x"); });
+    expect_enotsock([&] { s.set(zmq::sockopt::linger, 0); });
+    expect_enotsock([&] { s.send(zmq::str_buffer("x")); });
+    expect_enotsock([&] {
+        zmq::message_t m;
+        (void)s.recv(m);
+    });
+}
+
+TEST_F(socket, hundred_thousand_ping_pongs_without_the_fallback)
+{
+    green::hub& h = green::hub::current();
+    h.set_fallback_interval(0ms); // a missed edge would hang: the test times out
+    green::socket_t a(ctx, zmq::socket_type::pair);
+    green::socket_t b(ctx, zmq::socket_type::pair);
+    const auto ep = test::unique_inproc();
+    a.bind(ep);
+    b.connect(ep);
+    constexpr int rounds = 100000;
+    test::run_fibers({[&] {
+                          zmq::message_t m;
+                          for (int i = 0; i < rounds; ++i) {
+                              a.send(zmq::str_buffer("ping"));
+                              ASSERT_TRUE(a.recv(m));
+                          }
+                      },
+                      [&] {
+                          zmq::message_t m;
+                          for (int i = 0; i < rounds; ++i) {
+                              ASSERT_TRUE(b.recv(m));
+                              b.send(m, zmq::send_flags::none);
+                          }
+                      }});
+    h.set_fallback_interval(1000ms);
+}
+
+TEST_F(socket, tcp_ping_pong_across_two_threads)
+{
+    // Each thread has its own hub; messages cross between their epolls.
+    green::socket_t rep(ctx, zmq::socket_type::rep);
+    rep.bind("tcp://127.0.0.1:*");
+    const std::string ep = rep.get(zmq::sockopt::last_endpoint);
+    std::thread client([&] {
+        green::socket_t req(ctx, zmq::socket_type::req);
+        req.connect(ep);
+        for (int i = 0; i < 1000; ++i) {
+            req.send(zmq::buffer(std::to_string(i)));
+            EXPECT_EQ(recv_str(req), std::to_string(i));
+        }
+    });
+    for (int i = 0; i < 1000; ++i) {
+        zmq::message_t m;
+        ASSERT_TRUE(rep.recv(m));
+        rep.send(m, zmq::send_flags::none);
+    }
+    client.join();
+}
+
+TEST_F(socket, use_from_a_foreign_thread_is_a_clear_error)
+{
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    std::thread([&] {
+        EXPECT_THROW(s.send(zmq::str_buffer("x")), green::thread_error);
+        EXPECT_THROW(s.bind("inproc://foreign"), green::thread_error);
+        EXPECT_THROW(s.set(zmq::sockopt::linger, 0), green::thread_error);
+        zmq::message_t m;
+        EXPECT_THROW((void)s.recv(m), green::thread_error);
+    }).join();
+    s.bind("inproc://owner"); // still usable by its own thread
+}
+
+TEST_F(socket, reading_events_wakes_a_waiter_whose_signal_it_consumed)
+{
+    green::hub::current().set_fallback_interval(0ms);
+    green::socket_t a(ctx, zmq::socket_type::pair);
+    green::socket_t b(ctx, zmq::socket_type::pair);
+    const auto ep = test::unique_inproc();
+    a.bind(ep);
+    b.connect(ep);
+    test::run_fibers({[&] { EXPECT_EQ(recv_str(b), "x"); },
+                      [&] {
+                          a.send(zmq::str_buffer("x"));
+                          // b's signal is pending; this read consumes it.
+                          EXPECT_TRUE(b.get(zmq::sockopt::events) & ZMQ_POLLIN);
+                      }});
+    green::hub::current().set_fallback_interval(1000ms);
+}
+
+TEST_F(socket, moved_sockets_keep_working)
+{
+    green::socket_t a(ctx, zmq::socket_type::pair);
+    green::socket_t b(ctx, zmq::socket_type::pair);
+    const auto ep = test::unique_inproc();
+    a.bind(ep);
+    b.connect(ep);
+    green::socket_t moved(std::move(a));
+    EXPECT_EQ(a.handle(), nullptr);
+    moved.send(zmq::str_buffer("x"));
+    EXPECT_EQ(recv_str(b), "x");
+    green::socket_ref ref = b;
+    EXPECT_TRUE(ref == b);
+    EXPECT_FALSE(ref == moved);
+}
+
+TEST_F(socket, bad_socket_type_and_endpoint_are_errors)
+{
+    EXPECT_THROW(green::socket_t(ctx, 999), zmq::error_t);
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    try {
+        s.bind("nonsense://x");
+        FAIL();
+    } catch (const zmq::error_t& e) {
+        EXPECT_EQ(e.num(), EPROTONOSUPPORT);
+    }
+    EXPECT_THROW(s.connect("tcp://"), zmq::error_t);
+}

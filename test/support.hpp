@@ -1,0 +1,67 @@
+// Helpers shared by the tests: fibers, socket pairs, limits.
+#pragma once
+
+#include <zmq/green.hpp>
+
+#include <boost/fiber/all.hpp>
+#include <gtest/gtest.h>
+
+#include <sys/resource.h>
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace test {
+
+// Runs each function in its own fiber on this thread and joins them all.
+inline void run_fibers(std::vector<std::function<void()>> fns)
+{
+    std::vector<boost::fibers::fiber> fibers;
+    fibers.reserve(fns.size());
+    for (auto& fn : fns)
+        fibers.emplace_back(std::move(fn));
+    for (auto& f : fibers)
+        f.join();
+}
+
+inline std::string unique_inproc()
+{
+    static std::atomic<int> n{0};
+    return "inproc://test-" + std::to_string(n++);
+}
+
+// t1 binds to a random loopback tcp port, t2 connects; linger 0 on both.
+struct bound_pair {
+    bound_pair(zmq::green::context_t& ctx, zmq::socket_type t1, zmq::socket_type t2)
+        : a(ctx, t1), b(ctx, t2)
+    {
+        a.set(zmq::sockopt::linger, 0);
+        b.set(zmq::sockopt::linger, 0);
+        a.bind("tcp://127.0.0.1:*");
+        b.connect(a.get(zmq::sockopt::last_endpoint));
+    }
+    zmq::green::socket_t a;
+    zmq::green::socket_t b;
+};
+
+inline void raise_fd_limit(rlim_t wanted)
+{
+    rlimit lim{};
+    getrlimit(RLIMIT_NOFILE, &lim);
+    lim.rlim_cur = std::min(wanted, lim.rlim_max);
+    setrlimit(RLIMIT_NOFILE, &lim);
+}
+
+inline std::string str(const zmq::message_t& m) { return m.to_string(); }
+
+// Every test ends with the fallback re-check having rescued nothing: a rescue
+// means an edge was missed.
+class green_test : public ::testing::Test {
+protected:
+    void TearDown() override { EXPECT_EQ(zmq::green::hub::current().stats().rescues, 0u); }
+    zmq::green::context_t ctx;
+};
+
+} // namespace test
