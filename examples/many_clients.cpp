@@ -1,0 +1,169 @@
+// One thread: a ROUTER echo server fiber and thousands of REQ client fibers,
+// each written in plain blocking style, doing round trips over tcp loopback.
+//
+//   many_clients [--clients N] [--rounds R]      (defaults: 10000 clients, 20 rounds)
+#include <zmq/green.hpp>
+
+#include <boost/fiber/all.hpp>
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <string>
+#include <vector>
+
+namespace green = zmq::green;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Each client costs about three fds: its socket's signal fd and both ends of
+// its tcp connection.
+constexpr rlim_t fds_per_client = 3;
+constexpr rlim_t spare_fds = 64;
+
+int parse_count(const char* flag, const char* value)
+{
+    char* end = nullptr;
+    const long n = value ? std::strtol(value, &end, 10) : 0;
+    if (!value || *end != '\0' || n <= 0 || n > 1000000) {
+        std::fprintf(stderr, "many_clients: %s needs a count from 1 to 1000000\n", flag);
+        std::exit(2);
+    }
+    return static_cast<int>(n);
+}
+
+// Raises the fd limit as far as allowed; returns how many clients fit.
+int clients_that_fit(int wanted)
+{
+    rlimit lim{};
+    getrlimit(RLIMIT_NOFILE, &lim);
+    const rlim_t needed = static_cast<rlim_t>(wanted) * fds_per_client + spare_fds;
+    if (lim.rlim_cur < needed) {
+        lim.rlim_cur = std::min(needed, lim.rlim_max);
+        setrlimit(RLIMIT_NOFILE, &lim);
+        getrlimit(RLIMIT_NOFILE, &lim);
+    }
+    if (lim.rlim_cur >= needed)
+        return wanted;
+    const int fit = static_cast<int>((lim.rlim_cur - spare_fds) / fds_per_client);
+    std::printf("the fd limit is %llu (hard limit %llu): running %d clients instead of %d\n",
+                static_cast<unsigned long long>(lim.rlim_cur),
+                static_cast<unsigned long long>(lim.rlim_max), fit, wanted);
+    return fit;
+}
+
+long peak_rss_kib()
+{
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    int clients = 10000;
+    int rounds = 20;
+    for (int i = 1; i < argc; ++i) {
+        if (std::strcmp(argv[i], "--clients") == 0)
+            clients = parse_count("--clients", i + 1 < argc ? argv[++i] : nullptr);
+        else if (std::strcmp(argv[i], "--rounds") == 0)
+            rounds = parse_count("--rounds", i + 1 < argc ? argv[++i] : nullptr);
+        else {
+            std::fprintf(stderr, "usage: many_clients [--clients N] [--rounds R]\n");
+            return 2;
+        }
+    }
+    clients = clients_that_fit(clients);
+    if (clients <= 0)
+        return 1;
+
+    green::context_t ctx(1, clients + 16); // ZMQ_MAX_SOCKETS defaults to 1023
+    green::socket_t server(ctx, zmq::socket_type::router);
+    server.set(zmq::sockopt::linger, 0);
+    server.set(zmq::sockopt::backlog, 4096); // thousands connect at once
+    server.set(zmq::sockopt::sndhwm, 0);
+    server.set(zmq::sockopt::rcvhwm, 0);
+    server.bind("tcp://127.0.0.1:*");
+    const std::string endpoint = server.get(zmq::sockopt::last_endpoint);
+    std::printf("%d REQ client fibers x %d round trips to a ROUTER echo at %s, one thread\n",
+                clients, rounds, endpoint.c_str());
+
+    const long total = static_cast<long>(clients) * rounds;
+    long done = 0;
+    bool finished = false;
+
+    boost::fibers::fiber echo([&] {
+        std::vector<zmq::message_t> msg;
+        try {
+            for (;;) {
+                msg.clear();
+                (void)green::recv_multipart(server, std::back_inserter(msg));
+                green::send_multipart(server, msg); // [identity, empty, body] goes back
+            }
+        } catch (const zmq::error_t& e) {
+            if (e.num() != ENOTSOCK)
+                std::fprintf(stderr, "echo: %s\n", e.what());
+        }
+    });
+
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<boost::fibers::fiber> fibers;
+    fibers.reserve(static_cast<size_t>(clients));
+    for (int c = 0; c < clients; ++c) {
+        // A small stack per client: what a parked client costs is what it touched.
+        fibers.emplace_back(std::allocator_arg, boost::fibers::fixedsize_stack(64 * 1024), [&, c] {
+            green::socket_t req(ctx, zmq::socket_type::req);
+            req.set(zmq::sockopt::linger, 0);
+            req.connect(endpoint);
+            const std::string body = "client " + std::to_string(c);
+            zmq::message_t reply;
+            for (int r = 0; r < rounds; ++r) {
+                req.send(zmq::buffer(body));
+                (void)req.recv(reply);
+                if (reply.to_string() != body) {
+                    std::fprintf(stderr, "client %d: wrong reply '%s'\n", c,
+                                 reply.to_string().c_str());
+                    std::exit(1);
+                }
+                ++done;
+            }
+        });
+    }
+
+    boost::fibers::fiber progress([&] {
+        while (!finished) {
+            boost::this_fiber::sleep_for(1s);
+            if (!finished)
+                std::printf("  %ld / %ld round trips\n", done, total);
+            std::fflush(stdout);
+        }
+    });
+
+    for (auto& f : fibers)
+        f.join();
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    finished = true;
+    progress.join();
+    server.close();
+    echo.join();
+
+    const auto stats = green::hub::current().stats();
+    std::printf("%ld round trips in %.2f s: %.0f round trips/s\n", done, elapsed.count(),
+                static_cast<double>(done) / elapsed.count());
+    std::printf("peak memory %.1f MiB (%.1f KiB per client)\n",
+                static_cast<double>(peak_rss_kib()) / 1024.0,
+                static_cast<double>(peak_rss_kib()) / clients);
+    std::printf("hub: %llu fd wake-ups, %llu timer wake-ups, %llu remote wake-ups, %llu rescues\n",
+                static_cast<unsigned long long>(stats.fd_wakeups),
+                static_cast<unsigned long long>(stats.timer_wakeups),
+                static_cast<unsigned long long>(stats.remote_wakeups),
+                static_cast<unsigned long long>(stats.rescues));
+    return done == total ? 0 : 1;
+}
