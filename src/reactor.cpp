@@ -246,12 +246,13 @@ fd_watch& reactor::watch_fd(int fd, wait_node& node)
         slot = std::move(watch);
     }
     slot->waiters.push_back(node);
+    ++slot->users;
     return *slot;
 }
 
 void reactor::unwatch_fd(fd_watch& watch) noexcept
 {
-    if (!watch.waiters.empty())
+    if (--watch.users > 0)
         return;
     // The fd may already be closed: then the kernel dropped it from the set.
     ::epoll_ctl(epfd_, EPOLL_CTL_DEL, watch.fd, nullptr);

@@ -69,6 +69,9 @@ struct fd_watch final : io_source {
     class reactor& owner;
     int fd;
     wait_list waiters;
+    // Registrations, not waiters: a woken waiter leaves the list before it
+    // unregisters, and another fiber's registration may still be alive.
+    int users = 0;
 };
 
 class reactor {
