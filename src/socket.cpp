@@ -257,6 +257,10 @@ socket_t::socket_t(context_t& context, int type)
     core_ = core;
 }
 
+socket_t::operator void*() { return checked_handle(); }
+
+socket_t::operator void const*() const { return checked_handle(); }
+
 void socket_t::close() noexcept
 {
     if (core_ == nullptr)

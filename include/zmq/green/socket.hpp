@@ -87,8 +87,9 @@ protected:
 
     socket_core* core_ = nullptr;
 
-private:
     void* checked_handle() const;
+
+private:
     void events_read() const noexcept;
 };
 
@@ -122,8 +123,10 @@ public:
 
     void swap(socket_t& other) noexcept { std::swap(core_, other.core_); }
 
-    operator void*() noexcept { return handle(); }
-    operator void const*() const noexcept { return handle(); }
+    // For zmq_pollitem_t. Throws thread_error on a foreign thread: the item
+    // would make that thread consume this socket's signals.
+    operator void*();
+    operator void const*() const;
 };
 
 inline void swap(socket_t& a, socket_t& b) noexcept { a.swap(b); }

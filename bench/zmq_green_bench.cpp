@@ -1,0 +1,609 @@
+// zmq-green-bench: each workload measured with zmq-green and with a raw libzmq
+// baseline written here, alternating, in one run. Prints a table and one JSON
+// line per workload. Pin it to one core for stable ratios: taskset -c 0.
+//
+// Every measurement runs in a forked child, so that each starts from a fresh
+// process (no hub, no context, its own peak RSS) and the parent stays free of
+// libzmq threads.
+#include <zmq/green.hpp>
+
+#include <boost/fiber/all.hpp>
+
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace green = zmq::green;
+using clk = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct options {
+    std::vector<std::string> workloads{"T1", "T2", "L1", "L2", "S1", "S2", "I1"};
+    long messages = 1000000;   // T1, T2
+    long round_trips = 100000; // L1, L2
+    std::vector<int> clients{1000, 10000};
+    int client_rounds = 20;
+    int reps = 3;
+};
+
+double seconds_since(clk::time_point t0)
+{
+    return std::chrono::duration<double>(clk::now() - t0).count();
+}
+
+double cpu_seconds()
+{
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec)
+           + static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+double peak_rss_kib()
+{
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return static_cast<double>(ru.ru_maxrss);
+}
+
+void raise_fd_limit()
+{
+    rlimit lim{};
+    getrlimit(RLIMIT_NOFILE, &lim);
+    lim.rlim_cur = lim.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &lim);
+}
+
+int clients_that_fit(int wanted)
+{
+    rlimit lim{};
+    getrlimit(RLIMIT_NOFILE, &lim);
+    const auto fit = static_cast<long>((lim.rlim_cur - 64) / 3); // 3 fds per tcp client
+    return static_cast<int>(std::min<long>(wanted, fit));
+}
+
+double median(std::vector<double> v)
+{
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+double percentile(std::vector<double>& v, double p)
+{
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+}
+
+// Runs fn in a child process and returns what it wrote (numbers).
+std::vector<double> in_child(const std::function<std::vector<double>()>& fn)
+{
+    int fds[2];
+    if (::pipe(fds) != 0) {
+        std::perror("pipe");
+        std::exit(1);
+    }
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        ::close(fds[0]);
+        std::vector<double> out;
+        try {
+            out = fn();
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "bench child: %s\n", e.what());
+            _exit(1);
+        }
+        const auto bytes = static_cast<ssize_t>(out.size() * sizeof(double));
+        if (::write(fds[1], out.data(), static_cast<size_t>(bytes)) != bytes)
+            _exit(1);
+        _exit(0);
+    }
+    ::close(fds[1]);
+    std::vector<double> result;
+    double v;
+    while (::read(fds[0], &v, sizeof v) == static_cast<ssize_t>(sizeof v))
+        result.push_back(v);
+    ::close(fds[0]);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        std::fprintf(stderr, "a measurement failed\n");
+        std::exit(1);
+    }
+    return result;
+}
+
+const char payload[64] = {};
+
+// --- T1: PUSH/PULL inproc ----------------------------------------------------
+
+std::vector<double> t1_green(long n)
+{
+    green::context_t ctx;
+    green::socket_t pull(ctx, zmq::socket_type::pull), push(ctx, zmq::socket_type::push);
+    pull.bind("inproc://t1");
+    push.connect("inproc://t1");
+    const auto t0 = clk::now();
+    boost::fibers::fiber producer([&] {
+        for (long i = 0; i < n; ++i)
+            push.send(zmq::buffer(payload, sizeof payload));
+    });
+    zmq::message_t m;
+    for (long i = 0; i < n; ++i)
+        (void)pull.recv(m);
+    producer.join();
+    return {static_cast<double>(n) / seconds_since(t0) / 1e6};
+}
+
+std::vector<double> t1_baseline(long n)
+{
+    zmq::context_t ctx;
+    zmq::socket_t pull(ctx, zmq::socket_type::pull), push(ctx, zmq::socket_type::push);
+    pull.bind("inproc://t1");
+    push.connect("inproc://t1");
+    const auto t0 = clk::now();
+    long sent = 0, got = 0;
+    zmq::message_t m;
+    while (got < n) {
+        while (sent < n && push.send(zmq::buffer(payload, sizeof payload), zmq::send_flags::dontwait))
+            ++sent;
+        while (pull.recv(m, zmq::recv_flags::dontwait))
+            ++got;
+    }
+    return {static_cast<double>(n) / seconds_since(t0) / 1e6};
+}
+
+// --- T2: PUSH/PULL tcp -------------------------------------------------------
+
+std::vector<double> t2_green(long n)
+{
+    green::context_t ctx;
+    green::socket_t pull(ctx, zmq::socket_type::pull), push(ctx, zmq::socket_type::push);
+    pull.bind("tcp://127.0.0.1:*");
+    push.connect(pull.get(zmq::sockopt::last_endpoint));
+    const auto t0 = clk::now();
+    boost::fibers::fiber producer([&] {
+        for (long i = 0; i < n; ++i)
+            push.send(zmq::buffer(payload, sizeof payload));
+    });
+    zmq::message_t m;
+    for (long i = 0; i < n; ++i)
+        (void)pull.recv(m);
+    producer.join();
+    return {static_cast<double>(n) / seconds_since(t0) / 1e6};
+}
+
+std::vector<double> t2_baseline(long n)
+{
+    zmq::context_t ctx;
+    zmq::socket_t pull(ctx, zmq::socket_type::pull), push(ctx, zmq::socket_type::push);
+    pull.bind("tcp://127.0.0.1:*");
+    push.connect(pull.get(zmq::sockopt::last_endpoint));
+    const auto t0 = clk::now();
+    std::thread producer([&] {
+        for (long i = 0; i < n; ++i)
+            push.send(zmq::buffer(payload, sizeof payload));
+    });
+    zmq::message_t m;
+    for (long i = 0; i < n; ++i)
+        (void)pull.recv(m);
+    producer.join();
+    return {static_cast<double>(n) / seconds_since(t0) / 1e6};
+}
+
+// --- L1/L2: REQ/REP round trips (median and p99, microseconds) ---------------
+
+template<class Socket>
+std::vector<double> timed_round_trips(Socket& req, long n, const std::function<void()>& serve_one)
+{
+    std::vector<double> us;
+    us.reserve(static_cast<size_t>(n));
+    zmq::message_t m;
+    for (long i = 0; i < n; ++i) {
+        const auto t0 = clk::now();
+        req.send(zmq::buffer(payload, sizeof payload));
+        if (serve_one)
+            serve_one();
+        while (!req.recv(m, serve_one ? zmq::recv_flags::dontwait : zmq::recv_flags::none)) {
+        }
+        us.push_back(seconds_since(t0) * 1e6);
+    }
+    const double p50 = percentile(us, 0.5);
+    return {p50, percentile(us, 0.99)};
+}
+
+std::vector<double> l_green(long n, const char* endpoint)
+{
+    green::context_t ctx;
+    green::socket_t rep(ctx, zmq::socket_type::rep), req(ctx, zmq::socket_type::req);
+    rep.bind(endpoint);
+    req.connect(rep.get(zmq::sockopt::last_endpoint));
+    boost::fibers::fiber server([&] {
+        zmq::message_t m;
+        for (long i = 0; i < n; ++i) {
+            (void)rep.recv(m);
+            rep.send(m, zmq::send_flags::none);
+        }
+    });
+    auto r = timed_round_trips(req, n, nullptr);
+    server.join();
+    return r;
+}
+
+std::vector<double> l1_baseline(long n)
+{
+    zmq::context_t ctx;
+    zmq::socket_t rep(ctx, zmq::socket_type::rep), req(ctx, zmq::socket_type::req);
+    rep.bind("inproc://l1");
+    req.connect("inproc://l1");
+    zmq::message_t m;
+    return timed_round_trips(req, n, [&] {
+        while (!rep.recv(m, zmq::recv_flags::dontwait)) {
+        }
+        rep.send(m, zmq::send_flags::dontwait);
+    });
+}
+
+std::vector<double> l2_baseline(long n)
+{
+    zmq::context_t ctx;
+    zmq::socket_t rep(ctx, zmq::socket_type::rep), req(ctx, zmq::socket_type::req);
+    rep.bind("tcp://127.0.0.1:*");
+    req.connect(rep.get(zmq::sockopt::last_endpoint));
+    std::thread server([&] {
+        zmq::message_t m;
+        for (long i = 0; i < n; ++i) {
+            (void)rep.recv(m);
+            rep.send(m, zmq::send_flags::none);
+        }
+    });
+    auto r = timed_round_trips(req, n, nullptr);
+    server.join();
+    return r;
+}
+
+// --- S1/S2: many REQ clients against one ROUTER echo, one thread -------------
+// Returns {round trips per second, peak RSS KiB per client}.
+
+std::vector<double> s_green(int clients, int rounds)
+{
+    raise_fd_limit();
+    green::context_t ctx(1, clients + 16);
+    green::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.set(zmq::sockopt::backlog, 4096);
+    router.set(zmq::sockopt::sndhwm, 0);
+    router.set(zmq::sockopt::rcvhwm, 0);
+    router.bind("tcp://127.0.0.1:*");
+    const std::string ep = router.get(zmq::sockopt::last_endpoint);
+    const double rss_before = peak_rss_kib();
+    boost::fibers::fiber echo([&] {
+        std::vector<zmq::message_t> msg;
+        try {
+            for (;;) {
+                msg.clear();
+                (void)green::recv_multipart(router, std::back_inserter(msg));
+                green::send_multipart(router, msg);
+            }
+        } catch (const zmq::error_t&) {
+        }
+    });
+    const auto t0 = clk::now();
+    std::vector<boost::fibers::fiber> fibers;
+    fibers.reserve(static_cast<size_t>(clients));
+    boost::fibers::pooled_fixedsize_stack stacks(64 * 1024, static_cast<size_t>(clients));
+    for (int c = 0; c < clients; ++c)
+        fibers.emplace_back(std::allocator_arg, stacks, [&] {
+            green::socket_t req(ctx, zmq::socket_type::req);
+            req.set(zmq::sockopt::linger, 0);
+            req.connect(ep);
+            zmq::message_t m;
+            for (int r = 0; r < rounds; ++r) {
+                req.send(zmq::buffer(payload, sizeof payload));
+                (void)req.recv(m);
+            }
+        });
+    for (auto& f : fibers)
+        f.join();
+    const double elapsed = seconds_since(t0);
+    const double per_client = (peak_rss_kib() - rss_before) / clients;
+    router.close();
+    echo.join();
+    return {static_cast<double>(clients) * rounds / elapsed, per_client};
+}
+
+// The hand-written alternative: every socket's ZMQ_FD in one epoll set
+// (edge-triggered), and a state machine per client.
+std::vector<double> s_baseline(int clients, int rounds)
+{
+    raise_fd_limit();
+    zmq::context_t ctx(1, clients + 16);
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.set(zmq::sockopt::backlog, 4096);
+    router.set(zmq::sockopt::sndhwm, 0);
+    router.set(zmq::sockopt::rcvhwm, 0);
+    router.bind("tcp://127.0.0.1:*");
+    const std::string ep = router.get(zmq::sockopt::last_endpoint);
+    const double rss_before = peak_rss_kib();
+    const int ep_fd = ::epoll_create1(0);
+    auto watch = [&](zmq::socket_t& s, void* tag) {
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLET;
+        ev.data.ptr = tag;
+        ::epoll_ctl(ep_fd, EPOLL_CTL_ADD, s.get(zmq::sockopt::fd), &ev);
+    };
+    struct client {
+        zmq::socket_t socket;
+        int done = 0;
+        bool awaiting_reply = false;
+    };
+    const auto t0 = clk::now();
+    std::vector<client> cs;
+    cs.reserve(static_cast<size_t>(clients));
+    watch(router, nullptr);
+    for (int c = 0; c < clients; ++c) {
+        cs.push_back({zmq::socket_t(ctx, zmq::socket_type::req)});
+        cs.back().socket.set(zmq::sockopt::linger, 0);
+        cs.back().socket.connect(ep);
+        watch(cs.back().socket, &cs.back());
+    }
+    long remaining = static_cast<long>(clients) * rounds;
+    zmq::message_t m;
+    auto drive = [&](client& c) {
+        for (;;) {
+            if (c.done == rounds)
+                return;
+            if (!c.awaiting_reply) {
+                if (!c.socket.send(zmq::buffer(payload, sizeof payload), zmq::send_flags::dontwait))
+                    return;
+                c.awaiting_reply = true;
+            }
+            if (!c.socket.recv(m, zmq::recv_flags::dontwait)) {
+                // Re-arm the edge: the failed call may have consumed it.
+                const int ev = c.socket.get(zmq::sockopt::events);
+                if (!(ev & ZMQ_POLLIN))
+                    return;
+                continue;
+            }
+            c.awaiting_reply = false;
+            ++c.done;
+            --remaining;
+        }
+    };
+    std::vector<zmq::message_t> msg;
+    auto serve = [&] {
+        for (;;) {
+            msg.clear();
+            if (!zmq::recv_multipart(router, std::back_inserter(msg), zmq::recv_flags::dontwait)) {
+                if (!(router.get(zmq::sockopt::events) & ZMQ_POLLIN))
+                    return;
+                continue;
+            }
+            zmq::send_multipart(router, msg, zmq::send_flags::dontwait);
+        }
+    };
+    for (auto& c : cs)
+        drive(c);
+    std::vector<epoll_event> events(1024);
+    while (remaining > 0) {
+        const int n = ::epoll_wait(ep_fd, events.data(), static_cast<int>(events.size()), 1000);
+        for (int i = 0; i < n; ++i) {
+            if (events[static_cast<size_t>(i)].data.ptr == nullptr)
+                serve();
+            else
+                drive(*static_cast<client*>(events[static_cast<size_t>(i)].data.ptr));
+        }
+    }
+    const double elapsed = seconds_since(t0);
+    const double per_client = (peak_rss_kib() - rss_before) / clients;
+    ::close(ep_fd);
+    return {static_cast<double>(clients) * rounds / elapsed, per_client};
+}
+
+// --- I1: CPU of 10,000 parked fibers over 2 s --------------------------------
+
+std::vector<double> i1_green()
+{
+    raise_fd_limit();
+    green::context_t ctx(1, 2000);
+    std::vector<green::socket_t> pulls;
+    for (int i = 0; i < 1000; ++i)
+        pulls.emplace_back(ctx, zmq::socket_type::pull);
+    std::vector<boost::fibers::fiber> parked;
+    boost::fibers::pooled_fixedsize_stack stacks(64 * 1024, 10000);
+    for (auto& s : pulls)
+        for (int j = 0; j < 10; ++j)
+            parked.emplace_back(std::allocator_arg, stacks, [&s] {
+                zmq::message_t m;
+                try {
+                    (void)s.recv(m);
+                } catch (const zmq::error_t&) {
+                }
+            });
+    boost::this_fiber::yield();
+    const double cpu0 = cpu_seconds();
+    boost::this_fiber::sleep_for(2s);
+    const double cpu_ms_per_s = (cpu_seconds() - cpu0) * 1000.0 / 2.0;
+    for (auto& s : pulls)
+        s.close();
+    for (auto& f : parked)
+        f.join();
+    return {cpu_ms_per_s};
+}
+
+// --- driver -------------------------------------------------------------------
+
+struct row {
+    std::string id, unit;
+    double green, baseline;
+};
+
+row measure(const std::string& id, const std::string& unit, int reps,
+            const std::function<double()>& green_run, const std::function<double()>& base_run)
+{
+    std::vector<double> g, b;
+    for (int r = 0; r < reps; ++r) { // alternate, so drift hits both sides alike
+        g.push_back(green_run());
+        if (base_run)
+            b.push_back(base_run());
+    }
+    return {id, unit, median(g), base_run ? median(b) : 0.0};
+}
+
+std::vector<std::string> split(const std::string& s)
+{
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= s.size()) {
+        const size_t comma = s.find(',', start);
+        out.push_back(s.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+        if (comma == std::string::npos)
+            break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+[[noreturn]] void usage()
+{
+    std::fprintf(stderr,
+                 "usage: zmq-green-bench [--workloads T1,T2,L1,L2,S1,S2,I1] [--messages N]\n"
+                 "                       [--round-trips N] [--clients N,N] [--client-rounds N]\n"
+                 "                       [--reps N]\n");
+    std::exit(2);
+}
+
+long parse_positive(const char* s)
+{
+    char* end = nullptr;
+    const long v = s ? std::strtol(s, &end, 10) : 0;
+    if (!s || *end != '\0' || v <= 0)
+        usage();
+    return v;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    options opt;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
+        if (a == "--workloads" && v)
+            opt.workloads = split(argv[++i]);
+        else if (a == "--messages")
+            opt.messages = parse_positive(v), ++i;
+        else if (a == "--round-trips")
+            opt.round_trips = parse_positive(v), ++i;
+        else if (a == "--clients" && v) {
+            opt.clients.clear();
+            for (const auto& c : split(argv[++i]))
+                opt.clients.push_back(static_cast<int>(parse_positive(c.c_str())));
+        } else if (a == "--client-rounds")
+            opt.client_rounds = static_cast<int>(parse_positive(v)), ++i;
+        else if (a == "--reps")
+            opt.reps = static_cast<int>(parse_positive(v)), ++i;
+        else
+            usage();
+    }
+    const std::map<std::string, int> known{{"T1", 0}, {"T2", 0}, {"L1", 0}, {"L2", 0},
+                                           {"S1", 0}, {"S2", 0}, {"I1", 0}};
+    for (const auto& w : opt.workloads)
+        if (!known.count(w)) {
+            std::fprintf(stderr, "zmq-green-bench: unknown workload '%s'\n", w.c_str());
+            usage();
+        }
+    auto wanted = [&](const char* id) {
+        return std::find(opt.workloads.begin(), opt.workloads.end(), id) != opt.workloads.end();
+    };
+
+    std::vector<row> rows;
+    const long n = opt.messages, rt = opt.round_trips;
+    if (wanted("T1"))
+        rows.push_back(measure("T1", "M msg/s", opt.reps,
+                               [&] { return in_child([&] { return t1_green(n); })[0]; },
+                               [&] { return in_child([&] { return t1_baseline(n); })[0]; }));
+    if (wanted("T2"))
+        rows.push_back(measure("T2", "M msg/s", opt.reps,
+                               [&] { return in_child([&] { return t2_green(n); })[0]; },
+                               [&] { return in_child([&] { return t2_baseline(n); })[0]; }));
+    for (const char* id : {"L1", "L2"}) {
+        if (!wanted(id))
+            continue;
+        const bool inproc = id[1] == '1';
+        std::vector<double> g99, b99;
+        auto green_run = [&] {
+            auto r = in_child([&] { return l_green(rt, inproc ? "inproc://l" : "tcp://127.0.0.1:*"); });
+            g99.push_back(r[1]);
+            return r[0];
+        };
+        auto base_run = [&] {
+            auto r = in_child([&] { return inproc ? l1_baseline(rt) : l2_baseline(rt); });
+            b99.push_back(r[1]);
+            return r[0];
+        };
+        rows.push_back(measure(id, "us median", opt.reps, green_run, base_run));
+        rows.push_back({std::string(id) + ".p99", "us p99", median(g99), median(b99)});
+    }
+    for (int clients : opt.clients) {
+        if (!wanted("S1") && !wanted("S2"))
+            break;
+        // Asked in a child: the limit that counts is the one the children get.
+        const int count = static_cast<int>(in_child([&] {
+            raise_fd_limit();
+            return std::vector<double>{static_cast<double>(clients_that_fit(clients))};
+        })[0]);
+        if (count < clients)
+            std::printf("note: the fd limit allows %d clients, not %d\n", count, clients);
+        std::vector<double> gm, bm;
+        auto green_run = [&] {
+            auto r = in_child([&] { return s_green(count, opt.client_rounds); });
+            gm.push_back(r[1]);
+            return r[0];
+        };
+        auto base_run = [&] {
+            auto r = in_child([&] { return s_baseline(count, opt.client_rounds); });
+            bm.push_back(r[1]);
+            return r[0];
+        };
+        const std::string n_label = "@" + std::to_string(count);
+        row s1 = measure("S1" + n_label, "round trips/s", opt.reps, green_run, base_run);
+        if (wanted("S1"))
+            rows.push_back(s1);
+        if (wanted("S2"))
+            rows.push_back({"S2" + n_label, "KiB/client", median(gm), median(bm)});
+    }
+    if (wanted("I1"))
+        rows.push_back(measure("I1", "CPU ms/s", opt.reps,
+                               [&] { return in_child([] { return i1_green(); })[0]; }, nullptr));
+
+    std::printf("\n%-12s %-14s %12s %12s %8s\n", "workload", "unit", "zmq-green", "libzmq", "ratio");
+    for (const auto& r : rows) {
+        const double ratio = r.baseline > 0 ? r.green / r.baseline : 0.0;
+        std::printf("%-12s %-14s %12.3f %12.3f %8.3f\n", r.id.c_str(), r.unit.c_str(), r.green,
+                    r.baseline, ratio);
+    }
+    std::printf("\n");
+    for (const auto& r : rows) {
+        const double ratio = r.baseline > 0 ? r.green / r.baseline : 0.0;
+        std::printf("{\"id\":\"%s\",\"unit\":\"%s\",\"green\":%.6g,\"baseline\":%.6g,\"ratio\":%.6g}\n",
+                    r.id.c_str(), r.unit.c_str(), r.green, r.baseline, ratio);
+    }
+    return 0;
+}
