@@ -109,8 +109,16 @@ TEST(hub, another_thread_wakes_a_parked_fiber)
     const auto before = h.stats().remote_wakeups;
     boost::fibers::promise<int> promise;
     auto future = promise.get_future();
-    std::thread other([&] { promise.set_value(42); });
+    std::atomic<bool> parked{false};
+    // Runs only once this fiber has parked in future.get().
+    boost::fibers::fiber marker([&] { parked = true; });
+    std::thread other([&] {
+        while (!parked)
+            std::this_thread::yield();
+        promise.set_value(42);
+    });
     EXPECT_EQ(future.get(), 42); // the hub sleeps in epoll until the eventfd is written
+    marker.join();
     other.join();
     EXPECT_GT(h.stats().remote_wakeups, before);
 }
