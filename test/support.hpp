@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,28 @@ inline void raise_fd_limit(rlim_t wanted)
 }
 
 inline std::string str(const zmq::message_t& m) { return m.to_string(); }
+
+using strings = std::vector<std::string>;
+
+// Sends parts as one multipart message.
+inline void send_strs(zmq::green::socket_t& s, const strings& parts)
+{
+    std::vector<zmq::const_buffer> bufs;
+    for (const auto& p : parts)
+        bufs.push_back(zmq::buffer(p));
+    ASSERT_TRUE(zmq::green::send_multipart(s, bufs));
+}
+
+// Receives one multipart message as strings.
+inline strings recv_strs(zmq::green::socket_t& s)
+{
+    std::vector<zmq::message_t> msgs;
+    EXPECT_TRUE(zmq::green::recv_multipart(s, std::back_inserter(msgs)));
+    strings out;
+    for (auto& m : msgs)
+        out.push_back(m.to_string());
+    return out;
+}
 
 // Every test ends with the fallback re-check having rescued nothing: a rescue
 // means an edge was missed.

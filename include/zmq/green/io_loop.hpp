@@ -1,0 +1,143 @@
+// A tornado-style callback loop (pyzmq's IOLoop) running in a fiber of the hub.
+#pragma once
+
+#include <zmq/green/socket.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+
+namespace zmq::green {
+
+namespace detail {
+struct loop_state;
+struct loop_timer;
+} // namespace detail
+
+// Names a timeout for io_loop::remove_timeout. Keeps nothing alive.
+class timeout_handle {
+public:
+    timeout_handle() noexcept = default;
+
+private:
+    friend class io_loop;
+    explicit timeout_handle(std::weak_ptr<detail::loop_timer> t) noexcept : timer_(std::move(t)) {}
+    std::weak_ptr<detail::loop_timer> timer_;
+};
+
+struct io_loop_stats {
+    std::uint64_t iterations = 0;
+    std::uint64_t parks = 0;   // times the loop fiber waited for something to happen
+    std::uint64_t rescues = 0; // sockets found ready by the fallback re-check, no edge seen
+};
+
+// Runs callbacks, timeouts and I/O handlers in the fiber that calls start().
+// While it waits, the other fibers of its thread run. Belongs to the thread
+// that creates it: only add_callback() and stop() may be called elsewhere.
+// Destroy the streams and handlers' owners before the loop.
+class io_loop {
+public:
+    using clock = std::chrono::steady_clock;
+    using callback = std::function<void()>;
+    // Called with the ready events (ZMQ_POLLIN, ZMQ_POLLOUT, ZMQ_POLLERR).
+    using handler = std::function<void(short events)>;
+    using error_handler = std::function<void(std::exception_ptr)>;
+
+    io_loop();
+    ~io_loop();
+    io_loop(const io_loop&) = delete;
+    io_loop& operator=(const io_loop&) = delete;
+
+    // The loop running in this thread if there is one, else this thread's
+    // default loop (created on first use).
+    static io_loop& current();
+    static clock::time_point time() noexcept { return clock::now(); }
+
+    // Runs the loop until stop(). Throws std::logic_error if it is already
+    // running or closed.
+    void start();
+    // Makes start() return after the current iteration. Any thread; a no-op
+    // when the loop is not running.
+    void stop() noexcept;
+    bool running() const noexcept;
+    // Drops every handler, callback and timeout; with all_fds, also closes
+    // the registered sockets and fds. The loop cannot start again.
+    void close(bool all_fds = false);
+    bool closed() const noexcept;
+
+    // Runs fn in a new fiber of this thread and the loop until fn returns,
+    // then rethrows what fn threw. Throws std::runtime_error if the timeout
+    // (-1: none) passes first; fn's fiber is then left to finish on its own.
+    void run_sync(std::function<void()> fn,
+                  std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
+
+    // A socket handler is level-triggered: it is called on every iteration
+    // while the socket's ZMQ_EVENTS intersects events. If the socket is closed
+    // or its context terminated, the handler gets ZMQ_POLLERR once and is
+    // removed. One handler per socket or fd (std::invalid_argument otherwise).
+    void add_handler(socket_ref socket, handler fn, short events);
+    // A raw fd handler is level-triggered too (ZMQ_POLLERR is always added).
+    void add_handler(int fd, handler fn, short events);
+    void update_handler(socket_ref socket, short events);
+    void update_handler(int fd, short events);
+    // Unknown sockets and fds are ignored, as in pyzmq.
+    void remove_handler(socket_ref socket) noexcept;
+    void remove_handler(int fd) noexcept;
+
+    // Safe from any thread. Runs fn on the next iteration; callbacks added
+    // while callbacks run wait for the iteration after.
+    void add_callback(callback fn);
+
+    // fn runs once, after delay / at when. Equal deadlines run in the order
+    // they were added.
+    timeout_handle call_later(clock::duration delay, callback fn);
+    timeout_handle call_at(clock::time_point when, callback fn);
+    // Safe for a timeout that already ran or was already removed.
+    void remove_timeout(const timeout_handle& handle) noexcept;
+
+    // Receives every exception thrown by a handler, callback or timeout; the
+    // loop then goes on. The default prints one line on stderr. An empty
+    // function restores the default.
+    void set_error_handler(error_handler fn);
+    // Reports the current exception (or e) through the error handler.
+    void handle_exception(std::exception_ptr e) noexcept;
+
+    // While the loop waits on sockets, it re-checks them at least this often,
+    // bounding the stall a lost edge could cause. Zero disables. Default 1 s.
+    void set_fallback_interval(std::chrono::milliseconds interval);
+    std::chrono::milliseconds fallback_interval() const noexcept;
+
+    io_loop_stats stats() const noexcept;
+
+private:
+    std::unique_ptr<detail::loop_state> s_;
+};
+
+// Calls fn every period while started. The first call comes one period after
+// start(); when the loop falls behind, missed calls are skipped, not made up.
+class periodic_callback {
+public:
+    periodic_callback(io_loop& loop, std::function<void()> fn, std::chrono::milliseconds period);
+    ~periodic_callback() { stop(); }
+    periodic_callback(const periodic_callback&) = delete;
+    periodic_callback& operator=(const periodic_callback&) = delete;
+
+    void start();
+    void stop() noexcept;
+    bool is_running() const noexcept { return running_; }
+
+private:
+    void run();
+    void schedule_next();
+
+    io_loop& loop_;
+    std::function<void()> fn_;
+    io_loop::clock::duration period_;
+    io_loop::clock::time_point next_{};
+    timeout_handle timeout_;
+    bool running_ = false;
+};
+
+} // namespace zmq::green

@@ -1,0 +1,623 @@
+#include <zmq/green/context.hpp>
+#include <zmq/green/devices.hpp>
+#include <zmq/green/hub.hpp>
+
+#include "device_loop.hpp"
+
+#include <boost/fiber/fiber.hpp>
+#include <boost/fiber/future.hpp>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <new>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace zmq::green::devices {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr int role_count = 4;
+const char* const role_names[role_count] = {"in", "out", "mon", "ctrl"};
+
+bool valid_socket_type(int type) { return type >= ZMQ_PAIR && type <= ZMQ_STREAM; }
+
+void check_type(int type, const char* role)
+{
+    if (!valid_socket_type(type))
+        throw std::invalid_argument(std::string("zmq::green::devices: invalid ") + role
+                                    + " socket type " + std::to_string(type));
+}
+
+// Worker reports travel as text lines, the same for a thread and a process:
+//   setup: "ep ROLE ENDPOINT" per bound endpoint, then "ok" or "err ERRNO MESSAGE"
+//   end:   "done" or "err ERRNO MESSAGE"
+std::string error_line(int errnum, const std::string& message)
+{
+    std::string clean = message;
+    for (auto& ch : clean)
+        if (ch == '\n')
+            ch = ' ';
+    return "err " + std::to_string(errnum) + " " + clean + "\n";
+}
+
+[[noreturn]] void throw_error_line(const std::string& line)
+{
+    std::istringstream in(line.substr(4));
+    int errnum = 0;
+    in >> errnum;
+    std::string message;
+    std::getline(in >> std::ws, message);
+    throw device_error(errnum, message);
+}
+
+bool is_error(const std::string& line) { return line.rfind("err ", 0) == 0; }
+
+void write_all(int fd, const std::string& text) noexcept
+{
+    const char* p = text.data();
+    size_t left = text.size();
+    while (left > 0) {
+        const ssize_t n = ::write(fd, p, left);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        p += n;
+        left -= static_cast<size_t>(n);
+    }
+}
+
+int port_of(const std::string& endpoint)
+{
+    return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+}
+
+} // namespace
+
+struct background_device::state {
+    run_mode mode;
+    std::array<int, role_count> types;
+    std::array<std::vector<sockopt_fn>, role_count> options;
+    std::array<std::vector<std::string>, role_count> binds;
+    std::array<std::vector<std::string>, role_count> connects;
+    std::set<int> reserved_ports;
+
+    // Shared memory, so that a device process's counters are visible too.
+    detail::device_counters* counters = nullptr;
+
+    bool started = false;
+    bool finished = false;
+    std::string end_report; // the worker's end line, thrown once by join if an error
+    bool end_reported = false;
+    std::vector<bound_endpoint> endpoints;
+
+    // caller, fiber and thread modes
+    std::unique_ptr<context_t> ctx;
+    boost::fibers::promise<std::string> setup_promise;
+    boost::fibers::promise<std::string> end_promise;
+    boost::fibers::shared_future<std::string> end_future;
+    std::thread thread;
+    boost::fibers::fiber fiber;
+
+    // process mode
+    pid_t pid = -1;
+    int status_fd = -1;
+    int stop_fd = -1;
+    std::string buffer;
+    bool eof = false;
+
+    state(run_mode m, std::array<int, role_count> t) : mode(m), types(t)
+    {
+        void* mem = ::mmap(nullptr, sizeof(detail::device_counters), PROT_READ | PROT_WRITE,
+                           MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (mem == MAP_FAILED)
+            throw std::system_error(errno, std::generic_category(), "mmap device counters");
+        counters = new (mem) detail::device_counters();
+        end_future = end_promise.get_future().share();
+    }
+    ~state()
+    {
+        counters->~device_counters();
+        ::munmap(counters, sizeof(detail::device_counters));
+        if (status_fd >= 0)
+            ::close(status_fd);
+        if (stop_fd >= 0)
+            ::close(stop_fd);
+    }
+
+    void parse_setup(const std::string& report)
+    {
+        std::istringstream in(report);
+        std::string line;
+        while (std::getline(in, line)) {
+            if (is_error(line))
+                throw_error_line(line);
+            if (line.rfind("ep ", 0) == 0) {
+                const auto space = line.find(' ', 3);
+                endpoints.push_back({line.substr(3, space - 3), line.substr(space + 1)});
+            }
+        }
+    }
+
+    enum class read_result { line, eof, timeout };
+
+    read_result read_line(std::string& line, std::chrono::milliseconds timeout)
+    {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            const auto nl = buffer.find('\n');
+            if (nl != std::string::npos) {
+                line = buffer.substr(0, nl);
+                buffer.erase(0, nl + 1);
+                return read_result::line;
+            }
+            if (eof)
+                return read_result::eof;
+            auto wait = std::chrono::milliseconds{-1};
+            if (timeout.count() >= 0) {
+                wait = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now());
+                if (wait.count() < 0)
+                    wait = 0ms;
+            }
+            if (!wait_readable(status_fd, wait))
+                return read_result::timeout;
+            char chunk[512];
+            const ssize_t n = ::read(status_fd, chunk, sizeof chunk);
+            if (n < 0 && (errno == EINTR || errno == EAGAIN))
+                continue;
+            if (n <= 0)
+                eof = true;
+            else
+                buffer.append(chunk, static_cast<size_t>(n));
+        }
+    }
+
+    std::string reap_child()
+    {
+        int status = 0;
+        while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        pid = -1;
+        return std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    }
+};
+
+background_device::background_device(run_mode mode, int in_type, int out_type, int mon_type,
+                                     int ctrl_type)
+{
+    check_type(in_type, "in");
+    if (out_type >= 0)
+        check_type(out_type, "out");
+    if (mon_type != -1)
+        check_type(mon_type, "mon");
+    if (ctrl_type != -1)
+        check_type(ctrl_type, "ctrl");
+    state_ = std::make_unique<state>(mode, std::array<int, role_count>{in_type, out_type, mon_type,
+                                                                        ctrl_type});
+}
+
+background_device::~background_device() { stop(); }
+
+background_device::sockopt_fn background_device::raw_option(int option, int value)
+{
+    return [option, value](socket_t& s) {
+        if (zmq_setsockopt(s.handle(), option, &value, sizeof value) != 0)
+            throw zmq::error_t();
+    };
+}
+
+background_device::sockopt_fn background_device::raw_option(int option, const std::string& value)
+{
+    return [option, value](socket_t& s) {
+        if (zmq_setsockopt(s.handle(), option, value.data(), value.size()) != 0)
+            throw zmq::error_t();
+    };
+}
+
+namespace {
+void check_not_started(bool started)
+{
+    if (started)
+        throw std::logic_error("zmq::green::devices: configure a device before start()");
+}
+} // namespace
+
+void background_device::add_sockopt(role r, sockopt_fn fn)
+{
+    check_not_started(state_->started);
+    state_->options[static_cast<size_t>(r)].push_back(std::move(fn));
+}
+
+void background_device::add_bind(role r, const std::string& addr)
+{
+    check_not_started(state_->started);
+    state_->binds[static_cast<size_t>(r)].push_back(addr);
+}
+
+void background_device::add_connect(role r, const std::string& addr)
+{
+    check_not_started(state_->started);
+    state_->connects[static_cast<size_t>(r)].push_back(addr);
+}
+
+// The port is chosen here, in the owner, by binding a probe socket, as pyzmq
+// does: the owner needs the number before the worker exists. Another process
+// can take it before the worker binds; the worker then fails with
+// EADDRINUSE and start() throws, so the returned port is never silently wrong.
+int background_device::add_random_bind(role r, const std::string& addr, int min_port,
+                                       int max_port, int max_tries)
+{
+    check_not_started(state_->started);
+    if (min_port < 0 || max_port > 65536 || min_port >= max_port || max_tries <= 0)
+        throw std::invalid_argument("zmq::green::devices: bad random port range");
+    zmq::context_t probe_ctx;
+    const bool defaults = min_port == 49152 && max_port == 65536 && max_tries == 100;
+    std::mt19937 rng(std::random_device{}());
+    std::uniform_int_distribution<int> pick(min_port, max_port - 1);
+    const int tries = defaults ? 5 : max_tries;
+    for (int i = 0; i < tries; ++i) {
+        zmq::socket_t probe(probe_ctx, zmq::socket_type::push);
+        probe.set(zmq::sockopt::linger, 0);
+        int port = 0;
+        try {
+            if (defaults) {
+                probe.bind(addr + ":*");
+                port = port_of(probe.get(zmq::sockopt::last_endpoint));
+            } else {
+                port = pick(rng);
+                if (state_->reserved_ports.count(port))
+                    continue;
+                probe.bind(addr + ":" + std::to_string(port));
+            }
+        } catch (const zmq::error_t& e) {
+            if (e.num() == EADDRINUSE || e.num() == EACCES)
+                continue;
+            throw;
+        }
+        if (state_->reserved_ports.count(port))
+            continue;
+        state_->reserved_ports.insert(port);
+        state_->binds[static_cast<size_t>(r)].push_back(addr + ":" + std::to_string(port));
+        return port;
+    }
+    throw bind_error("zmq::green::devices: could not reserve a random port for " + addr);
+}
+
+// Creates and configures the sockets, reports the setup through on_setup,
+// then runs the device. Returns false if setup failed (already reported).
+bool background_device::work(void* ctx_ptr, const std::function<void(const std::string&)>& on_setup)
+{
+    auto& ctx = *static_cast<context_t*>(ctx_ptr);
+    auto& st = *state_;
+    std::array<socket_t, role_count> sockets;
+    auto target = [&](size_t r) -> socket_t& {
+        return r == 1 && st.types[1] < 0 ? sockets[0] : sockets[r];
+    };
+    std::string report;
+    std::string doing;
+    try {
+        for (size_t r = 0; r < role_count; ++r)
+            if (st.types[r] >= 0) {
+                doing = std::string("create ") + role_names[r] + " socket";
+                sockets[r] = socket_t(ctx, st.types[r]);
+            }
+        // pyzmq's order: options first (ZMQ_IDENTITY must precede connects),
+        // in and out together, then mon, then ctrl.
+        const std::vector<std::vector<size_t>> groups = {{0, 1}, {2}, {3}};
+        for (const auto& group : groups) {
+            for (size_t r : group)
+                for (const auto& fn : st.options[r]) {
+                    doing = std::string("set an option on ") + role_names[r];
+                    fn(target(r));
+                }
+            for (size_t r : group)
+                for (const auto& addr : st.binds[r]) {
+                    doing = std::string("bind ") + role_names[r] + " " + addr;
+                    target(r).bind(addr);
+                    report += std::string("ep ") + role_names[r] + " "
+                              + target(r).get(zmq::sockopt::last_endpoint) + "\n";
+                }
+            for (size_t r : group)
+                for (const auto& addr : st.connects[r]) {
+                    doing = std::string("connect ") + role_names[r] + " " + addr;
+                    target(r).connect(addr);
+                }
+        }
+    } catch (const zmq::error_t& e) {
+        on_setup(error_line(e.num(), doing + ": " + e.what()));
+        return false;
+    } catch (const std::exception& e) {
+        on_setup(error_line(0, doing + ": " + e.what()));
+        return false;
+    }
+    on_setup(report + "ok\n");
+    run_device(sockets[0], target(1), sockets[2], sockets[3], st.counters);
+    return true;
+}
+
+namespace {
+
+template<class Work>
+std::string end_line_of(Work&& work)
+{
+    try {
+        work();
+        return "done";
+    } catch (const zmq::error_t& e) {
+        return error_line(e.num(), std::string("device failed: ") + e.what());
+    } catch (const std::exception& e) {
+        return error_line(0, std::string("device failed: ") + e.what());
+    }
+}
+
+} // namespace
+
+void background_device::start()
+{
+    auto& st = *state_;
+    if (st.started)
+        throw std::logic_error("zmq::green::devices: device already started");
+    st.started = true;
+    hub::current(); // the owner's waits below park its fiber, not its thread
+
+    if (st.mode == run_mode::process) {
+        int status[2];
+        int stop[2];
+        if (::pipe2(status, O_CLOEXEC) != 0)
+            throw std::system_error(errno, std::generic_category(), "pipe");
+        if (::pipe2(stop, O_CLOEXEC) != 0) {
+            const int err = errno;
+            ::close(status[0]);
+            ::close(status[1]);
+            throw std::system_error(err, std::generic_category(), "pipe");
+        }
+        const pid_t pid = ::fork();
+        if (pid < 0) {
+            const int err = errno;
+            for (int fd : {status[0], status[1], stop[0], stop[1]})
+                ::close(fd);
+            throw std::system_error(err, std::generic_category(), "fork");
+        }
+        if (pid == 0) {
+            // The child: only this thread survived the fork, and the parent's
+            // hub and contexts belong to the parent. A new thread gets a
+            // fresh hub; the device gets a fresh context.
+            ::close(status[0]);
+            ::close(stop[1]);
+            const int report_fd = status[1];
+            const int stop_fd = stop[0];
+            std::thread worker([this, report_fd, stop_fd] {
+                context_t ctx;
+                // The owner closes its end of the stop pipe to stop the
+                // device, and so does its death.
+                boost::fibers::fiber([&ctx, stop_fd] {
+                    wait_readable(stop_fd);
+                    ctx.shutdown();
+                }).detach();
+                const auto end = end_line_of([&] {
+                    work(&ctx, [report_fd](const std::string& s) { write_all(report_fd, s); });
+                });
+                ctx.close();
+                write_all(report_fd, is_error(end) ? end : end + "\n");
+                ::_exit(0);
+            });
+            worker.join();
+            ::_exit(0);
+        }
+        ::close(status[1]);
+        ::close(stop[0]);
+        st.pid = pid;
+        st.status_fd = status[0];
+        st.stop_fd = stop[1];
+        std::string line;
+        for (;;) {
+            const auto got = st.read_line(line, std::chrono::milliseconds{-1});
+            if (got == state::read_result::eof) {
+                st.finished = true;
+                st.end_reported = true;
+                throw device_error(0, "device process exited during setup (status "
+                                          + st.reap_child() + ")");
+            }
+            if (is_error(line)) {
+                st.finished = true;
+                st.end_reported = true;
+                st.reap_child();
+                throw_error_line(line);
+            }
+            if (line == "ok")
+                return;
+            st.parse_setup(line);
+        }
+    }
+
+    st.ctx = std::make_unique<context_t>();
+    auto setup = st.setup_promise.get_future();
+    auto body = [this] {
+        auto& s = *state_;
+        const auto end = end_line_of([&] {
+            work(s.ctx.get(), [&s](const std::string& report) { s.setup_promise.set_value(report); });
+        });
+        s.end_promise.set_value(end);
+    };
+    if (st.mode == run_mode::thread)
+        st.thread = std::thread(body);
+    else if (st.mode == run_mode::fiber)
+        st.fiber = boost::fibers::fiber(body);
+    else
+        body();
+    try {
+        st.parse_setup(setup.get());
+    } catch (...) {
+        join(); // the worker is ending: leave nothing running
+        throw;
+    }
+    if (st.mode == run_mode::caller)
+        join();
+}
+
+bool background_device::join(std::chrono::milliseconds timeout)
+{
+    auto& st = *state_;
+    if (!st.started)
+        return true;
+    if (!st.finished) {
+        if (st.mode == run_mode::process) {
+            std::string line;
+            const auto got = st.read_line(line, timeout);
+            if (got == state::read_result::timeout)
+                return false;
+            st.finished = true;
+            const auto status = st.reap_child();
+            st.end_report = got == state::read_result::eof
+                                ? error_line(0, "device process ended without a report (status "
+                                                    + status + ")")
+                                : line;
+        } else {
+            if (timeout.count() >= 0
+                && st.end_future.wait_for(timeout) != boost::fibers::future_status::ready)
+                return false;
+            const std::string end = st.end_future.get();
+            if (st.finished) // another fiber completed the join meanwhile
+                return true;
+            st.finished = true;
+            st.end_report = end;
+            if (st.thread.joinable())
+                st.thread.join();
+            if (st.fiber.joinable())
+                st.fiber.join();
+            st.ctx->close();
+        }
+    }
+    if (!st.end_reported) {
+        st.end_reported = true;
+        if (is_error(st.end_report))
+            throw_error_line(st.end_report);
+    }
+    return true;
+}
+
+bool background_device::done()
+{
+    auto& st = *state_;
+    if (!st.started)
+        return false;
+    if (st.finished)
+        return true;
+    if (st.mode == run_mode::process) {
+        // Without consuming the report: join() reads it.
+        return st.buffer.find('\n') != std::string::npos
+               || wait_readable(st.status_fd, std::chrono::milliseconds{0});
+    }
+    return st.end_future.wait_for(std::chrono::milliseconds{0})
+           == boost::fibers::future_status::ready;
+}
+
+void background_device::stop() noexcept
+{
+    auto& st = *state_;
+    if (!st.started || st.finished)
+        return;
+    if (st.mode == run_mode::process) {
+        ::close(st.stop_fd);
+        st.stop_fd = -1;
+    } else {
+        st.ctx->shutdown();
+    }
+    st.end_reported = true; // stop() is the owner's decision: no error to report
+    try {
+        join();
+    } catch (...) {
+    }
+}
+
+const std::vector<bound_endpoint>& background_device::endpoints() const noexcept
+{
+    return state_->endpoints;
+}
+
+proxy_statistics background_device::statistics() const noexcept
+{
+    return state_->counters->snapshot();
+}
+
+run_mode background_device::mode() const noexcept { return state_->mode; }
+int background_device::in_type() const noexcept { return state_->types[0]; }
+int background_device::out_type() const noexcept { return state_->types[1]; }
+
+// --- the devices --------------------------------------------------------------
+
+device_base::device_base(run_mode mode, int type, int in_type, int out_type)
+    : background_device(mode, in_type, out_type, -1, -1), type_(type)
+{
+    if (type != ZMQ_QUEUE && type != ZMQ_FORWARDER && type != ZMQ_STREAMER)
+        throw std::invalid_argument("zmq::green::devices: invalid device type "
+                                    + std::to_string(type));
+}
+
+void device_base::run_device(socket_ref in, socket_ref out, socket_ref, socket_ref, void* counters)
+{
+    detail::device_loop_options opts;
+    opts.back_to_front = type_ == ZMQ_QUEUE;
+    opts.counters = static_cast<detail::device_counters*>(counters);
+    detail::run_device_loop(in, out, opts);
+}
+
+proxy_base::proxy_base(run_mode mode, int in_type, int out_type, int mon_type)
+    : with_monitor(mode, in_type, out_type, mon_type, -1)
+{
+}
+
+void proxy_base::run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref, void* counters)
+{
+    detail::device_loop_options opts;
+    opts.capture = mon;
+    opts.counters = static_cast<detail::device_counters*>(counters);
+    detail::run_device_loop(in, out, opts);
+}
+
+proxy_steerable_base::proxy_steerable_base(run_mode mode, int in_type, int out_type, int mon_type,
+                                           int ctrl_type)
+    : with_control(mode, in_type, out_type, mon_type, ctrl_type)
+{
+}
+
+void proxy_steerable_base::run_device(socket_ref in, socket_ref out, socket_ref mon,
+                                      socket_ref ctrl, void* counters)
+{
+    detail::device_loop_options opts;
+    opts.capture = mon;
+    opts.control = ctrl;
+    opts.counters = static_cast<detail::device_counters*>(counters);
+    detail::run_device_loop(in, out, opts);
+}
+
+monitored_queue_base::monitored_queue_base(run_mode mode, int in_type, int out_type, int mon_type,
+                                           std::string in_prefix, std::string out_prefix)
+    : with_monitor(mode, in_type, out_type, mon_type, -1), in_prefix_(std::move(in_prefix)),
+      out_prefix_(std::move(out_prefix))
+{
+    if (in_prefix_.empty() || out_prefix_.empty())
+        throw std::invalid_argument("zmq::green::devices: monitored_queue prefixes must not be empty");
+}
+
+void monitored_queue_base::run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref,
+                                      void* counters)
+{
+    auto opts = detail::monitored_queue_options(in, out, mon, in_prefix_, out_prefix_);
+    opts.counters = static_cast<detail::device_counters*>(counters);
+    detail::run_device_loop(in, out, opts);
+}
+
+} // namespace zmq::green::devices

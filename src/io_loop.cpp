@@ -1,0 +1,719 @@
+#include <zmq/green/io_loop.hpp>
+
+#include "socket_core.hpp"
+
+#include <boost/fiber/fiber.hpp>
+#include <boost/fiber/operations.hpp>
+
+#include <sys/eventfd.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace zmq::green {
+
+namespace detail {
+
+struct loop_timer {
+    std::pair<clock::time_point, std::uint64_t> key;
+    io_loop::callback fn;
+    bool cancelled = false;
+};
+
+struct loop_handler {
+    socket_core* core = nullptr; // retained while registered
+    int fd = -1;
+    io_loop::handler fn;
+    short events = 0;
+    bool active = true;
+};
+
+struct loop_state {
+    std::shared_ptr<reactor> owner;
+    std::thread::id thread;
+    int wakefd = -1;
+
+    // Shared with other threads: callbacks, the stop request, whether the
+    // loop sleeps (then they must write wakefd).
+    std::mutex mutex;
+    std::vector<io_loop::callback> callbacks;
+    bool stop_requested = false;
+    bool sleeping = false;
+
+    std::vector<std::shared_ptr<loop_handler>> handlers;
+    std::map<std::pair<clock::time_point, std::uint64_t>, std::shared_ptr<loop_timer>> timers;
+    std::uint64_t timer_seq = 0;
+    io_loop::error_handler on_error;
+    park_slot* parked = nullptr;
+    bool running = false;
+    bool closed = false;
+    std::chrono::milliseconds fallback{1000};
+    io_loop_stats stats;
+
+    ~loop_state()
+    {
+        for (auto& h : handlers)
+            drop(*h);
+        if (wakefd >= 0)
+            ::close(wakefd);
+    }
+
+    static void drop(loop_handler& h) noexcept
+    {
+        h.active = false;
+        if (h.core != nullptr)
+            std::exchange(h.core, nullptr)->release();
+    }
+
+    void check_thread(const char* what) const
+    {
+        if (reactor::current() != owner.get())
+            throw thread_error(std::string("zmq::green::io_loop::") + what
+                               + ": called from a thread that does not own the loop");
+    }
+
+    // Wakes the loop fiber if it waits. Any thread.
+    void wake() noexcept
+    {
+        if (std::this_thread::get_id() == thread && reactor::current() == owner.get()) {
+            if (parked != nullptr)
+                owner->wake(*parked, wake_reason::event);
+            return;
+        }
+        const std::uint64_t one = 1;
+        [[maybe_unused]] auto rc = ::write(wakefd, &one, sizeof one);
+    }
+
+    std::shared_ptr<loop_handler> find(socket_core* core, int fd) const noexcept
+    {
+        for (const auto& h : handlers)
+            if (h->active && (core != nullptr ? h->core == core : (h->core == nullptr && h->fd == fd)))
+                return h;
+        return nullptr;
+    }
+
+    void remove(socket_core* core, int fd) noexcept
+    {
+        for (auto it = handlers.begin(); it != handlers.end(); ++it) {
+            auto& h = **it;
+            if (h.active && (core != nullptr ? h.core == core : (h.core == nullptr && h.fd == fd))) {
+                drop(h);
+                handlers.erase(it);
+                return;
+            }
+        }
+    }
+
+    void report(std::exception_ptr e) noexcept
+    {
+        try {
+            if (on_error) {
+                on_error(e);
+                return;
+            }
+        } catch (...) {
+            e = std::current_exception(); // a throwing error handler: report that instead
+        }
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            std::fprintf(stderr, "zmq::green::io_loop: uncaught exception in callback: %s\n",
+                         ex.what());
+        } catch (...) {
+            std::fprintf(stderr, "zmq::green::io_loop: uncaught exception in callback\n");
+        }
+    }
+
+    template<class Fn>
+    void guarded(Fn&& fn) noexcept
+    {
+        try {
+            fn();
+        } catch (...) {
+            report(std::current_exception());
+        }
+    }
+
+    void run_callbacks()
+    {
+        std::vector<io_loop::callback> batch;
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            batch.swap(callbacks);
+        }
+        for (auto& fn : batch) {
+            if (closed)
+                return;
+            guarded(fn);
+        }
+    }
+
+    void run_timers()
+    {
+        if (timers.empty())
+            return;
+        const auto now = clock::now();
+        std::vector<std::shared_ptr<loop_timer>> due;
+        while (!timers.empty() && timers.begin()->first.first <= now) {
+            due.push_back(std::move(timers.begin()->second));
+            timers.erase(timers.begin());
+        }
+        for (auto& t : due) {
+            // An earlier timeout of this batch may have removed it.
+            if (t->cancelled || closed)
+                continue;
+            t->cancelled = true;
+            auto fn = std::move(t->fn);
+            guarded(fn);
+        }
+    }
+
+    // Checks every handler's level and calls the ready ones once. Returns
+    // whether any was ready.
+    bool dispatch(bool after_fallback)
+    {
+        bool any = false;
+        auto snapshot = handlers;
+        std::vector<pollfd> fds;
+        std::vector<loop_handler*> fd_handlers;
+        for (auto& hp : snapshot) {
+            loop_handler& h = *hp;
+            if (!h.active)
+                continue;
+            if (h.core == nullptr) {
+                pollfd p{h.fd, 0, 0};
+                if (h.events & ZMQ_POLLIN)
+                    p.events |= POLLIN;
+                if (h.events & ZMQ_POLLOUT)
+                    p.events |= POLLOUT;
+                fds.push_back(p);
+                fd_handlers.push_back(&h);
+                continue;
+            }
+            short ready = 0;
+            bool gone = h.core->closed;
+            if (!gone) {
+                // The one EVENTS read; it also wakes fibers waiting on the socket.
+                const refresh_result r = h.core->refresh();
+                gone = r.error != 0;
+                ready = static_cast<short>(r.events & h.events);
+            }
+            if (gone) {
+                auto fn = h.fn;
+                remove(h.core, -1);
+                guarded([&] { fn(ZMQ_POLLERR); });
+                any = true;
+                continue;
+            }
+            if (ready == 0)
+                continue;
+            any = true;
+            if (after_fallback)
+                ++stats.rescues;
+            guarded([&] { h.fn(ready); });
+        }
+        if (!fds.empty()) {
+            int rc;
+            do {
+                rc = ::poll(fds.data(), fds.size(), 0);
+            } while (rc < 0 && errno == EINTR);
+            for (std::size_t i = 0; rc > 0 && i < fds.size(); ++i) {
+                loop_handler& h = *fd_handlers[i];
+                if (fds[i].revents == 0 || !h.active)
+                    continue;
+                short ready = 0;
+                if (fds[i].revents & POLLIN)
+                    ready |= ZMQ_POLLIN;
+                if (fds[i].revents & POLLOUT)
+                    ready |= ZMQ_POLLOUT;
+                if (fds[i].revents & (POLLERR | POLLHUP | POLLNVAL))
+                    ready |= ZMQ_POLLERR;
+                any = true;
+                if (fds[i].revents & POLLNVAL) {
+                    // Not an fd any more: it would be reported forever.
+                    auto fn = h.fn;
+                    remove(nullptr, h.fd);
+                    guarded([&] { fn(ready); });
+                    continue;
+                }
+                guarded([&] { h.fn(ready); });
+            }
+        }
+        return any;
+    }
+
+    // Parks the loop fiber until a handler's socket or fd signals, a callback
+    // or stop arrives, or the next timeout. Returns true if the wait ended
+    // by the fallback re-check.
+    bool wait()
+    {
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            if (!callbacks.empty() || stop_requested)
+                return false;
+            sleeping = true;
+        }
+        park_slot slot;
+        clock::time_point timer_deadline = timers.empty() ? no_deadline : timers.begin()->first.first;
+        slot.deadline = timer_deadline;
+
+        std::vector<wait_node> socket_nodes;
+        struct fd_wait {
+            wait_node node;
+            fd_watch* watch;
+        };
+        std::vector<fd_wait> fd_nodes;
+        socket_nodes.reserve(handlers.size());
+        fd_nodes.reserve(handlers.size() + 1);
+        std::vector<pollfd> check;
+        auto watch = [&](int fd, short events) {
+            fd_nodes.push_back({wait_node(slot, events), nullptr});
+            try {
+                fd_nodes.back().watch = &owner->watch_fd(fd, fd_nodes.back().node);
+            } catch (...) {
+                fd_nodes.pop_back();
+                throw;
+            }
+        };
+        bool ready = false;
+        bool fallback_armed = false;
+        try {
+            watch(wakefd, ZMQ_POLLIN);
+            check.push_back({wakefd, POLLIN, 0});
+            for (auto& hp : handlers) {
+                loop_handler& h = *hp;
+                if (!h.active)
+                    continue;
+                if (h.core != nullptr) {
+                    const auto mask = static_cast<short>(h.events & (ZMQ_POLLIN | ZMQ_POLLOUT));
+                    if (mask == 0 || h.core->closed)
+                        continue;
+                    socket_nodes.emplace_back(slot, mask);
+                    h.core->waiters.push_back(socket_nodes.back());
+                    fallback_armed = true;
+                } else {
+                    watch(h.fd, static_cast<short>(h.events | ZMQ_POLLERR));
+                    pollfd p{h.fd, 0, 0};
+                    if (h.events & ZMQ_POLLIN)
+                        p.events |= POLLIN;
+                    if (h.events & ZMQ_POLLOUT)
+                        p.events |= POLLOUT;
+                    check.push_back(p);
+                }
+            }
+            // Edge-triggered registrations miss what was ready before them.
+            int rc;
+            do {
+                rc = ::poll(check.data(), check.size(), 0);
+            } while (rc < 0 && errno == EINTR);
+            ready = rc != 0;
+        } catch (...) {
+            unwatch(fd_nodes);
+            std::lock_guard<std::mutex> lock(mutex);
+            sleeping = false;
+            throw;
+        }
+        bool by_fallback = false;
+        if (!ready) {
+            if (fallback_armed && fallback.count() > 0)
+                slot.deadline = std::min(slot.deadline, clock::now() + fallback);
+            ++stats.parks;
+            parked = &slot;
+            const wake_reason why = owner->park(slot);
+            parked = nullptr;
+            by_fallback = why == wake_reason::timeout && clock::now() < timer_deadline;
+        }
+        socket_nodes.clear();
+        unwatch(fd_nodes);
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            sleeping = false;
+        }
+        std::uint64_t count;
+        while (::read(wakefd, &count, sizeof count) > 0) {
+        }
+        return by_fallback;
+    }
+
+    template<class V>
+    void unwatch(V& fd_nodes) noexcept
+    {
+        for (auto& w : fd_nodes) {
+            w.node.unlink();
+            owner->unwatch_fd(*w.watch);
+        }
+        fd_nodes.clear();
+    }
+};
+
+namespace {
+
+thread_local std::unique_ptr<io_loop> default_loop;
+thread_local io_loop* running_loop = nullptr;
+
+short checked_events(short events, const char* what)
+{
+    if (events & ~(ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR | ZMQ_POLLPRI))
+        throw std::invalid_argument(std::string("zmq::green::io_loop::") + what
+                                    + ": events must be ZMQ_POLLIN, ZMQ_POLLOUT, ZMQ_POLLERR");
+    return events;
+}
+
+} // namespace
+
+} // namespace detail
+
+io_loop::io_loop() : s_(std::make_unique<detail::loop_state>())
+{
+    s_->owner = hub::current().reactor();
+    s_->thread = std::this_thread::get_id();
+    s_->wakefd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s_->wakefd < 0)
+        throw std::system_error(errno, std::generic_category(), "zmq::green::io_loop: eventfd");
+}
+
+io_loop::~io_loop() = default;
+
+io_loop& io_loop::current()
+{
+    if (detail::running_loop != nullptr)
+        return *detail::running_loop;
+    if (!detail::default_loop)
+        detail::default_loop = std::make_unique<io_loop>();
+    return *detail::default_loop;
+}
+
+void io_loop::start()
+{
+    auto& s = *s_;
+    s.check_thread("start");
+    if (s.closed)
+        throw std::logic_error("zmq::green::io_loop::start: the loop is closed");
+    if (s.running)
+        throw std::logic_error("zmq::green::io_loop::start: the loop is already running");
+    s.running = true;
+    {
+        std::lock_guard<std::mutex> lock(s.mutex);
+        s.stop_requested = false;
+    }
+    io_loop* outer = std::exchange(detail::running_loop, this);
+    struct restore {
+        detail::loop_state& s;
+        io_loop* outer;
+        ~restore()
+        {
+            s.running = false;
+            detail::running_loop = outer;
+        }
+    } on_exit{s, outer};
+
+    bool after_fallback = false;
+    for (;;) {
+        ++s.stats.iterations;
+        s.run_callbacks();
+        s.run_timers();
+        const bool busy = s.dispatch(std::exchange(after_fallback, false));
+        {
+            std::lock_guard<std::mutex> lock(s.mutex);
+            if (s.stop_requested || s.closed)
+                break;
+        }
+        if (busy) {
+            // Level-triggered work remains: let the thread's other fibers in first.
+            boost::this_fiber::yield();
+            continue;
+        }
+        after_fallback = s.wait();
+    }
+}
+
+void io_loop::stop() noexcept
+{
+    auto& s = *s_;
+    bool sleeping;
+    {
+        std::lock_guard<std::mutex> lock(s.mutex);
+        s.stop_requested = true;
+        sleeping = s.sleeping;
+    }
+    if (sleeping)
+        s.wake();
+}
+
+bool io_loop::running() const noexcept { return s_->running; }
+bool io_loop::closed() const noexcept { return s_->closed; }
+
+void io_loop::close(bool all_fds)
+{
+    auto& s = *s_;
+    s.check_thread("close");
+    if (s.running)
+        throw std::logic_error("zmq::green::io_loop::close: stop the loop first");
+    s.closed = true;
+    auto handlers = std::move(s.handlers);
+    s.handlers.clear();
+    for (auto& h : handlers) {
+        if (all_fds) {
+            if (h->core != nullptr)
+                h->core->close();
+            else
+                ::close(h->fd);
+        }
+        detail::loop_state::drop(*h);
+    }
+    s.timers.clear();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    s.callbacks.clear();
+}
+
+void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeout)
+{
+    s_->check_thread("run_sync");
+    if (!fn)
+        throw std::invalid_argument("zmq::green::io_loop::run_sync: empty function");
+    struct outcome {
+        io_loop* loop = nullptr;
+        bool done = false;
+        std::exception_ptr error;
+    };
+    auto out = std::make_shared<outcome>();
+    out->loop = this;
+    bool timed_out = false;
+    timeout_handle timer;
+    add_callback([out, fn = std::move(fn)]() mutable {
+        boost::fibers::fiber([out, fn = std::move(fn)] {
+            try {
+                fn();
+            } catch (...) {
+                out->error = std::current_exception();
+            }
+            out->done = true;
+            if (out->loop != nullptr)
+                out->loop->stop();
+        }).detach();
+    });
+    if (timeout.count() >= 0)
+        timer = call_later(timeout, [&] {
+            timed_out = true;
+            stop();
+        });
+    try {
+        start();
+    } catch (...) {
+        out->loop = nullptr;
+        throw;
+    }
+    out->loop = nullptr;
+    remove_timeout(timer);
+    if (!out->done) {
+        if (timed_out)
+            throw std::runtime_error("zmq::green::io_loop::run_sync: timed out after "
+                                     + std::to_string(timeout.count()) + " ms");
+        throw std::runtime_error("zmq::green::io_loop::run_sync: the loop stopped before the "
+                                 "function returned");
+    }
+    if (out->error)
+        std::rethrow_exception(out->error);
+}
+
+void io_loop::add_handler(socket_ref socket, handler fn, short events)
+{
+    auto& s = *s_;
+    s.check_thread("add_handler");
+    detail::checked_events(events, "add_handler");
+    auto* core = socket.core();
+    if (core == nullptr || core->closed)
+        throw zmq::error_t(ENOTSOCK);
+    if (&core->owner != s.owner.get())
+        throw thread_error("zmq::green::io_loop::add_handler: the socket belongs to another thread");
+    if (!fn)
+        throw std::invalid_argument("zmq::green::io_loop::add_handler: empty handler");
+    if (s.find(core, -1))
+        throw std::invalid_argument("zmq::green::io_loop::add_handler: the socket already has a "
+                                    "handler (use update_handler)");
+    auto h = std::make_shared<detail::loop_handler>();
+    core->retain();
+    h->core = core;
+    h->fn = std::move(fn);
+    h->events = events;
+    s.handlers.push_back(std::move(h));
+    s.wake(); // a parked loop must take the new interest into account
+}
+
+void io_loop::add_handler(int fd, handler fn, short events)
+{
+    auto& s = *s_;
+    s.check_thread("add_handler");
+    detail::checked_events(events, "add_handler");
+    if (fd < 0)
+        throw zmq::error_t(EBADF);
+    if (!fn)
+        throw std::invalid_argument("zmq::green::io_loop::add_handler: empty handler");
+    if (s.find(nullptr, fd))
+        throw std::invalid_argument("zmq::green::io_loop::add_handler: fd " + std::to_string(fd)
+                                    + " already has a handler (use update_handler)");
+    auto h = std::make_shared<detail::loop_handler>();
+    h->fd = fd;
+    h->fn = std::move(fn);
+    h->events = static_cast<short>(events | ZMQ_POLLERR);
+    s.handlers.push_back(std::move(h));
+    s.wake();
+}
+
+void io_loop::update_handler(socket_ref socket, short events)
+{
+    s_->check_thread("update_handler");
+    detail::checked_events(events, "update_handler");
+    auto h = s_->find(socket.core(), -1);
+    if (socket.core() == nullptr || !h)
+        throw std::invalid_argument("zmq::green::io_loop::update_handler: the socket has no handler");
+    if (h->events != events) {
+        h->events = events;
+        s_->wake();
+    }
+}
+
+void io_loop::update_handler(int fd, short events)
+{
+    s_->check_thread("update_handler");
+    detail::checked_events(events, "update_handler");
+    auto h = s_->find(nullptr, fd);
+    if (!h)
+        throw std::invalid_argument("zmq::green::io_loop::update_handler: fd "
+                                    + std::to_string(fd) + " has no handler");
+    h->events = static_cast<short>(events | ZMQ_POLLERR);
+    s_->wake();
+}
+
+void io_loop::remove_handler(socket_ref socket) noexcept
+{
+    if (socket.core() != nullptr)
+        s_->remove(socket.core(), -1);
+}
+
+void io_loop::remove_handler(int fd) noexcept { s_->remove(nullptr, fd); }
+
+void io_loop::add_callback(callback fn)
+{
+    if (!fn)
+        throw std::invalid_argument("zmq::green::io_loop::add_callback: empty function");
+    auto& s = *s_;
+    bool sleeping;
+    {
+        std::lock_guard<std::mutex> lock(s.mutex);
+        if (s.closed)
+            return; // as tornado: a closing loop ignores new callbacks
+        s.callbacks.push_back(std::move(fn));
+        sleeping = s.sleeping && s.callbacks.size() == 1;
+    }
+    if (sleeping)
+        s.wake();
+}
+
+timeout_handle io_loop::call_later(clock::duration delay, callback fn)
+{
+    return call_at(clock::now() + delay, std::move(fn));
+}
+
+timeout_handle io_loop::call_at(clock::time_point when, callback fn)
+{
+    auto& s = *s_;
+    s.check_thread("call_at");
+    if (!fn)
+        throw std::invalid_argument("zmq::green::io_loop::call_at: empty function");
+    auto t = std::make_shared<detail::loop_timer>();
+    t->key = {when, s.timer_seq++};
+    t->fn = std::move(fn);
+    s.timers.emplace(t->key, t);
+    // A parked loop must recompute its deadline.
+    s.wake();
+    return timeout_handle(t);
+}
+
+void io_loop::remove_timeout(const timeout_handle& handle) noexcept
+{
+    auto t = handle.timer_.lock();
+    if (!t || t->cancelled)
+        return;
+    t->cancelled = true;
+    t->fn = nullptr;
+    s_->timers.erase(t->key);
+}
+
+void io_loop::set_error_handler(error_handler fn)
+{
+    s_->check_thread("set_error_handler");
+    s_->on_error = std::move(fn);
+}
+
+void io_loop::handle_exception(std::exception_ptr e) noexcept { s_->report(std::move(e)); }
+
+void io_loop::set_fallback_interval(std::chrono::milliseconds interval)
+{
+    if (interval.count() < 0)
+        throw std::invalid_argument("zmq::green::io_loop::set_fallback_interval: negative interval");
+    s_->fallback = interval;
+}
+
+std::chrono::milliseconds io_loop::fallback_interval() const noexcept { return s_->fallback; }
+
+io_loop_stats io_loop::stats() const noexcept { return s_->stats; }
+
+periodic_callback::periodic_callback(io_loop& loop, std::function<void()> fn,
+                                     std::chrono::milliseconds period)
+    : loop_(loop), fn_(std::move(fn)), period_(period)
+{
+    if (period.count() <= 0)
+        throw std::invalid_argument("zmq::green::periodic_callback: the period must be positive");
+    if (!fn_)
+        throw std::invalid_argument("zmq::green::periodic_callback: empty function");
+}
+
+void periodic_callback::start()
+{
+    if (running_)
+        return;
+    running_ = true;
+    next_ = io_loop::clock::now();
+    schedule_next();
+}
+
+void periodic_callback::stop() noexcept
+{
+    running_ = false;
+    loop_.remove_timeout(timeout_);
+}
+
+void periodic_callback::run()
+{
+    if (!running_)
+        return;
+    try {
+        fn_();
+    } catch (...) {
+        loop_.handle_exception(std::current_exception());
+    }
+    if (running_) // fn may have stopped it
+        schedule_next();
+}
+
+void periodic_callback::schedule_next()
+{
+    const auto now = io_loop::clock::now();
+    if (next_ <= now)
+        next_ += ((now - next_) / period_ + 1) * period_;
+    timeout_ = loop_.call_at(next_, [this] { run(); });
+}
+
+} // namespace zmq::green

@@ -1,0 +1,432 @@
+#include <zmq/green/multipart.hpp>
+#include <zmq/green/zmq_stream.hpp>
+
+#include "socket_core.hpp"
+
+#include <cstdio>
+#include <deque>
+#include <iterator>
+#include <stdexcept>
+
+namespace zmq::green {
+
+namespace detail {
+
+struct stream_state : std::enable_shared_from_this<stream_state> {
+    stream_state(io_loop& l, socket_t&& s) : loop(l), owned(std::move(s)), ref(owned)
+    {
+        init();
+    }
+    stream_state(io_loop& l, socket_ref s) : loop(l), ref(s) { init(); }
+
+    ~stream_state()
+    {
+        if (core != nullptr)
+            core->release();
+    }
+
+    void init()
+    {
+        core = ref.core();
+        if (core == nullptr || core->closed)
+            throw zmq::error_t(ENOTSOCK);
+        core->retain();
+    }
+
+    void register_handler()
+    {
+        std::weak_ptr<stream_state> weak = shared_from_this();
+        loop.add_handler(
+            ref,
+            [weak](short events) {
+                if (auto self = weak.lock())
+                    self->handle_events(events);
+            },
+            0);
+    }
+
+    void check_open(const char* what) const
+    {
+        if (is_closed)
+            throw std::logic_error(std::string("zmq::green::zmq_stream::") + what
+                                   + ": the stream is closed");
+    }
+
+    static void warn(const char* text) noexcept
+    {
+        std::fprintf(stderr, "zmq::green::zmq_stream: %s\n", text);
+    }
+
+    bool receiving() const noexcept { return static_cast<bool>(recv_cb); }
+    bool sending() const noexcept { return !queue.empty(); }
+
+    // The loop checks the level for us: re-checking pending events on every
+    // interest change (pyzmq's PR #1075) comes for free.
+    void rebuild_io_state() noexcept
+    {
+        if (is_closed)
+            return;
+        const auto state = static_cast<short>((receiving() ? ZMQ_POLLIN : 0)
+                                              | (sending() ? ZMQ_POLLOUT : 0));
+        try {
+            loop.update_handler(ref, state);
+        } catch (...) {
+            // The loop already dropped the handler: the socket went away.
+        }
+    }
+
+    // Validates the socket before a deferred dispatch touches it.
+    bool socket_gone() noexcept
+    {
+        if (is_closed)
+            return true;
+        if (core->closed) {
+            warn("socket closed behind the stream's back; closing the stream");
+            close(std::nullopt);
+            return true;
+        }
+        return false;
+    }
+
+    void handle_events(short events) noexcept
+    {
+        auto keep = shared_from_this();
+        if (is_closed) {
+            warn("got events for a closed stream");
+            return;
+        }
+        if (events & ZMQ_POLLERR) {
+            // The loop reports a closed socket or a terminated context this way.
+            warn(core->closed ? "got events for a stream after its socket was closed"
+                              : "got events for a stream after terminating its context");
+            close(std::nullopt);
+            return;
+        }
+        if ((events & ZMQ_POLLIN) && receiving()) {
+            handle_recv();
+            if (is_closed)
+                return;
+        }
+        if ((events & ZMQ_POLLOUT) && sending()) {
+            handle_send();
+            if (is_closed)
+                return;
+        }
+        rebuild_io_state();
+    }
+
+    void handle_recv() noexcept
+    {
+        if (flushed || socket_gone())
+            return;
+        zmq_stream::message msg;
+        try {
+            if (!recv_multipart(ref, std::back_inserter(msg), recv_flags::dontwait))
+                return; // readiness went stale since the check
+        } catch (const zmq::error_t& e) {
+            if (e.num() == ETERM || e.num() == ENOTSOCK) {
+                warn("the socket went away while a receive was pending; closing the stream");
+                close(std::nullopt);
+            } else {
+                loop.handle_exception(std::current_exception());
+            }
+            return;
+        }
+        if (!recv_cb)
+            return; // only flush receives without a callback: the message is dropped
+        auto cb = recv_cb; // the callback may replace itself
+        try {
+            cb(msg);
+        } catch (...) {
+            loop.handle_exception(std::current_exception());
+        }
+    }
+
+    void handle_send() noexcept
+    {
+        if (flushed || socket_gone())
+            return;
+        if (queue.empty())
+            return; // a stale POLLOUT (pyzmq #379)
+        zmq_stream::message msg = std::move(queue.front());
+        queue.pop_front();
+        send_status status;
+        const bool report = static_cast<bool>(send_cb);
+        try {
+            bool first = true;
+            for (std::size_t i = 0; i < msg.size(); ++i) {
+                const auto flags =
+                    send_flags::dontwait | (i + 1 < msg.size() ? send_flags::sndmore : send_flags::none);
+                bool sent;
+                if (report) {
+                    // Cheap: zmq_msg_copy shares large bodies. The callback
+                    // gets the message as it was queued.
+                    zmq::message_t copy;
+                    copy.copy(msg[i]);
+                    sent = static_cast<bool>(ref.send(copy, flags));
+                } else {
+                    sent = static_cast<bool>(ref.send(msg[i], flags));
+                }
+                if (!sent) {
+                    if (first) {
+                        // Readiness went stale: nothing was sent, try again later.
+                        queue.push_front(std::move(msg));
+                        return;
+                    }
+                    status.error = EAGAIN;
+                    break;
+                }
+                first = false;
+            }
+        } catch (const zmq::error_t& e) {
+            status.error = e.num();
+            if (e.num() == ETERM || e.num() == ENOTSOCK) {
+                // Tell the sender, then give up on the dead socket.
+                run_send_cb(msg, status);
+                close(std::nullopt);
+                return;
+            }
+        }
+        run_send_cb(msg, status);
+    }
+
+    void run_send_cb(const zmq_stream::message& msg, const send_status& status) noexcept
+    {
+        if (!send_cb)
+            return;
+        auto cb = send_cb;
+        try {
+            cb(msg, status);
+        } catch (...) {
+            loop.handle_exception(std::current_exception());
+        }
+    }
+
+    std::size_t flush(short events, std::size_t limit)
+    {
+        check_open("flush");
+        const bool already_flushed = flushed;
+        flushed = false;
+        auto wanted = [&] {
+            return static_cast<short>((events & ZMQ_POLLIN)
+                                      | (sending() ? (events & ZMQ_POLLOUT) : 0));
+        };
+        auto level = [&]() -> short {
+            if (core->closed)
+                return 0;
+            const refresh_result r = core->refresh();
+            return r.error != 0 ? 0 : static_cast<short>(r.events);
+        };
+        std::size_t count = 0;
+        short flag = wanted();
+        if (flag == 0)
+            return 0;
+        auto keep = shared_from_this();
+        short ev = static_cast<short>(level() & flag);
+        while (ev != 0 && (limit == 0 || count < limit)) {
+            if (ev & ZMQ_POLLIN) {
+                handle_recv();
+                ++count;
+                if (is_closed)
+                    break;
+            }
+            if ((ev & ZMQ_POLLOUT) && sending() && (limit == 0 || count < limit)) {
+                handle_send();
+                ++count;
+                if (is_closed)
+                    break;
+            }
+            flag = wanted();
+            ev = static_cast<short>(level() & flag);
+        }
+        if (count > 0) {
+            if (!already_flushed) {
+                std::weak_ptr<stream_state> weak = keep;
+                loop.add_callback([weak] {
+                    if (auto self = weak.lock())
+                        self->flushed = false;
+                });
+            }
+            flushed = true;
+        } else {
+            flushed = already_flushed;
+        }
+        rebuild_io_state();
+        return count;
+    }
+
+    void close(std::optional<int> linger) noexcept
+    {
+        if (is_closed)
+            return;
+        is_closed = true;
+        auto keep = shared_from_this();
+        if (core->closed)
+            warn("unregistering a stream after closing its socket");
+        loop.remove_handler(ref);
+        if (owned.handle() != nullptr && !core->closed) {
+            try {
+                if (linger)
+                    owned.set(zmq::sockopt::linger, *linger);
+            } catch (...) {
+                // Closing matters more than the linger value.
+            }
+        }
+        owned.close();
+        if (close_cb) {
+            auto cb = std::move(close_cb);
+            try {
+                cb();
+            } catch (...) {
+                loop.handle_exception(std::current_exception());
+            }
+        }
+        // The callbacks often capture the stream: let those cycles go.
+        recv_cb = nullptr;
+        send_cb = nullptr;
+    }
+
+    io_loop& loop;
+    socket_t owned;
+    socket_ref ref;
+    socket_core* core = nullptr;
+    zmq_stream* facade = nullptr;
+    zmq_stream::recv_callback recv_cb;
+    zmq_stream::send_callback send_cb;
+    zmq_stream::close_callback close_cb;
+    std::deque<zmq_stream::message> queue;
+    bool flushed = false;
+    bool is_closed = false;
+};
+
+} // namespace detail
+
+zmq_stream::zmq_stream(socket_t&& socket, io_loop& loop)
+    : s_(std::make_shared<detail::stream_state>(loop, std::move(socket)))
+{
+    s_->facade = this;
+    s_->register_handler();
+}
+
+zmq_stream::zmq_stream(socket_ref socket, io_loop& loop)
+    : s_(std::make_shared<detail::stream_state>(loop, socket))
+{
+    s_->facade = this;
+    s_->register_handler();
+}
+
+zmq_stream::~zmq_stream()
+{
+    s_->facade = nullptr;
+    s_->close(std::nullopt);
+}
+
+void zmq_stream::on_recv(recv_callback fn)
+{
+    s_->check_open("on_recv");
+    s_->recv_cb = std::move(fn);
+    s_->rebuild_io_state();
+}
+
+void zmq_stream::on_recv_strings(recv_string_callback fn)
+{
+    if (!fn)
+        return on_recv(nullptr);
+    on_recv([fn = std::move(fn)](message& msg) {
+        std::vector<std::string> parts;
+        parts.reserve(msg.size());
+        for (auto& m : msg)
+            parts.push_back(m.to_string());
+        fn(parts);
+    });
+}
+
+void zmq_stream::on_recv_stream(recv_stream_callback fn)
+{
+    if (!fn)
+        return on_recv(nullptr);
+    std::weak_ptr<detail::stream_state> weak = s_;
+    on_recv([weak, fn = std::move(fn)](message& msg) {
+        auto self = weak.lock();
+        if (self && self->facade != nullptr)
+            fn(*self->facade, msg);
+    });
+}
+
+void zmq_stream::on_send(send_callback fn)
+{
+    s_->check_open("on_send");
+    s_->send_cb = std::move(fn);
+}
+
+void zmq_stream::on_send_stream(send_stream_callback fn)
+{
+    if (!fn)
+        return on_send(nullptr);
+    std::weak_ptr<detail::stream_state> weak = s_;
+    on_send([weak, fn = std::move(fn)](const message& msg, const send_status& status) {
+        auto self = weak.lock();
+        if (self && self->facade != nullptr)
+            fn(*self->facade, msg, status);
+    });
+}
+
+void zmq_stream::send(zmq::message_t msg, send_callback fn)
+{
+    message parts;
+    parts.push_back(std::move(msg));
+    send_multipart(std::move(parts), std::move(fn));
+}
+
+void zmq_stream::send_multipart(message msg, send_callback fn)
+{
+    s_->check_open("send_multipart");
+    if (msg.empty())
+        throw std::invalid_argument("zmq::green::zmq_stream::send_multipart: a message needs at "
+                                    "least one frame");
+    s_->queue.push_back(std::move(msg));
+    if (fn)
+        s_->send_cb = std::move(fn);
+    s_->rebuild_io_state();
+}
+
+void zmq_stream::send_string(const std::string& str, send_callback fn)
+{
+    send(zmq::message_t(str.data(), str.size()), std::move(fn));
+}
+
+std::size_t zmq_stream::flush(short events, std::size_t limit)
+{
+    if (events & ~(ZMQ_POLLIN | ZMQ_POLLOUT))
+        throw std::invalid_argument("zmq::green::zmq_stream::flush: events must be ZMQ_POLLIN "
+                                    "and/or ZMQ_POLLOUT");
+    return s_->flush(events, limit);
+}
+
+void zmq_stream::set_close_callback(close_callback fn) { s_->close_cb = std::move(fn); }
+
+void zmq_stream::close(std::optional<int> linger) noexcept { s_->close(linger); }
+
+bool zmq_stream::closed()
+{
+    if (!s_->is_closed && s_->core->closed) {
+        detail::stream_state::warn("socket closed behind the stream's back; closing the stream");
+        s_->close(std::nullopt);
+    }
+    return s_->is_closed;
+}
+
+bool zmq_stream::receiving() const noexcept { return s_->receiving(); }
+bool zmq_stream::sending() const noexcept { return s_->sending(); }
+std::size_t zmq_stream::queued() const noexcept { return s_->queue.size(); }
+
+socket_ref zmq_stream::socket() const
+{
+    if (s_->is_closed)
+        throw std::logic_error("zmq::green::zmq_stream::socket: the stream is closed");
+    return s_->ref;
+}
+
+io_loop& zmq_stream::loop() const noexcept { return s_->loop; }
+
+} // namespace zmq::green

@@ -1,0 +1,393 @@
+#include "support.hpp"
+
+#include <zmq/green/devices.hpp>
+
+#include <cstring>
+
+// AddressSanitizer's runtime can deadlock a child forked from a process
+// whose other threads (libzmq's) hold its locks; glibc alone is fork-safe
+// here. Until process devices fork and exec a clean image, skip them there.
+#if defined(__SANITIZE_ADDRESS__)
+#define ZMQ_GREEN_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ZMQ_GREEN_TEST_ASAN 1
+#endif
+#endif
+#ifdef ZMQ_GREEN_TEST_ASAN
+#define SKIP_FORK_UNDER_ASAN() GTEST_SKIP() << "fork from a multi-threaded process under ASan"
+#else
+#define SKIP_FORK_UNDER_ASAN() (void)0
+#endif
+
+using namespace std::chrono_literals;
+namespace green = zmq::green;
+namespace devices = zmq::green::devices;
+using test::green_test;
+
+namespace {
+
+using test::recv_strs;
+using test::send_strs;
+using test::strings;
+
+green::socket_t make(green::context_t& ctx, zmq::socket_type t)
+{
+    green::socket_t s(ctx, t);
+    s.set(zmq::sockopt::linger, 0);
+    return s;
+}
+
+std::string local(int port) { return "tcp://127.0.0.1:" + std::to_string(port); }
+
+// A REQ that sends until the (possibly still connecting) device answers.
+void expect_echo(green::socket_t& req, const std::string& text)
+{
+    send_strs(req, {text});
+    EXPECT_EQ(recv_strs(req), strings{text});
+}
+
+} // namespace
+
+class devices_test : public green_test {};
+
+// Scenarios 29 and 30.
+TEST_F(devices_test, attributes)
+{
+    for (int t : {ZMQ_STREAMER, ZMQ_FORWARDER, ZMQ_QUEUE})
+        EXPECT_EQ(devices::thread_device(t, ZMQ_PAIR, ZMQ_PAIR).device_type(), t);
+    devices::device d(ZMQ_QUEUE, ZMQ_SUB, ZMQ_PUB);
+    EXPECT_EQ(d.in_type(), ZMQ_SUB);
+    EXPECT_EQ(d.out_type(), ZMQ_PUB);
+    EXPECT_EQ(d.mode(), devices::run_mode::caller);
+    EXPECT_THROW(devices::thread_device(7, ZMQ_PAIR, ZMQ_PAIR), std::invalid_argument);
+    EXPECT_THROW(devices::thread_device(ZMQ_QUEUE, 99, ZMQ_PAIR), std::invalid_argument);
+    EXPECT_THROW(devices::thread_monitored_queue(ZMQ_PAIR, ZMQ_PAIR, ZMQ_PUB, ""),
+                 std::invalid_argument);
+}
+
+// Scenario 31 for every background mode: a single REP socket that connects.
+template<class Device>
+void single_socket_connect(green::context_t& ctx)
+{
+    auto req = make(ctx, zmq::socket_type::req);
+    req.bind("tcp://127.0.0.1:*");
+    Device dev(ZMQ_QUEUE, ZMQ_REP, -1);
+    dev.setsockopt_in(zmq::sockopt::linger, 0);
+    dev.connect_in(req.get(zmq::sockopt::last_endpoint));
+    dev.start();
+    expect_echo(req, "hello");
+    EXPECT_FALSE(dev.done());
+    dev.stop();
+    EXPECT_TRUE(dev.done());
+    EXPECT_TRUE(dev.join(0ms));
+}
+
+TEST_F(devices_test, single_socket_connect_thread) { single_socket_connect<devices::thread_device>(ctx); }
+TEST_F(devices_test, single_socket_connect_fiber) { single_socket_connect<devices::fiber_device>(ctx); }
+TEST_F(devices_test, single_socket_connect_process) {
+    SKIP_FORK_UNDER_ASAN();
+    single_socket_connect<devices::process_device>(ctx);
+}
+
+// Scenario 32, twice, with connect_out hitting the same socket.
+TEST_F(devices_test, single_socket_bind_to_random_port)
+{
+    for (int round = 0; round < 2; ++round) {
+        devices::thread_device dev(ZMQ_QUEUE, ZMQ_REP, -1);
+        dev.setsockopt_in(ZMQ_LINGER, 0);
+        const int port = dev.bind_in_to_random_port("tcp://127.0.0.1");
+        dev.start();
+        ASSERT_EQ(dev.endpoints().size(), 1u);
+        EXPECT_EQ(dev.endpoints()[0].socket, "in");
+        EXPECT_EQ(dev.endpoints()[0].endpoint, local(port));
+        auto req = make(ctx, zmq::socket_type::req);
+        req.connect(local(port));
+        expect_echo(req, round == 0 ? "hello" : "hello again");
+        dev.stop();
+    }
+}
+
+// Scenarios 33, 36, 46.
+TEST_F(devices_test, bind_to_random_port_with_args)
+{
+    devices::thread_proxy_steerable dev(ZMQ_PULL, ZMQ_PUSH, ZMQ_PUSH, ZMQ_PAIR);
+    for (int port : {dev.bind_in_to_random_port("tcp://127.0.0.1", 5000, 5050),
+                     dev.bind_out_to_random_port("tcp://127.0.0.1", 5000, 5050),
+                     dev.bind_mon_to_random_port("tcp://127.0.0.1", 5000, 5050),
+                     dev.bind_ctrl_to_random_port("tcp://127.0.0.1", 5000, 5050)}) {
+        EXPECT_GE(port, 5000);
+        EXPECT_LT(port, 5050);
+    }
+}
+
+// Scenario 34.
+TEST_F(devices_test, bind_to_random_port_runs_out)
+{
+    devices::thread_device dev(ZMQ_QUEUE, ZMQ_PAIR, ZMQ_PAIR);
+    EXPECT_THROW(
+        {
+            for (int i = 0; i < 11; ++i)
+                dev.bind_in_to_random_port("tcp://127.0.0.1", 10000, 10010);
+        },
+        devices::bind_error);
+    EXPECT_THROW(dev.bind_in_to_random_port("tcp://127.0.0.1", 10, 5), std::invalid_argument);
+}
+
+// Scenario 35 for every background mode.
+template<class Proxy>
+void proxy_with_capture(green::context_t& ctx)
+{
+    Proxy dev(ZMQ_PULL, ZMQ_PUSH, ZMQ_PUSH);
+    dev.setsockopt_in(zmq::sockopt::linger, 0);
+    dev.setsockopt_out(zmq::sockopt::linger, 0);
+    dev.setsockopt_mon(zmq::sockopt::linger, 0);
+    const int in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+    const int out = dev.bind_out_to_random_port("tcp://127.0.0.1");
+    const int mon = dev.bind_mon_to_random_port("tcp://127.0.0.1");
+    dev.start();
+    auto push = make(ctx, zmq::socket_type::push);
+    auto pull = make(ctx, zmq::socket_type::pull);
+    auto cap = make(ctx, zmq::socket_type::pull);
+    push.connect(local(in));
+    pull.connect(local(out));
+    cap.connect(local(mon));
+    send_strs(push, {"hello"});
+    EXPECT_EQ(recv_strs(pull), strings{"hello"});
+    EXPECT_EQ(recv_strs(cap), strings{"hello"});
+    const auto stats = dev.statistics();
+    EXPECT_EQ(stats.frontend_msgs_in, 1u);
+    EXPECT_EQ(stats.backend_bytes_out, 5u);
+    dev.stop();
+    EXPECT_TRUE(dev.done());
+}
+
+TEST_F(devices_test, proxy_thread) { proxy_with_capture<devices::thread_proxy>(ctx); }
+TEST_F(devices_test, proxy_fiber) { proxy_with_capture<devices::fiber_proxy>(ctx); }
+TEST_F(devices_test, proxy_process) {
+    SKIP_FORK_UNDER_ASAN();
+    proxy_with_capture<devices::process_proxy>(ctx);
+}
+
+TEST_F(devices_test, proxy_in_the_calling_fiber_stopped_from_another)
+{
+    devices::proxy dev(ZMQ_PULL, ZMQ_PUSH, ZMQ_PUB);
+    const int in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+    const int out = dev.bind_out_to_random_port("tcp://127.0.0.1");
+    auto push = make(ctx, zmq::socket_type::push);
+    auto pull = make(ctx, zmq::socket_type::pull);
+    test::run_fibers({[&] { dev.start(); },
+                      [&] {
+                          push.connect(local(in));
+                          pull.connect(local(out));
+                          send_strs(push, {"x"});
+                          EXPECT_EQ(recv_strs(pull), strings{"x"});
+                          dev.stop();
+                      }});
+    EXPECT_TRUE(dev.done());
+}
+
+// Scenarios 37-41 with a process (the rest of the modes share the code).
+template<class Queue>
+void monitored_queue_pairs(green::context_t& ctx)
+{
+    auto alice = make(ctx, zmq::socket_type::pair);
+    auto bob = make(ctx, zmq::socket_type::pair);
+    auto sub = make(ctx, zmq::socket_type::sub);
+    alice.bind("tcp://127.0.0.1:*");
+    bob.bind("tcp://127.0.0.1:*");
+    sub.bind("tcp://127.0.0.1:*");
+    sub.set(zmq::sockopt::subscribe, "");
+    Queue dev(ZMQ_PAIR, ZMQ_PAIR, ZMQ_PUB, "foo", "bar");
+    dev.setsockopt_in(zmq::sockopt::linger, 0);
+    dev.setsockopt_out(zmq::sockopt::linger, 0);
+    dev.setsockopt_mon(zmq::sockopt::linger, 0);
+    dev.connect_in(alice.get(zmq::sockopt::last_endpoint));
+    dev.connect_out(bob.get(zmq::sockopt::last_endpoint));
+    dev.connect_mon(sub.get(zmq::sockopt::last_endpoint));
+    dev.start();
+    // PUB drops until the subscription arrives: handshake until the monitor hears.
+    for (;;) {
+        send_strs(alice, {"sync"});
+        EXPECT_EQ(recv_strs(bob), strings{"sync"});
+        if (sub.poll(ZMQ_POLLIN, 50ms)) {
+            EXPECT_EQ(recv_strs(sub), (strings{"foo", "sync"}));
+            break;
+        }
+    }
+    const strings m1{"hello", "bob"}, m2{"two"}, m3{"three", "", "x"}, reply{"hello", "alice"};
+    for (const auto& m : {m1, m2, m3})
+        send_strs(alice, m);
+    for (const auto& m : {m1, m2, m3})
+        EXPECT_EQ(recv_strs(bob), m);
+    send_strs(bob, reply);
+    EXPECT_EQ(recv_strs(alice), reply);
+    for (const auto& m : {m1, m2, m3}) {
+        strings expected{"foo"};
+        expected.insert(expected.end(), m.begin(), m.end());
+        EXPECT_EQ(recv_strs(sub), expected);
+    }
+    EXPECT_EQ(recv_strs(sub), (strings{"bar", "hello", "alice"}));
+    dev.stop();
+}
+
+TEST_F(devices_test, monitored_queue_thread) { monitored_queue_pairs<devices::thread_monitored_queue>(ctx); }
+TEST_F(devices_test, monitored_queue_fiber) { monitored_queue_pairs<devices::fiber_monitored_queue>(ctx); }
+TEST_F(devices_test, monitored_queue_process) {
+    SKIP_FORK_UNDER_ASAN();
+    monitored_queue_pairs<devices::process_monitored_queue>(ctx);
+}
+
+// Scenario 42.
+TEST_F(devices_test, monitored_queue_router_router)
+{
+    devices::thread_monitored_queue dev(ZMQ_ROUTER, ZMQ_ROUTER, ZMQ_PUB);
+    dev.setsockopt_in(zmq::sockopt::linger, 0);
+    dev.setsockopt_out(zmq::sockopt::linger, 0);
+    dev.setsockopt_mon(zmq::sockopt::linger, 0);
+    const int in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+    const int out = dev.bind_out_to_random_port("tcp://127.0.0.1");
+    const int mon = dev.bind_mon_to_random_port("tcp://127.0.0.1");
+    dev.start();
+    auto a = make(ctx, zmq::socket_type::dealer);
+    auto b = make(ctx, zmq::socket_type::dealer);
+    auto sub = make(ctx, zmq::socket_type::sub);
+    a.set(zmq::sockopt::routing_id, "a");
+    b.set(zmq::sockopt::routing_id, "b");
+    sub.set(zmq::sockopt::subscribe, "in");
+    a.connect(local(in));
+    b.connect(local(out));
+    sub.connect(local(mon));
+    // Ping-pong until both routers know their peer (LIBZMQ-280) and the monitor subscribed.
+    for (;;) {
+        send_strs(a, {"b", "ping"});
+        if (b.poll(ZMQ_POLLIN, 50ms)) {
+            EXPECT_EQ(recv_strs(b), (strings{"a", "ping"}));
+            send_strs(b, {"a", "pong"});
+            EXPECT_EQ(recv_strs(a), (strings{"b", "pong"}));
+            if (sub.poll(ZMQ_POLLIN, 50ms)) {
+                while (sub.poll(ZMQ_POLLIN, 0ms))
+                    (void)recv_strs(sub);
+                break;
+            }
+        }
+    }
+    send_strs(a, {"b", "hello", "there"});
+    EXPECT_EQ(recv_strs(b), (strings{"a", "hello", "there"}));
+    EXPECT_EQ(recv_strs(sub), (strings{"in", "b", "a", "hello", "there"}));
+    send_strs(b, {"a", "hello", "there"});
+    EXPECT_EQ(recv_strs(a), (strings{"b", "hello", "there"}));
+    dev.stop();
+}
+
+// Scenario 43.
+TEST_F(devices_test, monitored_queue_default_args)
+{
+    devices::thread_monitored_queue dev(ZMQ_ROUTER, ZMQ_DEALER, ZMQ_PUB);
+    EXPECT_EQ(dev.in_prefix(), "in");
+    EXPECT_EQ(dev.out_prefix(), "out");
+    dev.start();
+    EXPECT_FALSE(dev.done());
+    dev.stop();
+    EXPECT_TRUE(dev.done());
+}
+
+// Scenarios 45 and 47.
+template<class Steerable>
+void steerable_statistics_terminate(green::context_t& ctx)
+{
+    Steerable dev(ZMQ_PULL, ZMQ_PUSH, ZMQ_PUSH, ZMQ_PAIR);
+    dev.setsockopt_in(zmq::sockopt::linger, 0);
+    dev.setsockopt_out(zmq::sockopt::linger, 0);
+    dev.setsockopt_mon(zmq::sockopt::linger, 0);
+    dev.setsockopt_ctrl(zmq::sockopt::linger, 0);
+    const int in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+    const int out = dev.bind_out_to_random_port("tcp://127.0.0.1");
+    const int mon = dev.bind_mon_to_random_port("tcp://127.0.0.1");
+    const int ctl = dev.bind_ctrl_to_random_port("tcp://127.0.0.1");
+    dev.start();
+    auto push = make(ctx, zmq::socket_type::push);
+    auto pull = make(ctx, zmq::socket_type::pull);
+    auto cap = make(ctx, zmq::socket_type::pull);
+    auto ctrl = make(ctx, zmq::socket_type::pair);
+    push.connect(local(in));
+    pull.connect(local(out));
+    cap.connect(local(mon));
+    ctrl.connect(local(ctl));
+    send_strs(push, {"hello"});
+    EXPECT_EQ(recv_strs(pull), strings{"hello"});
+    EXPECT_EQ(recv_strs(cap), strings{"hello"});
+    send_strs(ctrl, {"STATISTICS"});
+    const auto frames = recv_strs(ctrl);
+    ASSERT_EQ(frames.size(), 8u);
+    std::uint64_t v[8];
+    for (size_t i = 0; i < 8; ++i) {
+        ASSERT_EQ(frames[i].size(), 8u);
+        std::memcpy(&v[i], frames[i].data(), 8);
+    }
+    EXPECT_EQ(v[0], 1u);
+    EXPECT_EQ(v[1], 5u);
+    EXPECT_EQ(v[6], 1u);
+    EXPECT_EQ(v[7], 5u);
+    send_strs(ctrl, {"TERMINATE"});
+    EXPECT_TRUE(dev.join());
+    EXPECT_TRUE(dev.done());
+}
+
+TEST_F(devices_test, steerable_thread) { steerable_statistics_terminate<devices::thread_proxy_steerable>(ctx); }
+TEST_F(devices_test, steerable_fiber) { steerable_statistics_terminate<devices::fiber_proxy_steerable>(ctx); }
+TEST_F(devices_test, steerable_process) {
+    SKIP_FORK_UNDER_ASAN();
+    steerable_statistics_terminate<devices::process_proxy_steerable>(ctx);
+}
+
+// A device's setup error reaches the owner from start().
+template<class Device>
+void setup_errors(green::context_t& ctx)
+{
+    auto taken = make(ctx, zmq::socket_type::pull);
+    taken.bind("tcp://127.0.0.1:*");
+    {
+        Device dev(ZMQ_QUEUE, ZMQ_PULL, ZMQ_PUSH);
+        dev.bind_in(taken.get(zmq::sockopt::last_endpoint));
+        try {
+            dev.start();
+            FAIL() << "address in use not reported";
+        } catch (const devices::device_error& e) {
+            EXPECT_EQ(e.num(), EADDRINUSE);
+            EXPECT_NE(std::string(e.what()).find("bind in"), std::string::npos) << e.what();
+        }
+        EXPECT_TRUE(dev.done());
+    }
+    {
+        Device dev(ZMQ_QUEUE, ZMQ_PULL, ZMQ_PUSH);
+        dev.connect_out("bogus://nowhere");
+        EXPECT_THROW(dev.start(), devices::device_error);
+    }
+    {
+        Device dev(ZMQ_QUEUE, ZMQ_PULL, ZMQ_PUSH);
+        dev.start();
+        EXPECT_THROW(dev.start(), std::logic_error);
+        EXPECT_THROW(dev.bind_in("tcp://127.0.0.1:*"), std::logic_error);
+        dev.stop();
+    }
+}
+
+TEST_F(devices_test, setup_errors_thread) { setup_errors<devices::thread_device>(ctx); }
+TEST_F(devices_test, setup_errors_fiber) { setup_errors<devices::fiber_device>(ctx); }
+TEST_F(devices_test, setup_errors_process) {
+    SKIP_FORK_UNDER_ASAN();
+    setup_errors<devices::process_device>(ctx);
+}
+
+TEST_F(devices_test, join_times_out_while_running_and_destructor_stops)
+{
+    devices::process_device dev(ZMQ_FORWARDER, ZMQ_SUB, ZMQ_PUB);
+    dev.start();
+    EXPECT_FALSE(dev.join(10ms));
+    EXPECT_FALSE(dev.done());
+    devices::thread_device other(ZMQ_STREAMER, ZMQ_PULL, ZMQ_PUSH);
+    other.start();
+    EXPECT_FALSE(other.join(10ms));
+    // Both destructors stop their device.
+}

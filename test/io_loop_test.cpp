@@ -1,0 +1,490 @@
+#include "support.hpp"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <stdexcept>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace green = zmq::green;
+using test::green_test;
+
+namespace {
+
+// Stops the loop and fails if the test did not finish in time; only a guard
+// against hangs, never a timing assertion.
+struct watchdog {
+    watchdog(green::io_loop& loop, std::chrono::milliseconds after = 10s)
+        : loop_(loop), handle_(loop.call_later(after, [this] {
+              fired = true;
+              loop_.stop();
+          }))
+    {
+    }
+    ~watchdog()
+    {
+        loop_.remove_timeout(handle_);
+        EXPECT_FALSE(fired) << "watchdog fired: the loop did not finish in time";
+    }
+    green::io_loop& loop_;
+    green::timeout_handle handle_;
+    bool fired = false;
+};
+
+} // namespace
+
+class io_loop : public green_test {
+protected:
+    void TearDown() override
+    {
+        EXPECT_EQ(loop.stats().rescues, 0u);
+        green_test::TearDown();
+    }
+    green::io_loop loop;
+};
+
+TEST_F(io_loop, callback_stops_the_loop)
+{
+    bool ran = false;
+    loop.add_callback([&] {
+        ran = true;
+        loop.stop();
+    });
+    loop.start();
+    EXPECT_TRUE(ran);
+    EXPECT_FALSE(loop.running());
+}
+
+TEST_F(io_loop, callbacks_added_by_callbacks_run_on_the_next_iteration)
+{
+    std::uint64_t first = 0, second = 0;
+    loop.add_callback([&] {
+        first = loop.stats().iterations;
+        loop.add_callback([&] {
+            second = loop.stats().iterations;
+            loop.stop();
+        });
+    });
+    loop.start();
+    EXPECT_EQ(second, first + 1);
+}
+
+TEST_F(io_loop, add_callback_from_four_threads_wakes_the_sleeping_loop)
+{
+    constexpr int per_thread = 2000;
+    int count = 0;
+    std::vector<std::thread> threads;
+    watchdog guard(loop);
+    loop.add_callback([&] {
+        // Started from inside the loop so that some arrive while it sleeps.
+        for (int t = 0; t < 4; ++t)
+            threads.emplace_back([&] {
+                for (int i = 0; i < per_thread; ++i)
+                    loop.add_callback([&] {
+                        if (++count == 4 * per_thread)
+                            loop.stop();
+                    });
+            });
+    });
+    loop.start();
+    for (auto& t : threads)
+        t.join();
+    EXPECT_EQ(count, 4 * per_thread);
+}
+
+TEST_F(io_loop, stop_from_another_thread)
+{
+    std::thread stopper;
+    loop.add_callback([&] { stopper = std::thread([&] { loop.stop(); }); });
+    watchdog guard(loop);
+    loop.start();
+    stopper.join();
+}
+
+TEST_F(io_loop, equal_deadlines_run_in_insertion_order)
+{
+    std::vector<int> order;
+    const auto when = green::io_loop::time() + 5ms;
+    for (int i = 0; i < 5; ++i)
+        loop.call_at(when, [&, i] { order.push_back(i); });
+    loop.call_at(when, [&] { loop.stop(); });
+    loop.start();
+    EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
+}
+
+TEST_F(io_loop, timeouts_run_by_deadline_and_can_be_removed)
+{
+    std::vector<int> order;
+    loop.call_later(30ms, [&] {
+        order.push_back(30);
+        loop.stop();
+    });
+    auto cancelled = loop.call_later(10ms, [&] { order.push_back(-1); });
+    loop.call_later(20ms, [&] { order.push_back(20); });
+    auto fired = loop.call_later(1ms, [&] { order.push_back(1); });
+    loop.remove_timeout(cancelled);
+    loop.start();
+    EXPECT_EQ(order, (std::vector<int>{1, 20, 30}));
+    loop.remove_timeout(fired);     // after it ran: harmless
+    loop.remove_timeout(cancelled); // twice: harmless
+    loop.remove_timeout({});        // empty handle: harmless
+}
+
+TEST_F(io_loop, a_timeout_can_remove_another_due_in_the_same_batch)
+{
+    bool second_ran = false;
+    green::timeout_handle second;
+    const auto when = green::io_loop::time() + 2ms;
+    loop.call_at(when, [&] { loop.remove_timeout(second); });
+    second = loop.call_at(when, [&] { second_ran = true; });
+    loop.call_later(10ms, [&] { loop.stop(); });
+    loop.start();
+    EXPECT_FALSE(second_ran);
+}
+
+TEST_F(io_loop, periodic_callback_rejects_non_positive_periods)
+{
+    EXPECT_THROW(green::periodic_callback(loop, [] {}, 0ms), std::invalid_argument);
+    EXPECT_THROW(green::periodic_callback(loop, [] {}, -5ms), std::invalid_argument);
+}
+
+// pyzmq test_simple: a periodic stop ends start() while another ticks fast.
+TEST_F(io_loop, periodic_callbacks_run_and_stop_the_loop)
+{
+    int ticks = 0;
+    green::periodic_callback stopper(loop, [&] { loop.stop(); }, 200ms);
+    green::periodic_callback ticker(loop, [&] { ++ticks; }, 10ms);
+    EXPECT_FALSE(stopper.is_running());
+    stopper.start();
+    ticker.start();
+    EXPECT_TRUE(stopper.is_running());
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_GT(ticks, 0);
+    ticker.stop();
+    EXPECT_FALSE(ticker.is_running());
+}
+
+TEST_F(io_loop, periodic_callback_skips_missed_ticks)
+{
+    std::vector<green::io_loop::clock::time_point> calls;
+    green::periodic_callback* self = nullptr;
+    green::periodic_callback pc(
+        loop,
+        [&] {
+            calls.push_back(green::io_loop::time());
+            if (calls.size() == 1)
+                std::this_thread::sleep_for(260ms); // the loop falls five periods behind
+            if (calls.size() == 3) {
+                self->stop();
+                loop.stop();
+            }
+        },
+        50ms);
+    self = &pc;
+    pc.start();
+    watchdog guard(loop);
+    loop.start();
+    ASSERT_EQ(calls.size(), 3u);
+    // Replayed ticks would come back to back; skipped ones leave about a
+    // period. Half a period tells them apart without depending on load.
+    EXPECT_GE(calls[2] - calls[1], 25ms);
+    EXPECT_FALSE(pc.is_running());
+}
+
+TEST_F(io_loop, exceptions_go_to_the_error_handler_and_the_loop_goes_on)
+{
+    std::vector<std::string> errors;
+    loop.set_error_handler([&](std::exception_ptr e) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            errors.emplace_back(ex.what());
+        }
+    });
+    loop.add_callback([] { throw std::runtime_error("from callback"); });
+    loop.call_later(1ms, [] { throw std::runtime_error("from timeout"); });
+    green::periodic_callback pc(loop, [] { throw std::runtime_error("from periodic"); }, 1ms);
+    pc.start();
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    ASSERT_EQ(::write(fds[1], "x", 1), 1);
+    loop.add_handler(
+        fds[0],
+        [&](short) {
+            loop.remove_handler(fds[0]);
+            throw std::runtime_error("from handler");
+        },
+        ZMQ_POLLIN);
+    loop.call_later(20ms, [&] { loop.stop(); });
+    loop.start();
+    pc.stop();
+    ::close(fds[0]);
+    ::close(fds[1]);
+    ASSERT_GE(errors.size(), 4u);
+    auto has = [&](const std::string& s) {
+        return std::find(errors.begin(), errors.end(), s) != errors.end();
+    };
+    EXPECT_TRUE(has("from callback"));
+    EXPECT_TRUE(has("from timeout"));
+    EXPECT_TRUE(has("from periodic"));
+    EXPECT_TRUE(has("from handler"));
+}
+
+TEST_F(io_loop, the_default_error_handler_prints_one_line)
+{
+    loop.add_callback([] { throw std::runtime_error("boom"); });
+    loop.add_callback([&] { loop.stop(); });
+    testing::internal::CaptureStderr();
+    loop.start();
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_NE(err.find("uncaught exception in callback: boom"), std::string::npos) << err;
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1);
+}
+
+TEST_F(io_loop, socket_handlers_are_level_triggered)
+{
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull);
+    // Handshake: the first message proves the connection.
+    p.a.send(zmq::str_buffer("one"));
+    p.a.send(zmq::str_buffer("two"));
+    int calls = 0;
+    std::vector<std::string> got;
+    loop.add_handler(
+        p.b,
+        [&](short events) {
+            EXPECT_EQ(events, ZMQ_POLLIN);
+            // Consumes only every other call: the level keeps it coming.
+            if (++calls % 2 == 0) {
+                zmq::message_t m;
+                ASSERT_TRUE(p.b.recv(m, zmq::recv_flags::dontwait));
+                got.push_back(m.to_string());
+                if (got.size() == 2)
+                    loop.stop();
+            }
+        },
+        ZMQ_POLLIN);
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_EQ(got, (std::vector<std::string>{"one", "two"}));
+    EXPECT_EQ(calls, 4);
+}
+
+// pyzmq test_poller_events, through handlers.
+TEST_F(io_loop, handler_events_follow_req_rep_state)
+{
+    test::bound_pair p(ctx, zmq::socket_type::rep, zmq::socket_type::req);
+    short rep_events = 0, req_events = 0;
+    loop.add_handler(p.a, [&](short e) { rep_events |= e; }, ZMQ_POLLIN);
+    loop.add_handler(p.b, [&](short e) { req_events |= e; }, ZMQ_POLLIN);
+    loop.add_callback([&] { loop.stop(); });
+    loop.start();
+    EXPECT_EQ(rep_events, 0);
+    EXPECT_EQ(req_events, 0);
+
+    loop.update_handler(p.a, ZMQ_POLLOUT);
+    loop.update_handler(p.b, ZMQ_POLLOUT);
+    loop.add_callback([&] { loop.stop(); });
+    loop.start();
+    EXPECT_EQ(rep_events, 0);
+    EXPECT_EQ(req_events, ZMQ_POLLOUT);
+
+    rep_events = req_events = 0;
+    loop.update_handler(p.b, ZMQ_POLLIN);
+    p.b.send(zmq::str_buffer("request"));
+    // The request travels over tcp: the REP handler stops the loop when it sees it.
+    loop.remove_handler(p.a);
+    loop.add_handler(
+        p.a,
+        [&](short e) {
+            rep_events |= e;
+            loop.stop();
+        },
+        ZMQ_POLLIN);
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_EQ(rep_events, ZMQ_POLLIN);
+    EXPECT_EQ(req_events, 0);
+}
+
+TEST_F(io_loop, fd_handlers_wake_on_a_write_from_another_fiber)
+{
+    const int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ASSERT_GE(efd, 0);
+    short seen = 0;
+    loop.add_handler(
+        efd,
+        [&](short e) {
+            seen = e;
+            std::uint64_t v;
+            ASSERT_EQ(::read(efd, &v, sizeof v), static_cast<ssize_t>(sizeof v));
+            loop.stop();
+        },
+        ZMQ_POLLIN);
+    watchdog guard(loop);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          // The loop is parked by now: this fiber runs after it.
+                          const std::uint64_t one = 1;
+                          ASSERT_EQ(::write(efd, &one, sizeof one), static_cast<ssize_t>(sizeof one));
+                      }});
+    ::close(efd);
+    EXPECT_EQ(seen, ZMQ_POLLIN);
+}
+
+TEST_F(io_loop, blocking_fibers_run_while_the_loop_waits)
+{
+    test::bound_pair p(ctx, zmq::socket_type::rep, zmq::socket_type::req);
+    int ticks = 0;
+    green::periodic_callback pc(loop, [&] { ++ticks; }, 1ms);
+    pc.start();
+    watchdog guard(loop);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          zmq::message_t m;
+                          for (int i = 0; i < 20; ++i) {
+                              ASSERT_TRUE(p.a.recv(m));
+                              p.a.send(m, zmq::send_flags::none);
+                          }
+                      },
+                      [&] {
+                          for (int i = 0; i < 20; ++i) {
+                              p.b.send(zmq::str_buffer("ping"));
+                              zmq::message_t m;
+                              ASSERT_TRUE(p.b.recv(m));
+                          }
+                          loop.stop();
+                      }});
+    pc.stop();
+}
+
+TEST_F(io_loop, a_closed_socket_gets_pollerr_once_and_is_removed)
+{
+    auto s = std::make_unique<green::socket_t>(ctx, zmq::socket_type::pull);
+    int calls = 0;
+    short seen = 0;
+    loop.add_handler(*s, [&](short e) {
+        ++calls;
+        seen = e;
+    }, ZMQ_POLLIN);
+    loop.add_callback([&] { s->close(); });
+    loop.call_later(20ms, [&] { loop.stop(); });
+    loop.start();
+    EXPECT_EQ(calls, 1);
+    EXPECT_EQ(seen, ZMQ_POLLERR);
+}
+
+// pyzmq test_close_all.
+TEST_F(io_loop, close_all_fds_closes_the_sockets)
+{
+    test::bound_pair p(ctx, zmq::socket_type::rep, zmq::socket_type::req);
+    loop.add_handler(p.a, [](short) {}, ZMQ_POLLIN);
+    loop.add_handler(p.b, [](short) {}, ZMQ_POLLIN);
+    loop.close(true);
+    EXPECT_EQ(p.a.handle(), nullptr);
+    EXPECT_EQ(p.b.handle(), nullptr);
+    EXPECT_TRUE(loop.closed());
+    EXPECT_THROW(loop.start(), std::logic_error);
+}
+
+TEST_F(io_loop, current_is_per_thread_and_follows_the_running_loop)
+{
+    green::io_loop& a = green::io_loop::current();
+    EXPECT_EQ(&a, &green::io_loop::current());
+    EXPECT_NE(&a, &loop);
+    green::io_loop* inside = nullptr;
+    loop.add_callback([&] {
+        inside = &green::io_loop::current();
+        loop.stop();
+    });
+    loop.start();
+    EXPECT_EQ(inside, &loop);
+    green::io_loop* other = nullptr;
+    std::thread([&] { other = &green::io_loop::current(); }).join();
+    EXPECT_NE(other, &a);
+}
+
+TEST_F(io_loop, run_sync_returns_rethrows_and_times_out)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    std::string got;
+    loop.run_sync([&] {
+        p.a.send(zmq::str_buffer("sync"));
+        zmq::message_t m;
+        ASSERT_TRUE(p.b.recv(m)); // parks this fiber; the loop keeps running
+        got = m.to_string();
+    });
+    EXPECT_EQ(got, "sync");
+    EXPECT_THROW(loop.run_sync([] { throw std::domain_error("inner"); }), std::domain_error);
+    bool finished = false;
+    boost::fibers::promise<void> release;
+    auto released = release.get_future();
+    boost::fibers::promise<void> ended;
+    auto has_ended = ended.get_future();
+    EXPECT_THROW(loop.run_sync(
+                     [&] {
+                         released.wait(); // still busy when the timeout passes
+                         finished = true;
+                         ended.set_value();
+                     },
+                     10ms),
+                 std::runtime_error);
+    EXPECT_FALSE(finished);
+    // The abandoned fiber goes on; let it end before the loop goes away.
+    release.set_value();
+    has_ended.wait();
+    EXPECT_TRUE(finished);
+}
+
+TEST_F(io_loop, bad_input_is_rejected_clearly)
+{
+    green::socket_t none;
+    try {
+        loop.add_handler(none, [](short) {}, ZMQ_POLLIN);
+        FAIL();
+    } catch (const zmq::error_t& e) {
+        EXPECT_EQ(e.num(), ENOTSOCK);
+    }
+    try {
+        loop.add_handler(-1, [](short) {}, ZMQ_POLLIN);
+        FAIL();
+    } catch (const zmq::error_t& e) {
+        EXPECT_EQ(e.num(), EBADF);
+    }
+    green::socket_t s(ctx, zmq::socket_type::pull);
+    loop.add_handler(s, [](short) {}, ZMQ_POLLIN);
+    EXPECT_THROW(loop.add_handler(s, [](short) {}, ZMQ_POLLIN), std::invalid_argument);
+    EXPECT_THROW(loop.update_handler(s, 0x100), std::invalid_argument);
+    EXPECT_THROW(loop.update_handler(42, ZMQ_POLLIN), std::invalid_argument);
+    EXPECT_THROW(loop.add_callback(nullptr), std::invalid_argument);
+    EXPECT_THROW(loop.call_later(1ms, nullptr), std::invalid_argument);
+    EXPECT_THROW(loop.set_fallback_interval(-1ms), std::invalid_argument);
+    loop.remove_handler(s);
+    loop.remove_handler(s);  // unknown: ignored
+    loop.remove_handler(99); // unknown: ignored
+    bool threw = false;
+    std::thread([&] {
+        try {
+            loop.call_later(1ms, [] {});
+        } catch (const green::thread_error&) {
+            threw = true;
+        }
+    }).join();
+    EXPECT_TRUE(threw);
+}
+
+TEST_F(io_loop, start_while_running_is_an_error)
+{
+    bool threw = false;
+    loop.add_callback([&] {
+        try {
+            loop.start();
+        } catch (const std::logic_error&) {
+            threw = true;
+        }
+        loop.stop();
+    });
+    loop.start();
+    EXPECT_TRUE(threw);
+}

@@ -1,0 +1,481 @@
+#include "support.hpp"
+
+#include <algorithm>
+#include <memory>
+#include <stdexcept>
+
+using namespace std::chrono_literals;
+namespace green = zmq::green;
+using test::green_test;
+using message = green::zmq_stream::message;
+
+namespace {
+
+message make(std::initializer_list<std::string> parts)
+{
+    message m;
+    for (const auto& p : parts)
+        m.emplace_back(p.data(), p.size());
+    return m;
+}
+
+std::vector<std::string> strings(const message& m)
+{
+    std::vector<std::string> out;
+    for (const auto& f : m)
+        out.push_back(f.to_string());
+    return out;
+}
+
+} // namespace
+
+class zmq_stream : public green_test {
+protected:
+    void SetUp() override
+    {
+        // A hang is reported as a failure, never waited out.
+        guard_ = loop.call_later(20s, [this] {
+            guard_fired_ = true;
+            loop.stop();
+        });
+    }
+    void TearDown() override
+    {
+        loop.remove_timeout(guard_);
+        EXPECT_FALSE(guard_fired_) << "the loop did not finish in time";
+        EXPECT_EQ(loop.stats().rescues, 0u);
+        green_test::TearDown();
+    }
+    // Declared first: streams must go before their loop.
+    green::io_loop loop;
+    green::timeout_handle guard_;
+    bool guard_fired_ = false;
+};
+
+// pyzmq push_pull fixture: the PUSH stream binds, the PULL stream connects.
+struct push_pull {
+    push_pull(green::context_t& ctx, green::io_loop& loop, const std::string& ep = test::unique_inproc())
+        : push(green::socket_t(ctx, zmq::socket_type::push), loop),
+          pull(green::socket_t(ctx, zmq::socket_type::pull), loop)
+    {
+        push.set(zmq::sockopt::linger, 0);
+        pull.set(zmq::sockopt::linger, 0);
+        push.bind(ep);
+        pull.connect(ep);
+    }
+    green::zmq_stream push;
+    green::zmq_stream pull;
+};
+
+// pyzmq test_callable_check, in C++ terms: an empty function is "None".
+TEST_F(zmq_stream, empty_callbacks_pause_and_real_ones_resume)
+{
+    push_pull s(ctx, loop);
+    EXPECT_FALSE(s.pull.receiving());
+    s.pull.on_recv([](message&) {});
+    EXPECT_TRUE(s.pull.receiving());
+    s.pull.on_recv(nullptr);
+    EXPECT_FALSE(s.pull.receiving());
+    s.pull.on_recv_stream([](green::zmq_stream&, message&) {});
+    EXPECT_TRUE(s.pull.receiving());
+    s.pull.stop_on_recv();
+    EXPECT_FALSE(s.pull.receiving());
+    s.push.on_send([](const message&, const green::send_status&) {});
+    s.push.stop_on_send();
+    EXPECT_FALSE(s.push.sending());
+}
+
+// pyzmq test_on_recv_basic: the message waits before on_recv is set.
+TEST_F(zmq_stream, a_message_waiting_before_on_recv_is_delivered)
+{
+    push_pull s(ctx, loop);
+    s.push.send_multipart(make({"basic"}));
+    s.push.flush(ZMQ_POLLOUT);
+    ASSERT_EQ(s.pull.socket().poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    std::vector<std::string> got;
+    s.pull.on_recv([&](message& m) {
+        got = strings(m);
+        loop.stop();
+    });
+    loop.start();
+    EXPECT_EQ(got, (std::vector<std::string>{"basic"}));
+}
+
+// pyzmq test_on_recv_wake: the loop sleeps, then a send wakes it.
+TEST_F(zmq_stream, a_message_arriving_later_wakes_the_loop)
+{
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull);
+    green::zmq_stream pull(std::move(p.b), loop);
+    std::vector<std::string> got;
+    pull.on_recv_strings([&](std::vector<std::string>& m) {
+        got = m;
+        loop.stop();
+    });
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          EXPECT_GT(loop.stats().parks, 0u); // the loop is asleep
+                          p.a.send(zmq::str_buffer("wake"), zmq::send_flags::sndmore);
+                          p.a.send(zmq::str_buffer("up"));
+                      }});
+    EXPECT_EQ(got, (std::vector<std::string>{"wake", "up"}));
+}
+
+// The echo server of eventloop.rst, answering a blocking client fiber.
+TEST_F(zmq_stream, echo_server_answers_a_blocking_client_on_the_same_thread)
+{
+    green::zmq_stream server(green::socket_t(ctx, zmq::socket_type::rep), loop);
+    server.set(zmq::sockopt::linger, 0);
+    server.bind("tcp://127.0.0.1:*");
+    const std::string ep = server.get(zmq::sockopt::last_endpoint);
+    server.on_recv_stream([](green::zmq_stream& stream, message& msg) {
+        stream.send_multipart(std::move(msg));
+    });
+    std::vector<std::string> replies;
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          green::socket_t client(ctx, zmq::socket_type::req);
+                          client.set(zmq::sockopt::linger, 0);
+                          client.connect(ep);
+                          for (int i = 0; i < 50; ++i) {
+                              client.send(zmq::buffer("hello " + std::to_string(i)));
+                              zmq::message_t reply;
+                              ASSERT_TRUE(client.recv(reply));
+                              replies.push_back(reply.to_string());
+                          }
+                          loop.stop();
+                      }});
+    ASSERT_EQ(replies.size(), 50u);
+    EXPECT_EQ(replies[49], "hello 49");
+}
+
+TEST_F(zmq_stream, hundred_streams_share_the_loop_fairly)
+{
+    constexpr int n = 100, per_stream = 20;
+    std::vector<green::socket_t> senders;
+    std::vector<std::unique_ptr<green::zmq_stream>> streams;
+    std::vector<int> counts(n, 0);
+    int total = 0;
+    int worst_spread = 0;
+    for (int i = 0; i < n; ++i) {
+        const auto ep = test::unique_inproc();
+        senders.emplace_back(ctx, zmq::socket_type::push);
+        senders.back().set(zmq::sockopt::linger, 0);
+        senders.back().bind(ep);
+        streams.push_back(std::make_unique<green::zmq_stream>(
+            green::socket_t(ctx, zmq::socket_type::pull), loop));
+        streams.back()->set(zmq::sockopt::linger, 0);
+        streams.back()->connect(ep);
+        // inproc: the messages are in the pipe once send returns.
+        for (int k = 0; k < per_stream; ++k)
+            ASSERT_TRUE(senders.back().send(zmq::str_buffer("m"), zmq::send_flags::dontwait));
+    }
+    for (int i = 0; i < n; ++i)
+        streams[static_cast<size_t>(i)]->on_recv([&, i](message&) {
+            ++counts[static_cast<size_t>(i)];
+            const auto [lo, hi] = std::minmax_element(counts.begin(), counts.end());
+            worst_spread = std::max(worst_spread, *hi - *lo);
+            if (++total == n * per_stream)
+                loop.stop();
+        });
+    loop.start();
+    EXPECT_EQ(total, n * per_stream);
+    // One message per stream per round: no stream ever gets two ahead.
+    EXPECT_LE(worst_spread, 1);
+    streams.clear();
+}
+
+TEST_F(zmq_stream, pausing_on_recv_leaves_messages_in_libzmq_under_hwm)
+{
+    const auto ep = test::unique_inproc();
+    green::socket_t sender(ctx, zmq::socket_type::push);
+    sender.set(zmq::sockopt::sndhwm, 10);
+    sender.set(zmq::sockopt::linger, 0);
+    sender.bind(ep);
+    green::zmq_stream pull(green::socket_t(ctx, zmq::socket_type::pull), loop);
+    pull.set(zmq::sockopt::rcvhwm, 10);
+    pull.set(zmq::sockopt::linger, 0);
+    pull.connect(ep);
+
+    int received = 0;
+    int sent = 0;
+    bool blocked = false;
+    auto count = [&](message&) { ++received; };
+    pull.on_recv(count);
+    pull.on_recv(nullptr); // paused before anything arrives
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          // Back-pressure: with nobody receiving, sends stop at the HWMs.
+                          for (int i = 0; i < 1000; ++i) {
+                              if (!sender.send(zmq::str_buffer("x"), zmq::send_flags::dontwait)) {
+                                  blocked = true;
+                                  break;
+                              }
+                              ++sent;
+                              boost::this_fiber::yield(); // give the loop every chance
+                          }
+                          EXPECT_TRUE(blocked);
+                          EXPECT_EQ(received, 0);
+                          pull.on_recv(count);
+                          // Now the stream drains and the sender gets through.
+                          for (int i = 0; i < 100; ++i) {
+                              ASSERT_TRUE(sender.send(zmq::str_buffer("y")));
+                              ++sent;
+                          }
+                          while (received < sent)
+                              boost::this_fiber::yield();
+                          loop.stop();
+                      }});
+    EXPECT_LT(sent - 100, 1000);
+    EXPECT_EQ(received, sent);
+}
+
+TEST_F(zmq_stream, flush_honours_events_and_limits)
+{
+    push_pull s(ctx, loop);
+    for (int i = 0; i < 5; ++i)
+        s.push.send_string(std::to_string(i));
+    EXPECT_TRUE(s.push.sending());
+    EXPECT_EQ(s.push.flush(ZMQ_POLLIN), 0u); // nothing to receive
+    EXPECT_EQ(s.push.queued(), 5u);
+    EXPECT_EQ(s.push.flush(ZMQ_POLLOUT, 2), 2u);
+    EXPECT_EQ(s.push.queued(), 3u);
+    EXPECT_EQ(s.push.flush(), 3u);
+    EXPECT_FALSE(s.push.sending());
+    EXPECT_EQ(s.push.flush(), 0u);
+
+    std::vector<std::string> got;
+    s.pull.on_recv([&](message& m) { got.push_back(m[0].to_string()); });
+    ASSERT_EQ(s.pull.socket().poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    EXPECT_EQ(s.pull.flush(ZMQ_POLLIN, 2), 2u);
+    EXPECT_EQ(got, (std::vector<std::string>{"0", "1"}));
+    EXPECT_EQ(s.pull.flush(ZMQ_POLLOUT), 0u); // nothing queued to send
+    EXPECT_EQ(s.pull.flush(ZMQ_POLLIN), 3u);
+    EXPECT_EQ(got, (std::vector<std::string>{"0", "1", "2", "3", "4"}));
+    EXPECT_THROW(s.pull.flush(0x100), std::invalid_argument);
+
+    // Without a callback, flush receives and drops.
+    s.pull.stop_on_recv();
+    s.push.send_string("dropped");
+    s.push.flush(ZMQ_POLLOUT);
+    ASSERT_EQ(s.pull.socket().poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    EXPECT_EQ(s.pull.flush(ZMQ_POLLIN), 1u);
+    EXPECT_EQ(got.size(), 5u);
+}
+
+TEST_F(zmq_stream, a_hundred_thousand_queued_sends_drain_in_order)
+{
+    constexpr int n = 100000;
+    push_pull s(ctx, loop);
+    int next_sent = 0, next_received = 0, send_calls = 0;
+    bool order_ok = true;
+    s.push.on_send([&](const message& m, const green::send_status& status) {
+        ++send_calls;
+        if (!status || m.size() != 1 || m[0].to_string() != std::to_string(next_sent++))
+            order_ok = false;
+    });
+    s.pull.on_recv([&](message& m) {
+        if (m[0].to_string() != std::to_string(next_received++))
+            order_ok = false;
+        if (next_received == n)
+            loop.stop();
+    });
+    for (int i = 0; i < n; ++i)
+        s.push.send_string(std::to_string(i));
+    EXPECT_EQ(s.push.queued(), static_cast<size_t>(n)); // nothing sent synchronously
+    loop.start();
+    EXPECT_TRUE(order_ok);
+    EXPECT_EQ(next_received, n);
+    EXPECT_EQ(send_calls, n);
+    EXPECT_FALSE(s.push.sending());
+}
+
+TEST_F(zmq_stream, a_per_send_callback_replaces_on_send_for_good)
+{
+    push_pull s(ctx, loop);
+    int first = 0, second = 0;
+    s.push.on_send([&](const message&, const green::send_status&) { ++first; });
+    s.push.send_string("a");
+    s.push.send_string("b", [&](const message&, const green::send_status&) { ++second; });
+    s.push.send_string("c");
+    EXPECT_EQ(s.push.flush(ZMQ_POLLOUT), 3u);
+    EXPECT_EQ(first, 0); // replaced before any send ran
+    EXPECT_EQ(second, 3);
+}
+
+TEST_F(zmq_stream, send_errors_reach_on_send_as_status)
+{
+    green::zmq_stream router(green::socket_t(ctx, zmq::socket_type::router), loop);
+    router.set(zmq::sockopt::router_mandatory, true);
+    router.set(zmq::sockopt::linger, 0);
+    const auto ep = test::unique_inproc();
+    router.bind(ep);
+    // With ROUTER_MANDATORY, POLLOUT needs a peer: connect one and hear from it.
+    green::socket_t peer(ctx, zmq::socket_type::dealer);
+    peer.set(zmq::sockopt::linger, 0);
+    peer.connect(ep);
+    peer.send(zmq::str_buffer("hi"));
+    router.on_recv([&](message&) { router.send_multipart(make({"nobody", "", "hello"})); });
+    int status = 0;
+    std::vector<std::string> echoed;
+    router.on_send_stream([&](green::zmq_stream& st, const message& m, const green::send_status& s) {
+        EXPECT_EQ(&st, &router);
+        status = s.error;
+        echoed = strings(m);
+        loop.stop();
+    });
+    loop.start();
+    EXPECT_EQ(status, EHOSTUNREACH);
+    EXPECT_EQ(echoed, (std::vector<std::string>{"nobody", "", "hello"}));
+    EXPECT_FALSE(router.closed());
+}
+
+TEST_F(zmq_stream, exceptions_in_callbacks_are_reported_and_the_stream_goes_on)
+{
+    push_pull s(ctx, loop);
+    std::vector<std::string> errors;
+    loop.set_error_handler([&](std::exception_ptr e) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            errors.emplace_back(ex.what());
+        }
+    });
+    int calls = 0;
+    s.pull.on_recv([&](message&) {
+        if (++calls == 2)
+            loop.stop();
+        throw std::runtime_error("callback failed");
+    });
+    s.push.send_string("1");
+    s.push.send_string("2");
+    loop.start();
+    EXPECT_EQ(calls, 2);
+    EXPECT_EQ(errors.size(), 2u);
+    EXPECT_FALSE(s.pull.closed());
+}
+
+TEST_F(zmq_stream, close_inside_a_callback)
+{
+    push_pull s(ctx, loop);
+    bool close_called = false;
+    int calls = 0;
+    s.pull.set_close_callback([&] { close_called = true; });
+    s.pull.on_recv([&](message&) {
+        ++calls;
+        s.pull.close();
+        EXPECT_TRUE(s.pull.closed());
+        loop.call_later(5ms, [&] { loop.stop(); });
+    });
+    s.push.send_string("1");
+    s.push.send_string("2");
+    loop.start();
+    EXPECT_EQ(calls, 1);
+    EXPECT_TRUE(close_called);
+    EXPECT_THROW(s.pull.on_recv([](message&) {}), std::logic_error);
+    EXPECT_THROW(s.pull.send_string("x"), std::logic_error);
+    s.pull.close(); // idempotent
+}
+
+TEST_F(zmq_stream, destroying_a_stream_inside_its_own_callback)
+{
+    auto ep = test::unique_inproc();
+    green::zmq_stream push(green::socket_t(ctx, zmq::socket_type::push), loop);
+    push.set(zmq::sockopt::linger, 0);
+    push.bind(ep);
+    auto pull = std::make_unique<green::zmq_stream>(green::socket_t(ctx, zmq::socket_type::pull), loop);
+    pull->connect(ep);
+    bool close_called = false;
+    pull->set_close_callback([&] { close_called = true; });
+    pull->on_recv_stream([&](green::zmq_stream&, message&) {
+        pull.reset();
+        loop.add_callback([&] { loop.stop(); });
+    });
+    push.send_string("1");
+    push.send_string("2");
+    loop.start();
+    EXPECT_FALSE(pull);
+    EXPECT_TRUE(close_called);
+}
+
+// pyzmq test_shadow_socket_close: the socket closes behind the stream's back.
+TEST_F(zmq_stream, a_socket_closed_behind_the_stream_degrades_to_a_warning)
+{
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull);
+    green::zmq_stream pull(green::socket_ref(p.b), loop);
+    for (int i = 0; i < 10; ++i)
+        p.a.send(zmq::str_buffer("m"));
+    int got = 0;
+    pull.on_recv([&](message&) {
+        if (++got == 1) {
+            p.b.close(); // the owner closes it while more dispatches are due
+            loop.call_later(10ms, [&] { loop.stop(); });
+        }
+    });
+    testing::internal::CaptureStderr();
+    loop.start();
+    EXPECT_TRUE(pull.closed());
+    pull.close();
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_NE(err.find("zmq_stream"), std::string::npos) << err;
+    EXPECT_EQ(got, 1);
+}
+
+TEST_F(zmq_stream, a_terminated_context_degrades_to_a_warning)
+{
+    green::context_t other;
+    green::zmq_stream pull(green::socket_t(other, zmq::socket_type::pull), loop);
+    pull.on_recv([](message&) {});
+    bool closed = false;
+    pull.set_close_callback([&] { closed = true; });
+    loop.add_callback([&] { other.shutdown(); });
+    loop.call_later(20ms, [&] { loop.stop(); });
+    testing::internal::CaptureStderr();
+    loop.start();
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_TRUE(closed);
+    EXPECT_TRUE(pull.closed());
+    EXPECT_NE(err.find("terminating its context"), std::string::npos) << err;
+    other.close(); // the stream closed its socket: this returns
+}
+
+TEST_F(zmq_stream, streams_on_the_current_loop_and_close_all)
+{
+    // pyzmq's historical tests: an explicit loop, closed with all_fds.
+    green::socket_t a(ctx, zmq::socket_type::pair);
+    green::socket_t b(ctx, zmq::socket_type::pair);
+    const auto ep = test::unique_inproc();
+    a.bind(ep);
+    b.connect(ep);
+    {
+        green::zmq_stream sa(green::socket_ref(a), loop);
+        green::zmq_stream sb(green::socket_ref(b), loop);
+        std::string got;
+        sb.on_recv([&](message& m) {
+            got = m[0].to_string();
+            loop.stop();
+        });
+        sa.send_string("explicit");
+        loop.start();
+        EXPECT_EQ(got, "explicit");
+        EXPECT_EQ(&sa.loop(), &loop);
+    }
+    {
+        green::zmq_stream def{green::socket_ref(a)};
+        EXPECT_EQ(&def.loop(), &green::io_loop::current());
+    }
+    loop.add_handler(a, [](short) {}, ZMQ_POLLIN);
+    loop.add_handler(b, [](short) {}, ZMQ_POLLIN);
+    loop.remove_timeout(guard_);
+    loop.close(true);
+    EXPECT_EQ(a.handle(), nullptr);
+    EXPECT_EQ(b.handle(), nullptr);
+}
+
+TEST_F(zmq_stream, a_closed_socket_cannot_make_a_stream)
+{
+    green::socket_t s;
+    EXPECT_THROW(green::zmq_stream(std::move(s), loop), zmq::error_t);
+    EXPECT_THROW(green::zmq_stream(green::socket_ref(), loop), zmq::error_t);
+    push_pull p(ctx, loop);
+    EXPECT_THROW(p.push.send_multipart({}), std::invalid_argument);
+}
