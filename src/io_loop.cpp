@@ -192,12 +192,7 @@ struct loop_state {
             if (!h.active)
                 continue;
             if (h.core == nullptr) {
-                pollfd p{h.fd, 0, 0};
-                if (h.events & ZMQ_POLLIN)
-                    p.events |= POLLIN;
-                if (h.events & ZMQ_POLLOUT)
-                    p.events |= POLLOUT;
-                fds.push_back(p);
+                fds.push_back({h.fd, to_poll_events(h.events), 0});
                 fd_handlers.push_back(&h);
                 continue;
             }
@@ -304,12 +299,7 @@ struct loop_state {
                     fallback_armed = true;
                 } else {
                     watch(h.fd, static_cast<short>(h.events | ZMQ_POLLERR));
-                    pollfd p{h.fd, 0, 0};
-                    if (h.events & ZMQ_POLLIN)
-                        p.events |= POLLIN;
-                    if (h.events & ZMQ_POLLOUT)
-                        p.events |= POLLOUT;
-                    check.push_back(p);
+                    check.push_back({h.fd, to_poll_events(h.events), 0});
                 }
             }
             // Edge-triggered registrations miss what was ready before them.

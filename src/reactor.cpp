@@ -47,6 +47,16 @@ short poll_to_zmq(std::uint32_t ev) noexcept
 
 } // namespace
 
+short to_poll_events(short zmq_events) noexcept
+{
+    short events = 0;
+    if (zmq_events & ZMQ_POLLIN)
+        events |= POLLIN;
+    if (zmq_events & ZMQ_POLLOUT)
+        events |= POLLOUT;
+    return events;
+}
+
 clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept
 {
     if (timeout.count() < 0)
@@ -262,11 +272,7 @@ void reactor::unwatch_fd(fd_watch& watch) noexcept
 bool reactor::wait_fd(int fd, short events, clock::time_point deadline)
 {
     for (;;) {
-        pollfd pfd{fd, 0, 0};
-        if (events & ZMQ_POLLIN)
-            pfd.events |= POLLIN;
-        if (events & ZMQ_POLLOUT)
-            pfd.events |= POLLOUT;
+        pollfd pfd{fd, to_poll_events(events), 0};
         const int rc = ::poll(&pfd, 1, 0);
         if (rc < 0 && errno != EINTR)
             throw std::system_error(errno, std::generic_category(), "zmq::green: poll");

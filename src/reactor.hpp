@@ -157,6 +157,9 @@ private:
     bool fresh_ = false; // run() ran since the dispatcher last picked a fiber
 };
 
+// ZMQ_POLLIN/ZMQ_POLLOUT as poll(2)'s POLLIN/POLLOUT.
+short to_poll_events(short zmq_events) noexcept;
+
 // Deadline after timeout from now; negative timeouts never expire.
 clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept;
 
