@@ -129,14 +129,14 @@ std::vector<double> in_child(const std::function<std::vector<double>()>& fn)
 
 const char payload[64] = {};
 
-// --- T1: PUSH/PULL inproc ----------------------------------------------------
+// --- T1/T2: PUSH/PULL --------------------------------------------------------
 
-std::vector<double> t1_green(long n)
+std::vector<double> push_pull_green(long n, const char* endpoint)
 {
     green::context_t ctx;
     green::socket_t pull(ctx, zmq::socket_type::pull), push(ctx, zmq::socket_type::push);
-    pull.bind("inproc://t1");
-    push.connect("inproc://t1");
+    pull.bind(endpoint);
+    push.connect(pull.get(zmq::sockopt::last_endpoint));
     const auto t0 = clk::now();
     boost::fibers::fiber producer([&] {
         for (long i = 0; i < n; ++i)
@@ -164,26 +164,6 @@ std::vector<double> t1_baseline(long n)
         while (pull.recv(m, zmq::recv_flags::dontwait))
             ++got;
     }
-    return {static_cast<double>(n) / seconds_since(t0) / 1e6};
-}
-
-// --- T2: PUSH/PULL tcp -------------------------------------------------------
-
-std::vector<double> t2_green(long n)
-{
-    green::context_t ctx;
-    green::socket_t pull(ctx, zmq::socket_type::pull), push(ctx, zmq::socket_type::push);
-    pull.bind("tcp://127.0.0.1:*");
-    push.connect(pull.get(zmq::sockopt::last_endpoint));
-    const auto t0 = clk::now();
-    boost::fibers::fiber producer([&] {
-        for (long i = 0; i < n; ++i)
-            push.send(zmq::buffer(payload, sizeof payload));
-    });
-    zmq::message_t m;
-    for (long i = 0; i < n; ++i)
-        (void)pull.recv(m);
-    producer.join();
     return {static_cast<double>(n) / seconds_since(t0) / 1e6};
 }
 
@@ -537,11 +517,11 @@ int main(int argc, char** argv)
     const long n = opt.messages, rt = opt.round_trips;
     if (wanted("T1"))
         rows.push_back(measure("T1", "M msg/s", opt.reps,
-                               [&] { return in_child([&] { return t1_green(n); })[0]; },
+                               [&] { return in_child([&] { return push_pull_green(n, "inproc://t1"); })[0]; },
                                [&] { return in_child([&] { return t1_baseline(n); })[0]; }));
     if (wanted("T2"))
         rows.push_back(measure("T2", "M msg/s", opt.reps,
-                               [&] { return in_child([&] { return t2_green(n); })[0]; },
+                               [&] { return in_child([&] { return push_pull_green(n, "tcp://127.0.0.1:*"); })[0]; },
                                [&] { return in_child([&] { return t2_baseline(n); })[0]; }));
     for (const char* id : {"L1", "L2"}) {
         if (!wanted(id))

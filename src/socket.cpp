@@ -147,17 +147,44 @@ ZMQ_GREEN_ENDPOINT_CALL(connect)
 ZMQ_GREEN_ENDPOINT_CALL(disconnect)
 #undef ZMQ_GREEN_ENDPOINT_CALL
 
-send_result_t socket_base::send(const_buffer buf, send_flags flags)
+namespace {
+
+// A send: sndmore decides whether the message continues.
+template<class Call>
+int green_send(socket_core& core, send_flags flags, Call call)
+{
+    const int f = static_cast<int>(flags);
+    return core.perform(core.send_dir, ZMQ_POLLOUT, f & ZMQ_DONTWAIT, ZMQ_SNDTIMEO,
+                        [&](bool& more) {
+                            more = f & ZMQ_SNDMORE;
+                            return call(f | ZMQ_DONTWAIT);
+                        });
+}
+
+// A receive: call sets more from the frame it got.
+template<class Call>
+int green_recv(socket_core& core, recv_flags flags, Call call)
+{
+    const int f = static_cast<int>(flags);
+    return core.perform(core.recv_dir, ZMQ_POLLIN, f & ZMQ_DONTWAIT, ZMQ_RCVTIMEO,
+                        [&](bool& more) { return call(f | ZMQ_DONTWAIT, more); });
+}
+
+} // namespace
+
+socket_core& socket_base::checked_core() const
 {
     if (checked_handle() == nullptr)
         throw not_a_socket();
-    const int f = static_cast<int>(flags);
-    const int rc = core_->perform(core_->send_dir, ZMQ_POLLOUT, f & ZMQ_DONTWAIT, ZMQ_SNDTIMEO,
-                                  [&](bool& more) {
-                                      more = f & ZMQ_SNDMORE;
-                                      return zmq_send(core_->handle, buf.data(), buf.size(),
-                                                      f | ZMQ_DONTWAIT);
-                                  });
+    return *core_;
+}
+
+send_result_t socket_base::send(const_buffer buf, send_flags flags)
+{
+    socket_core& core = checked_core();
+    const int rc = green_send(core, flags, [&](int f) {
+        return zmq_send(core.handle, buf.data(), buf.size(), f);
+    });
     if (rc < 0)
         return {};
     return static_cast<size_t>(rc);
@@ -165,15 +192,9 @@ send_result_t socket_base::send(const_buffer buf, send_flags flags)
 
 send_result_t socket_base::send(message_t& msg, send_flags flags)
 {
-    if (checked_handle() == nullptr)
-        throw not_a_socket();
-    const int f = static_cast<int>(flags);
-    const int rc = core_->perform(core_->send_dir, ZMQ_POLLOUT, f & ZMQ_DONTWAIT, ZMQ_SNDTIMEO,
-                                  [&](bool& more) {
-                                      more = f & ZMQ_SNDMORE;
-                                      return zmq_msg_send(msg.handle(), core_->handle,
-                                                          f | ZMQ_DONTWAIT);
-                                  });
+    socket_core& core = checked_core();
+    const int rc = green_send(core, flags,
+                              [&](int f) { return zmq_msg_send(msg.handle(), core.handle, f); });
     if (rc < 0)
         return {};
     return static_cast<size_t>(rc);
@@ -181,20 +202,17 @@ send_result_t socket_base::send(message_t& msg, send_flags flags)
 
 recv_buffer_result_t socket_base::recv(mutable_buffer buf, recv_flags flags)
 {
-    if (checked_handle() == nullptr)
-        throw not_a_socket();
-    const int f = static_cast<int>(flags);
-    const int rc = core_->perform(
-        core_->recv_dir, ZMQ_POLLIN, f & ZMQ_DONTWAIT, ZMQ_RCVTIMEO, [&](bool& more) {
-            const int n = zmq_recv(core_->handle, buf.data(), buf.size(), f | ZMQ_DONTWAIT);
-            if (n >= 0) {
-                int rcvmore = 0;
-                size_t size = sizeof rcvmore;
-                zmq_getsockopt(core_->handle, ZMQ_RCVMORE, &rcvmore, &size);
-                more = rcvmore != 0;
-            }
-            return n;
-        });
+    socket_core& core = checked_core();
+    const int rc = green_recv(core, flags, [&](int f, bool& more) {
+        const int n = zmq_recv(core.handle, buf.data(), buf.size(), f);
+        if (n >= 0) {
+            int rcvmore = 0;
+            size_t size = sizeof rcvmore;
+            zmq_getsockopt(core.handle, ZMQ_RCVMORE, &rcvmore, &size);
+            more = rcvmore != 0;
+        }
+        return n;
+    });
     if (rc < 0)
         return {};
     return recv_buffer_size{std::min(static_cast<size_t>(rc), buf.size()),
@@ -203,16 +221,12 @@ recv_buffer_result_t socket_base::recv(mutable_buffer buf, recv_flags flags)
 
 recv_result_t socket_base::recv(message_t& msg, recv_flags flags)
 {
-    if (checked_handle() == nullptr)
-        throw not_a_socket();
-    const int f = static_cast<int>(flags);
-    const int rc = core_->perform(core_->recv_dir, ZMQ_POLLIN, f & ZMQ_DONTWAIT, ZMQ_RCVTIMEO,
-                                  [&](bool& more) {
-                                      const int n = zmq_msg_recv(msg.handle(), core_->handle,
-                                                                 f | ZMQ_DONTWAIT);
-                                      more = n >= 0 && msg.more();
-                                      return n;
-                                  });
+    socket_core& core = checked_core();
+    const int rc = green_recv(core, flags, [&](int f, bool& more) {
+        const int n = zmq_msg_recv(msg.handle(), core.handle, f);
+        more = n >= 0 && msg.more();
+        return n;
+    });
     if (rc < 0)
         return {};
     return static_cast<size_t>(rc);

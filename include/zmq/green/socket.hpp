@@ -88,6 +88,8 @@ protected:
     socket_core* core_ = nullptr;
 
     void* checked_handle() const;
+    // The core of an open socket owned by this thread; ENOTSOCK otherwise.
+    socket_core& checked_core() const;
 
 private:
     void events_read() const noexcept;
