@@ -259,91 +259,65 @@ struct loop_state {
                 return false;
             sleeping = true;
         }
-        park_slot slot;
-        clock::time_point timer_deadline = timers.empty() ? no_deadline : timers.begin()->first.first;
-        slot.deadline = timer_deadline;
-
-        std::vector<wait_node> socket_nodes;
-        struct fd_wait {
-            wait_node node;
-            fd_watch* watch;
-        };
-        std::vector<fd_wait> fd_nodes;
-        socket_nodes.reserve(handlers.size());
-        fd_nodes.reserve(handlers.size() + 1);
-        std::vector<pollfd> check;
-        auto watch = [&](int fd, short events) {
-            fd_nodes.push_back({wait_node(slot, events), nullptr});
-            try {
-                fd_nodes.back().watch = &owner->watch_fd(fd, fd_nodes.back().node);
-            } catch (...) {
-                fd_nodes.pop_back();
-                throw;
-            }
-        };
-        bool ready = false;
-        bool fallback_armed = false;
+        bool by_fallback = false;
         try {
-            watch(wakefd, ZMQ_POLLIN);
-            check.push_back({wakefd, POLLIN, 0});
-            for (auto& hp : handlers) {
-                loop_handler& h = *hp;
-                if (!h.active)
-                    continue;
-                if (h.core != nullptr) {
-                    const auto mask = static_cast<short>(h.events & (ZMQ_POLLIN | ZMQ_POLLOUT));
-                    if (mask == 0 || h.core->closed)
-                        continue;
-                    socket_nodes.emplace_back(slot, mask);
-                    h.core->waiters.push_back(socket_nodes.back());
-                    fallback_armed = true;
-                } else {
-                    watch(h.fd, static_cast<short>(h.events | ZMQ_POLLERR));
-                    check.push_back({h.fd, to_poll_events(h.events), 0});
-                }
-            }
-            // Edge-triggered registrations miss what was ready before them.
-            int rc;
-            do {
-                rc = ::poll(check.data(), check.size(), 0);
-            } while (rc < 0 && errno == EINTR);
-            ready = rc != 0;
+            by_fallback = watch_and_park();
         } catch (...) {
-            unwatch(fd_nodes);
-            std::lock_guard<std::mutex> lock(mutex);
-            sleeping = false;
+            awake();
             throw;
         }
-        bool by_fallback = false;
-        if (!ready) {
-            if (fallback_armed && fallback.count() > 0)
-                slot.deadline = std::min(slot.deadline, clock::now() + fallback);
-            ++stats.parks;
-            parked = &slot;
-            const wake_reason why = owner->park(slot);
-            parked = nullptr;
-            by_fallback = why == wake_reason::timeout && clock::now() < timer_deadline;
-        }
-        socket_nodes.clear();
-        unwatch(fd_nodes);
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            sleeping = false;
-        }
+        awake();
         std::uint64_t count;
         while (::read(wakefd, &count, sizeof count) > 0) {
         }
         return by_fallback;
     }
 
-    template<class V>
-    void unwatch(V& fd_nodes) noexcept
+    bool watch_and_park()
     {
-        for (auto& w : fd_nodes) {
-            w.node.unlink();
-            owner->unwatch_fd(*w.watch);
+        park_slot slot;
+        const clock::time_point timer_deadline =
+            timers.empty() ? no_deadline : timers.begin()->first.first;
+        slot.deadline = timer_deadline;
+        interest watching(*owner, slot, handlers.size() + 1);
+        std::vector<pollfd> check{{wakefd, POLLIN, 0}};
+        watching.add_fd(wakefd, ZMQ_POLLIN);
+        bool fallback_armed = false;
+        for (auto& hp : handlers) {
+            loop_handler& h = *hp;
+            if (!h.active)
+                continue;
+            if (h.core != nullptr) {
+                const auto mask = static_cast<short>(h.events & (ZMQ_POLLIN | ZMQ_POLLOUT));
+                if (mask == 0 || h.core->closed)
+                    continue;
+                watching.add_socket(*h.core, mask);
+                fallback_armed = true;
+            } else {
+                watching.add_fd(h.fd, static_cast<short>(h.events | ZMQ_POLLERR));
+                check.push_back({h.fd, to_poll_events(h.events), 0});
+            }
         }
-        fd_nodes.clear();
+        // Edge-triggered registrations miss what was ready before them.
+        int rc;
+        do {
+            rc = ::poll(check.data(), check.size(), 0);
+        } while (rc < 0 && errno == EINTR);
+        if (rc != 0)
+            return false;
+        if (fallback_armed && fallback.count() > 0)
+            slot.deadline = std::min(slot.deadline, clock::now() + fallback);
+        ++stats.parks;
+        parked = &slot;
+        const wake_reason why = owner->park(slot);
+        parked = nullptr;
+        return why == wake_reason::timeout && clock::now() < timer_deadline;
+    }
+
+    void awake() noexcept
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        sleeping = false;
     }
 };
 

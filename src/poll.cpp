@@ -2,7 +2,6 @@
 
 #include "socket_core.hpp"
 
-#include <vector>
 
 namespace zmq::green {
 
@@ -26,74 +25,24 @@ int poll_now(detail::reactor& r, zmq_pollitem_t* items, size_t nitems)
     return rc;
 }
 
-// The fiber's interest in every item, for one park.
-class registration {
-public:
-    registration(detail::reactor& r, size_t nitems) : reactor_(r)
-    {
-        // Nodes are linked into intrusive lists: they must never move.
-        socket_nodes_.reserve(nitems);
-        fd_nodes_.reserve(nitems);
-    }
-    ~registration()
-    {
-        socket_nodes_.clear();
-        if (counted_)
-            reactor_.socket_wait_ended();
-        for (auto& w : fd_nodes_) {
-            w.node.unlink();
-            reactor_.unwatch_fd(*w.watch);
-        }
-    }
-    registration(const registration&) = delete;
-    registration& operator=(const registration&) = delete;
-
-    void add(detail::park_slot& slot, const zmq_pollitem_t& item)
-    {
-        const auto events =
-            static_cast<short>(item.events & (ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR | ZMQ_POLLPRI));
-        if (events == 0)
-            return;
-        if (item.socket == nullptr)
-            return add_fd(slot, item.fd, events);
-        if (auto* core = reactor_.find_socket(item.socket)) {
-            socket_nodes_.emplace_back(slot, events);
-            core->waiters.push_back(socket_nodes_.back());
-            if (!counted_)
-                reactor_.socket_wait_started();
-            counted_ = true;
-            return;
-        }
-        // Not a green socket of this thread: wait for its fd's edge.
-        zmq::fd_t fd = -1;
-        size_t size = sizeof fd;
-        if (zmq_getsockopt(item.socket, ZMQ_FD, &fd, &size) != 0)
-            throw zmq::error_t();
-        add_fd(slot, fd, ZMQ_POLLIN);
-    }
-
-private:
-    struct fd_wait {
-        detail::wait_node node;
-        detail::fd_watch* watch;
-    };
-
-    void add_fd(detail::park_slot& slot, zmq::fd_t fd, short events)
-    {
-        fd_nodes_.push_back({detail::wait_node(slot, events), nullptr});
-        try {
-            fd_nodes_.back().watch = &reactor_.watch_fd(fd, fd_nodes_.back().node);
-        } catch (...) {
-            fd_nodes_.pop_back();
-            throw;
-        }
-    }
-
-    detail::reactor& reactor_;
-    std::vector<detail::wait_node> socket_nodes_;
-    std::vector<fd_wait> fd_nodes_;
-    bool counted_ = false;
-};
+// Registers the fiber's interest in one item.
+void add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem_t& item)
+{
+    const auto events =
+        static_cast<short>(item.events & (ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR | ZMQ_POLLPRI));
+    if (events == 0)
+        return;
+    if (item.socket == nullptr)
+        return watching.add_fd(item.fd, events);
+    if (auto* core = r.find_socket(item.socket))
+        return watching.add_socket(*core, events);
+    // Not a green socket of this thread: wait for its fd's edge.
+    zmq::fd_t fd = -1;
+    size_t size = sizeof fd;
+    if (zmq_getsockopt(item.socket, ZMQ_FD, &fd, &size) != 0)
+        throw zmq::error_t();
+    watching.add_fd(fd, ZMQ_POLLIN);
+}
 
 } // namespace
 
@@ -109,9 +58,9 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
         {
             detail::park_slot slot;
             slot.deadline = deadline;
-            registration interest(r, nitems);
+            detail::interest watching(r, slot, nitems);
             for (size_t i = 0; i < nitems; ++i)
-                interest.add(slot, items[i]);
+                add_item(r, watching, items[i]);
             why = r.park(slot);
         }
         // The closed socket's handle is gone: do not hand it to zmq_poll.

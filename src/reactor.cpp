@@ -47,6 +47,47 @@ short poll_to_zmq(std::uint32_t ev) noexcept
 
 } // namespace
 
+interest::interest(reactor& r, park_slot& slot, std::size_t capacity) : reactor_(r), slot_(slot)
+{
+    socket_nodes_.reserve(capacity);
+    fd_nodes_.reserve(capacity);
+}
+
+interest::~interest()
+{
+    socket_nodes_.clear();
+    if (counted_)
+        reactor_.socket_wait_ended();
+    for (auto& w : fd_nodes_) {
+        w.node.unlink();
+        reactor_.unwatch_fd(*w.watch);
+    }
+}
+
+void interest::add_socket(socket_core& core, short mask)
+{
+    if (socket_nodes_.size() == socket_nodes_.capacity())
+        throw std::logic_error("zmq::green: interest capacity exceeded");
+    socket_nodes_.emplace_back(slot_, mask);
+    core.waiters.push_back(socket_nodes_.back());
+    if (!counted_)
+        reactor_.socket_wait_started();
+    counted_ = true;
+}
+
+void interest::add_fd(int fd, short events)
+{
+    if (fd_nodes_.size() == fd_nodes_.capacity())
+        throw std::logic_error("zmq::green: interest capacity exceeded");
+    fd_nodes_.push_back({wait_node(slot_, events), nullptr});
+    try {
+        fd_nodes_.back().watch = &reactor_.watch_fd(fd, fd_nodes_.back().node);
+    } catch (...) {
+        fd_nodes_.pop_back();
+        throw;
+    }
+}
+
 short to_poll_events(short zmq_events) noexcept
 {
     short events = 0;

@@ -13,6 +13,7 @@
 #include <memory>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 struct epoll_event;
 
@@ -155,6 +156,33 @@ private:
     std::chrono::milliseconds fallback_{1000};
     clock::time_point next_sweep_ = no_deadline;
     bool fresh_ = false; // run() ran since the dispatcher last picked a fiber
+};
+
+// One fiber's interest in several sockets and fds for one park: what
+// zmq::green::poll and the io_loop register before they park on one slot.
+// Everything is unregistered when it goes.
+class interest {
+public:
+    interest(reactor& r, park_slot& slot, std::size_t capacity);
+    ~interest();
+    interest(const interest&) = delete;
+    interest& operator=(const interest&) = delete;
+
+    void add_socket(socket_core& core, short mask);
+    void add_fd(int fd, short events);
+
+private:
+    struct fd_wait {
+        wait_node node;
+        fd_watch* watch;
+    };
+
+    reactor& reactor_;
+    park_slot& slot_;
+    // Nodes are linked into intrusive lists: they must never move.
+    std::vector<wait_node> socket_nodes_;
+    std::vector<fd_wait> fd_nodes_;
+    bool counted_ = false;
 };
 
 // ZMQ_POLLIN/ZMQ_POLLOUT as poll(2)'s POLLIN/POLLOUT.
