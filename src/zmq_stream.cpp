@@ -151,32 +151,22 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
         zmq_stream::message msg = std::move(queue.front());
         queue.pop_front();
         send_status status;
-        const bool report = static_cast<bool>(send_cb);
         try {
-            bool first = true;
-            for (std::size_t i = 0; i < msg.size(); ++i) {
-                const auto flags =
-                    send_flags::dontwait | (i + 1 < msg.size() ? send_flags::sndmore : send_flags::none);
-                bool sent;
-                if (report) {
-                    // Cheap: zmq_msg_copy shares large bodies. The callback
-                    // gets the message as it was queued.
-                    zmq::message_t copy;
-                    copy.copy(msg[i]);
-                    sent = static_cast<bool>(ref.send(copy, flags));
-                } else {
-                    sent = static_cast<bool>(ref.send(msg[i], flags));
-                }
-                if (!sent) {
-                    if (first) {
-                        // Readiness went stale: nothing was sent, try again later.
-                        queue.push_front(std::move(msg));
-                        return;
-                    }
-                    status.error = EAGAIN;
-                    break;
-                }
-                first = false;
+            bool sent;
+            if (send_cb) {
+                // The callback gets the message as it was queued. Cheap:
+                // zmq_msg_copy shares large bodies.
+                zmq_stream::message copies(msg.size());
+                for (std::size_t i = 0; i < msg.size(); ++i)
+                    copies[i].copy(msg[i]);
+                sent = static_cast<bool>(send_multipart(ref, copies, send_flags::dontwait));
+            } else {
+                sent = static_cast<bool>(send_multipart(ref, msg, send_flags::dontwait));
+            }
+            if (!sent) {
+                // Readiness went stale: nothing was sent, try again later.
+                queue.push_front(std::move(msg));
+                return;
             }
         } catch (const zmq::error_t& e) {
             status.error = e.num();
