@@ -48,14 +48,15 @@ void bump(device_counters& c, int index, std::uint64_t by)
 
 send_flags more_if(bool more) { return more ? send_flags::sndmore : send_flags::none; }
 
-void relay_one(direction& d, const device_loop_options& opts, device_counters& c)
+// Relays one message if the source has one. Returns whether it did.
+bool relay_one(direction& d, const device_loop_options& opts, device_counters& c)
 {
     // socket_ref's operations are non-const.
     socket_ref capture = opts.capture;
     socket_ref monitor = opts.monitor;
     std::vector<message_t> frames;
     if (!recv_multipart(d.src, std::back_inserter(frames), recv_flags::dontwait))
-        return;
+        return false;
     for (const auto& f : frames) {
         bump(c, d.src_base + msgs_in, 1);
         bump(c, d.src_base + bytes_in, f.size());
@@ -84,6 +85,7 @@ void relay_one(direction& d, const device_loop_options& opts, device_counters& c
         bump(c, d.dst_base + bytes_out, size);
         d.dst.send(frames[i], more_if(more));
     }
+    return true;
 }
 
 enum class control_result { none, pause, resume, terminate };
@@ -182,18 +184,17 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
             continue;
         for (auto& d : dirs) {
             for (int n = 0; n < burst_size; ++n) {
-                if (!has(d.src, ZMQ_POLLIN)) {
-                    d.waiting_out = false;
-                    break;
-                }
-                // A socket answering itself is never writable before it has
-                // received: its own state machine orders the two.
+                // Take nothing the destination cannot take. A socket
+                // answering itself is never writable before it has received:
+                // its own state machine orders the two.
                 if (d.src != d.dst && !has(d.dst, ZMQ_POLLOUT)) {
                     d.waiting_out = true;
                     break;
                 }
                 d.waiting_out = false;
-                relay_one(d, opts, c);
+                // The non-blocking receive is the check for a message.
+                if (!relay_one(d, opts, c))
+                    break;
             }
         }
     }
