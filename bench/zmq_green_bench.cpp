@@ -259,17 +259,24 @@ std::vector<double> l2_baseline(long n)
 // --- S1/S2: many REQ clients against one ROUTER echo, one thread -------------
 // Returns {round trips per second, peak RSS KiB per client}.
 
+// The same echo ROUTER for both sides; returns its endpoint.
+template<class Socket>
+std::string bind_echo_router(Socket& router)
+{
+    router.set(zmq::sockopt::linger, 0);
+    router.set(zmq::sockopt::backlog, 4096); // thousands connect at once
+    router.set(zmq::sockopt::sndhwm, 0);
+    router.set(zmq::sockopt::rcvhwm, 0);
+    router.bind("tcp://127.0.0.1:*");
+    return router.get(zmq::sockopt::last_endpoint);
+}
+
 std::vector<double> s_green(int clients, int rounds)
 {
     raise_fd_limit();
     green::context_t ctx(1, clients + 16);
     green::socket_t router(ctx, zmq::socket_type::router);
-    router.set(zmq::sockopt::linger, 0);
-    router.set(zmq::sockopt::backlog, 4096);
-    router.set(zmq::sockopt::sndhwm, 0);
-    router.set(zmq::sockopt::rcvhwm, 0);
-    router.bind("tcp://127.0.0.1:*");
-    const std::string ep = router.get(zmq::sockopt::last_endpoint);
+    const std::string ep = bind_echo_router(router);
     const double rss_before = peak_rss_kib();
     boost::fibers::fiber echo([&] {
         std::vector<zmq::message_t> msg;
@@ -313,12 +320,7 @@ std::vector<double> s_baseline(int clients, int rounds)
     raise_fd_limit();
     zmq::context_t ctx(1, clients + 16);
     zmq::socket_t router(ctx, zmq::socket_type::router);
-    router.set(zmq::sockopt::linger, 0);
-    router.set(zmq::sockopt::backlog, 4096);
-    router.set(zmq::sockopt::sndhwm, 0);
-    router.set(zmq::sockopt::rcvhwm, 0);
-    router.bind("tcp://127.0.0.1:*");
-    const std::string ep = router.get(zmq::sockopt::last_endpoint);
+    const std::string ep = bind_echo_router(router);
     const double rss_before = peak_rss_kib();
     const int ep_fd = ::epoll_create1(0);
     auto watch = [&](zmq::socket_t& s, void* tag) {
