@@ -74,23 +74,22 @@ std::chrono::milliseconds hub::fallback_interval() const noexcept
 
 namespace {
 
-bool wait_fd(int fd, short events, std::chrono::milliseconds timeout)
+bool wait_fd(int fd, short events, std::chrono::milliseconds timeout, const char* what)
 {
-    if (timeout.count() < -1)
-        throw std::invalid_argument("zmq::green: wait timeout must be -1 (forever) or >= 0 ms");
-    return hub::current().reactor()->wait_fd(fd, events, detail::deadline_after(timeout));
+    const auto deadline = detail::wait_deadline(timeout, what);
+    return hub::current().reactor()->wait_fd(fd, events, deadline);
 }
 
 } // namespace
 
 bool wait_readable(int fd, std::chrono::milliseconds timeout)
 {
-    return wait_fd(fd, ZMQ_POLLIN, timeout);
+    return wait_fd(fd, ZMQ_POLLIN, timeout, "wait_readable");
 }
 
 bool wait_writable(int fd, std::chrono::milliseconds timeout)
 {
-    return wait_fd(fd, ZMQ_POLLOUT, timeout);
+    return wait_fd(fd, ZMQ_POLLOUT, timeout, "wait_writable");
 }
 
 } // namespace zmq::green

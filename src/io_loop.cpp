@@ -1,4 +1,5 @@
 #include <zmq/green/io_loop.hpp>
+#include <zmq/green/timeout.hpp>
 
 #include "socket_core.hpp"
 
@@ -311,6 +312,7 @@ struct loop_state {
         parked = &slot;
         const wake_reason why = owner->park(slot);
         parked = nullptr;
+        throw_if_interrupted(why);
         return why == wake_reason::timeout && clock::now() < timer_deadline;
     }
 
@@ -444,6 +446,7 @@ void io_loop::close(bool all_fds)
 void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeout)
 {
     s_->check_thread("run_sync");
+    detail::wait_deadline(timeout, "io_loop::run_sync");
     if (!fn)
         throw std::invalid_argument("zmq::green::io_loop::run_sync: empty function");
     struct outcome {
@@ -475,15 +478,17 @@ void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeo
     try {
         start();
     } catch (...) {
+        // A scoped timeout or a kill ended the loop's wait.
         out->loop = nullptr;
+        remove_timeout(timer);
         throw;
     }
     out->loop = nullptr;
     remove_timeout(timer);
     if (!out->done) {
         if (timed_out)
-            throw std::runtime_error("zmq::green::io_loop::run_sync: timed out after "
-                                     + std::to_string(timeout.count()) + " ms");
+            throw timeout_error("zmq::green::io_loop::run_sync: timed out after "
+                                + std::to_string(timeout.count()) + " ms");
         throw std::runtime_error("zmq::green::io_loop::run_sync: the loop stopped before the "
                                  "function returned");
     }

@@ -48,11 +48,11 @@ void add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem
 
 int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout)
 {
+    const auto deadline = detail::wait_deadline(timeout, "poll");
     detail::reactor& r = *hub::current().reactor();
     int rc = poll_now(r, items, nitems);
     if (rc > 0 || timeout.count() == 0)
         return rc;
-    const auto deadline = detail::deadline_after(timeout);
     for (;;) {
         detail::wake_reason why;
         {
@@ -63,6 +63,7 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
                 add_item(r, watching, items[i]);
             why = r.park(slot);
         }
+        detail::throw_if_interrupted(why);
         // The closed socket's handle is gone: do not hand it to zmq_poll.
         if (why == detail::wake_reason::closed)
             throw zmq::error_t(ENOTSOCK);

@@ -2,6 +2,9 @@
 
 #include "socket_core.hpp"
 
+#include <zmq/green/task.hpp>
+#include <zmq/green/timeout.hpp>
+
 #include <zmq.h>
 
 #include <sys/epoll.h>
@@ -14,6 +17,7 @@
 #include <cerrno>
 #include <climits>
 #include <stdexcept>
+#include <string>
 #include <system_error>
 #include <vector>
 
@@ -88,6 +92,53 @@ void interest::add_fd(int fd, short events)
     }
 }
 
+wait_queue::wait_queue() : owner_(hub::current().reactor()) {}
+
+void wait_queue::check_thread(const char* what) const
+{
+    if (reactor::current() != owner_.get())
+        throw thread_error(std::string("zmq::green::") + what
+                           + ": used from a thread that does not own it");
+}
+
+bool wait_queue::wait(clock::time_point deadline)
+{
+    park_slot slot;
+    slot.deadline = deadline;
+    wake_reason why;
+    {
+        wait_node node(slot, 0);
+        waiters_.push_back(node);
+        why = owner_->park(slot);
+    }
+    throw_if_interrupted(why);
+    return why == wake_reason::event;
+}
+
+void wait_queue::notify_all() noexcept
+{
+    while (!waiters_.empty())
+        notify_one();
+}
+
+void wait_queue::notify_one() noexcept
+{
+    while (!waiters_.empty()) {
+        park_slot& slot = *waiters_.front().slot;
+        waiters_.pop_front();
+        if (owner_->wake(slot, wake_reason::event))
+            return;
+    }
+}
+
+void throw_if_interrupted(wake_reason why)
+{
+    if (why == wake_reason::scope_timeout)
+        throw timeout_error("zmq::green: a scoped timeout expired during a green wait");
+    if (why == wake_reason::cancelled)
+        throw fiber_cancelled();
+}
+
 short to_poll_events(short zmq_events) noexcept
 {
     short events = 0;
@@ -103,6 +154,15 @@ clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept
     if (timeout.count() < 0)
         return no_deadline;
     return clock::now() + timeout;
+}
+
+clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* what)
+{
+    if (timeout.count() < -1)
+        throw std::invalid_argument(std::string("zmq::green::") + what
+                                    + ": timeout must be -1 (forever) or >= 0 ms, not "
+                                    + std::to_string(timeout.count()));
+    return deadline_after(timeout);
 }
 
 reactor::reactor(hub& h) : hub_(&h)
@@ -133,14 +193,64 @@ void reactor::detach_hub() noexcept
         this_thread_reactor = nullptr;
 }
 
-wake_reason reactor::park(park_slot& slot) noexcept
+wake_reason reactor::park(park_slot& slot, bool interruptible) noexcept
 {
     slot.ctx = boost::fibers::context::active();
     slot.reason = wake_reason::none;
+    fiber_state* state = nullptr;
+    bool scoped = false;
+    if (interruptible) {
+        state = find_fiber_state();
+        if (state != nullptr) {
+            if (std::exchange(state->kill_pending, false))
+                return slot.reason = wake_reason::cancelled;
+            if (state->deadline <= slot.deadline) {
+                if (state->deadline <= clock::now())
+                    return slot.reason = wake_reason::scope_timeout;
+                slot.deadline = state->deadline;
+                scoped = true;
+            }
+            state->parked = &slot;
+        }
+    }
     if (slot.deadline != no_deadline)
         deadlines_.insert(slot);
     slot.ctx->suspend();
+    if (state != nullptr) {
+        state->parked = nullptr;
+        if (scoped && slot.reason == wake_reason::timeout)
+            slot.reason = wake_reason::scope_timeout;
+    }
     return slot.reason;
+}
+
+fiber_state& reactor::attach_fiber_state()
+{
+    fiber_state& state = fiber_states_[boost::fibers::context::active()];
+    ++state.users;
+    return state;
+}
+
+void reactor::detach_fiber_state(fiber_state& state) noexcept
+{
+    if (--state.users == 0)
+        fiber_states_.erase(boost::fibers::context::active());
+}
+
+fiber_state* reactor::find_fiber_state() noexcept
+{
+    if (fiber_states_.empty())
+        return nullptr;
+    const auto it = fiber_states_.find(boost::fibers::context::active());
+    return it == fiber_states_.end() ? nullptr : &it->second;
+}
+
+void reactor::kill(fiber_state& state) noexcept
+{
+    if (state.parked != nullptr)
+        wake(*state.parked, wake_reason::cancelled);
+    else
+        state.kill_pending = true;
 }
 
 bool reactor::wake(park_slot& slot, wake_reason why) noexcept
@@ -328,9 +438,10 @@ bool reactor::wait_fd(int fd, short events, clock::time_point deadline)
         slot.deadline = deadline;
         wait_node node(slot, static_cast<short>(events | ZMQ_POLLERR));
         fd_watch& watch = watch_fd(fd, node);
-        park(slot);
+        const wake_reason why = park(slot);
         node.unlink();
         unwatch_fd(watch);
+        throw_if_interrupted(why);
     }
 }
 

@@ -24,7 +24,9 @@ constexpr clock::time_point no_deadline = clock::time_point::max();
 
 using auto_unlink = boost::intrusive::link_mode<boost::intrusive::auto_unlink>;
 
-enum class wake_reason : unsigned char { none, event, timeout, closed };
+// Why a parked fiber woke. scope_timeout and cancelled interrupt a green wait:
+// its caller cleans up, then throw_if_interrupted() raises them.
+enum class wake_reason : unsigned char { none, event, timeout, closed, scope_timeout, cancelled };
 
 // A parked fiber. Whoever wakes it first (an event, its deadline, a close)
 // decides why; later wake attempts are ignored, so it is scheduled once.
@@ -50,6 +52,16 @@ struct wait_node : boost::intrusive::list_base_hook<auto_unlink> {
 };
 
 using wait_list = boost::intrusive::list<wait_node, boost::intrusive::constant_time_size<false>>;
+
+// What a fiber carries from one green wait to the next: the earliest deadline
+// of its scoped timeouts and a kill nobody has delivered yet. Only fibers
+// that use scoped timeouts or run as tasks have one.
+struct fiber_state {
+    clock::time_point deadline = no_deadline;
+    bool kill_pending = false;
+    park_slot* parked = nullptr; // its current interruptible wait
+    unsigned users = 0;          // scoped timeouts and a task keep it
+};
 
 // Something registered with the reactor's epoll set.
 class io_source {
@@ -89,8 +101,11 @@ public:
     void detach_hub() noexcept;
 
     // Suspends the running fiber until something wakes slot (or its deadline
-    // passes, if it has one). Returns why it woke.
-    wake_reason park(park_slot& slot) noexcept;
+    // passes, if it has one). Returns why it woke. An interruptible park also
+    // ends at the fiber's scoped deadline and on a kill, without suspending
+    // if either is already due; a fiber mid-way through a multipart send
+    // parks uninterruptibly, so that a message is never half sent.
+    wake_reason park(park_slot& slot, bool interruptible = true) noexcept;
     // Makes slot's fiber ready, unless something already did. Returns true if
     // this call woke it.
     bool wake(park_slot& slot, wake_reason why) noexcept;
@@ -123,6 +138,15 @@ public:
     void socket_wait_started() noexcept { ++parked_socket_waits_; }
     void socket_wait_ended() noexcept { --parked_socket_waits_; }
 
+    // The running fiber's state, created on first use; detach when done.
+    fiber_state& attach_fiber_state();
+    void detach_fiber_state(fiber_state& state) noexcept;
+    // The running fiber's state, or nullptr.
+    fiber_state* find_fiber_state() noexcept;
+    // Makes the fiber's next interruptible wait (or the current one) end
+    // with wake_reason::cancelled.
+    void kill(fiber_state& state) noexcept;
+
     hub_stats stats() const noexcept;
     void count_fd_wakeups(std::size_t n) noexcept { stats_.fd_wakeups += n; }
 
@@ -151,6 +175,7 @@ private:
         deadlines_;
     std::unordered_map<void*, socket_core*> sockets_;
     std::unordered_map<int, std::unique_ptr<fd_watch>> fds_;
+    std::unordered_map<boost::fibers::context*, fiber_state> fiber_states_;
 
     std::size_t parked_socket_waits_ = 0;
     std::chrono::milliseconds fallback_{1000};
@@ -185,10 +210,34 @@ private:
     bool counted_ = false;
 };
 
+// Fibers of one hub waiting to be told something (a task ended, an event
+// was set, a pool has room). Waiting on it is a green wait.
+class wait_queue {
+public:
+    wait_queue();
+    // Parks until notified or the deadline passes; false on timeout.
+    bool wait(clock::time_point deadline);
+    void notify_all() noexcept;
+    void notify_one() noexcept;
+    // Throws thread_error unless called on the thread that created it.
+    void check_thread(const char* what) const;
+
+private:
+    std::shared_ptr<reactor> owner_;
+    wait_list waiters_;
+};
+
+// Raises what an interrupted green wait ends with: timeout_error for a
+// scoped timeout, fiber_cancelled for a kill. Other reasons return.
+void throw_if_interrupted(wake_reason why);
+
 // ZMQ_POLLIN/ZMQ_POLLOUT as poll(2)'s POLLIN/POLLOUT.
 short to_poll_events(short zmq_events) noexcept;
 
 // Deadline after timeout from now; negative timeouts never expire.
 clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept;
+// The deadline of a public call's timeout argument: -1 is forever, other
+// negative values are std::invalid_argument naming the call `what`.
+clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* what);
 
 } // namespace zmq::green::detail

@@ -47,11 +47,15 @@ bool socket_core::acquire(direction& dir, clock::time_point deadline)
 {
     park_slot slot;
     slot.deadline = deadline;
-    wait_node node(slot, 0);
-    dir.queue.push_back(node);
-    const wake_reason why = owner.park(slot);
+    wake_reason why;
+    {
+        wait_node node(slot, 0);
+        dir.queue.push_back(node);
+        why = owner.park(slot);
+    }
     if (why == wake_reason::closed)
         throw_closed();
+    throw_if_interrupted(why);
     return why == wake_reason::event;
 }
 
@@ -68,14 +72,15 @@ void socket_core::release(direction& dir) noexcept
     }
 }
 
-wake_reason socket_core::wait_ready(short event, clock::time_point deadline) noexcept
+wake_reason socket_core::wait_ready(short event, clock::time_point deadline,
+                                    bool interruptible) noexcept
 {
     park_slot slot;
     slot.deadline = deadline;
     wait_node node(slot, event);
     waiters.push_back(node);
     owner.socket_wait_started();
-    const wake_reason why = owner.park(slot);
+    const wake_reason why = owner.park(slot, interruptible);
     owner.socket_wait_ended();
     return why;
 }

@@ -89,7 +89,7 @@ private:
     // Queues for dir and parks until it is handed over. False on timeout.
     bool acquire(direction& dir, clock::time_point deadline);
     void release(direction& dir) noexcept;
-    wake_reason wait_ready(short event, clock::time_point deadline) noexcept;
+    wake_reason wait_ready(short event, clock::time_point deadline, bool interruptible) noexcept;
     clock::time_point deadline_from_option(int timeo_option) const noexcept;
     [[noreturn]] void throw_closed() const;
 
@@ -148,7 +148,10 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
         return deadline;
     };
 
-    if (dir.owner != self) {
+    // A message already begun by this fiber must be finished: a scoped
+    // timeout or a kill cannot interrupt it half-way.
+    const bool continuing = dir.owner == self;
+    if (!continuing) {
         if (dontwait) {
             errno = EAGAIN;
             return -1;
@@ -182,20 +185,34 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
             errno = EAGAIN;
             return -1;
         }
-        const refresh_result state = refresh();
-        if (state.error != 0) {
-            release(dir);
-            throw zmq::error_t(state.error);
+        // A failed non-blocking zmq_recv has already processed every pending
+        // command (unthrottled, unlike send), so the fd holds no signal and
+        // the next command brings a new edge. The ZMQ_EVENTS read is then
+        // needed only to wake other waiters the call may have made ready.
+        if (event != ZMQ_POLLIN || !waiters.empty()) {
+            const refresh_result state = refresh();
+            if (state.error != 0) {
+                release(dir);
+                throw zmq::error_t(state.error);
+            }
+            if (state.events & event) {
+                // EVENTS says ready but the call disagreed: retry, yielding
+                // now and then so that a disagreement cannot starve others.
+                if (++ready_but_again % 16 == 0)
+                    boost::this_fiber::yield();
+                continue;
+            }
         }
-        if (state.events & event) {
-            // EVENTS says ready but the call disagreed: retry, yielding now
-            // and then so that a disagreement cannot starve other fibers.
-            if (++ready_but_again % 16 == 0)
-                boost::this_fiber::yield();
-            continue;
-        }
-        if (get_deadline() <= clock::now() || wait_ready(event, deadline) == wake_reason::timeout) {
+        if (get_deadline() <= clock::now()) {
             release(dir);
+            errno = EAGAIN;
+            return -1;
+        }
+        const wake_reason why = wait_ready(event, deadline, !continuing);
+        if (why == wake_reason::timeout || why == wake_reason::scope_timeout
+            || why == wake_reason::cancelled) {
+            release(dir);
+            throw_if_interrupted(why);
             errno = EAGAIN;
             return -1;
         }

@@ -68,8 +68,9 @@ public:
     bool closed() const noexcept;
 
     // Runs fn in a new fiber of this thread and the loop until fn returns,
-    // then rethrows what fn threw. Throws std::runtime_error if the timeout
-    // (-1: none) passes first; fn's fiber is then left to finish on its own.
+    // then rethrows what fn threw. Throws timeout_error if the timeout (-1:
+    // none) or a scoped timeout passes first; fn's fiber is then left to
+    // finish on its own.
     void run_sync(std::function<void()> fn,
                   std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
 

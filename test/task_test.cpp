@@ -1,0 +1,169 @@
+#include "support.hpp"
+
+#include <stdexcept>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace green = zmq::green;
+
+namespace {
+
+using task_test = test::green_test;
+
+} // namespace
+
+TEST_F(task_test, spawn_join_and_what_escaped)
+{
+    int ran = 0;
+    green::task ok = green::spawn([&] { ++ran; });
+    green::task bad = green::spawn([] { throw std::runtime_error("boom"); });
+    EXPECT_FALSE(ok.ready());
+    EXPECT_TRUE(green::joinall({ok, bad}));
+    EXPECT_EQ(ran, 1);
+    EXPECT_TRUE(ok.ready());
+    EXPECT_FALSE(ok.killed());
+    EXPECT_EQ(ok.exception(), nullptr);
+    ASSERT_NE(bad.exception(), nullptr);
+    EXPECT_THROW(std::rethrow_exception(bad.exception()), std::runtime_error);
+}
+
+TEST_F(task_test, kill_wakes_a_fiber_parked_in_recv_and_frees_the_socket)
+{
+    green::socket_t push(ctx, zmq::socket_type::push), pull(ctx, zmq::socket_type::pull);
+    const auto ep = test::unique_inproc();
+    pull.bind(ep);
+    push.connect(ep);
+    bool after_recv = false;
+    green::task t = green::spawn([&] {
+        zmq::message_t m;
+        (void)pull.recv(m);
+        after_recv = true;
+    });
+    green::task queued = green::spawn([&] {
+        zmq::message_t m;
+        ASSERT_TRUE(pull.recv(m)); // waits for the recv direction behind t
+        EXPECT_EQ(test::str(m), "for the second");
+    });
+    boost::this_fiber::yield(); // both park
+    t.kill();
+    EXPECT_TRUE(t.ready());
+    EXPECT_TRUE(t.killed());
+    EXPECT_FALSE(after_recv);
+    push.send(zmq::str_buffer("for the second"));
+    EXPECT_TRUE(queued.join());
+    EXPECT_FALSE(queued.killed());
+}
+
+TEST_F(task_test, a_kill_before_the_first_wait_is_raised_by_it)
+{
+    bool started = false;
+    green::task t = green::spawn([&] {
+        started = true;
+        green::sleep_for(1h);
+    });
+    t.kill(false); // it has not run yet
+    EXPECT_TRUE(t.join());
+    EXPECT_TRUE(started);
+    EXPECT_TRUE(t.killed());
+}
+
+TEST_F(task_test, a_fiber_that_catches_the_kill_goes_on_normally)
+{
+    green::event go;
+    int waits_after = 0;
+    green::task t = green::spawn([&] {
+        try {
+            green::sleep_for(1h);
+        } catch (const green::fiber_cancelled&) {
+        }
+        EXPECT_TRUE(go.wait());
+        ++waits_after;
+    });
+    boost::this_fiber::yield();
+    t.kill(false);
+    boost::this_fiber::yield(); // it handles the kill and waits again
+    EXPECT_FALSE(t.ready());
+    go.set();
+    EXPECT_TRUE(t.join());
+    EXPECT_FALSE(t.killed());
+    EXPECT_EQ(waits_after, 1);
+}
+
+TEST_F(task_test, joinall_with_a_timeout)
+{
+    green::event release;
+    std::vector<green::task> tasks{green::spawn([] {}),
+                                   green::spawn([&] { EXPECT_TRUE(release.wait()); })};
+    EXPECT_FALSE(green::joinall(tasks, 10ms));
+    EXPECT_TRUE(tasks[0].ready());
+    release.set();
+    EXPECT_TRUE(green::joinall(tasks));
+}
+
+TEST_F(task_test, killall_ends_every_task)
+{
+    std::vector<green::task> tasks;
+    for (int i = 0; i < 10; ++i)
+        tasks.push_back(green::spawn([] { green::sleep_for(1h); }));
+    green::killall(tasks);
+    for (const auto& t : tasks)
+        EXPECT_TRUE(t.killed());
+}
+
+TEST_F(task_test, a_pool_runs_at_most_size_tasks_at_once)
+{
+    green::pool p(2);
+    std::vector<std::unique_ptr<green::event>> gates;
+    for (int i = 0; i < 5; ++i)
+        gates.push_back(std::make_unique<green::event>());
+    std::size_t most = 0;
+    int finished = 0;
+    green::task spawner = green::spawn([&] {
+        for (auto& gate : gates)
+            p.spawn([&] {
+                most = std::max(most, p.running());
+                EXPECT_TRUE(gate->wait());
+                ++finished;
+            });
+    });
+    boost::this_fiber::yield();
+    EXPECT_TRUE(p.full());
+    EXPECT_FALSE(spawner.ready()); // parked in its third spawn
+    for (auto& gate : gates) {
+        gate->set();
+        boost::this_fiber::yield();
+    }
+    EXPECT_TRUE(spawner.join());
+    EXPECT_TRUE(p.join());
+    EXPECT_EQ(finished, 5);
+    EXPECT_EQ(most, 2u);
+    EXPECT_EQ(p.free_count(), 2u);
+}
+
+TEST_F(task_test, a_pool_kills_what_runs_and_times_out_waits)
+{
+    green::pool p(1);
+    green::task t = p.spawn([] { green::sleep_for(1h); });
+    EXPECT_FALSE(p.wait_available(5ms));
+    EXPECT_FALSE(p.join(5ms));
+    p.kill();
+    EXPECT_TRUE(t.killed());
+    EXPECT_EQ(p.running(), 0u);
+    EXPECT_TRUE(p.wait_available(0ms));
+}
+
+TEST_F(task_test, bad_input_is_rejected_with_a_clear_error)
+{
+    EXPECT_THROW(green::pool(0), std::invalid_argument);
+    green::pool p(1);
+    EXPECT_THROW(p.spawn(nullptr), std::invalid_argument);
+    green::task none;
+    EXPECT_THROW(none.join(), std::logic_error);
+    green::task t = green::spawn([] { green::sleep_for(1h); });
+    EXPECT_THROW(t.join(-5ms), std::invalid_argument);
+    std::thread([&] { EXPECT_THROW(t.kill(), green::thread_error); }).join();
+    green::task self;
+    self = green::spawn([&] { EXPECT_THROW(self.join(), std::logic_error); });
+    EXPECT_TRUE(self.join());
+    t.kill();
+}

@@ -1,0 +1,183 @@
+#include "support.hpp"
+
+#include <unistd.h>
+
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace green = zmq::green;
+
+namespace {
+
+struct inproc_pair {
+    explicit inproc_pair(green::context_t& ctx, zmq::socket_type a = zmq::socket_type::push,
+                         zmq::socket_type b = zmq::socket_type::pull)
+        : out(ctx, a), in(ctx, b)
+    {
+        const auto ep = test::unique_inproc();
+        in.bind(ep);
+        out.connect(ep);
+    }
+    green::socket_t out;
+    green::socket_t in;
+};
+
+using timeout_test = test::green_test;
+
+} // namespace
+
+TEST_F(timeout_test, a_blocked_recv_ends_with_timeout_error_and_the_socket_stays_usable)
+{
+    inproc_pair p(ctx);
+    zmq::message_t m;
+    try {
+        green::scoped_timeout limit(10ms);
+        (void)p.in.recv(m);
+        FAIL() << "recv returned inside an expired scope";
+    } catch (const green::timeout_error&) {
+    }
+    p.out.send(zmq::str_buffer("after"));
+    ASSERT_TRUE(p.in.recv(m));
+    EXPECT_EQ(test::str(m), "after");
+}
+
+TEST_F(timeout_test, nested_scopes_the_earliest_deadline_wins)
+{
+    inproc_pair p(ctx);
+    zmq::message_t m;
+    bool outer_fired = false;
+    try {
+        green::scoped_timeout outer(10ms);
+        try {
+            green::scoped_timeout inner(1h);
+            (void)p.in.recv(m);
+        } catch (const green::timeout_error&) {
+            // Not the inner scope's: pass it on, as gevent code re-raises a
+            // Timeout that is not its own.
+            EXPECT_TRUE(outer.expired());
+            throw;
+        }
+    } catch (const green::timeout_error&) {
+        outer_fired = true;
+    }
+    EXPECT_TRUE(outer_fired);
+
+    green::scoped_timeout outer(1h);
+    green::scoped_timeout inner(10ms);
+    EXPECT_THROW((void)p.in.recv(m), green::timeout_error);
+    EXPECT_TRUE(inner.expired());
+    EXPECT_FALSE(outer.expired());
+}
+
+TEST_F(timeout_test, a_finished_scope_leaves_later_waits_alone)
+{
+    inproc_pair p(ctx);
+    {
+        green::scoped_timeout limit(1ms);
+    }
+    green::sleep_for(20ms); // well past the old deadline
+    p.in.set(zmq::sockopt::rcvtimeo, 20);
+    zmq::message_t m;
+    EXPECT_FALSE(p.in.recv(m)); // the socket's own timeout: EAGAIN, not timeout_error
+}
+
+TEST_F(timeout_test, the_sockets_own_timeout_still_wins_when_earlier)
+{
+    inproc_pair p(ctx);
+    p.in.set(zmq::sockopt::rcvtimeo, 10);
+    green::scoped_timeout limit(1h);
+    zmq::message_t m;
+    EXPECT_FALSE(p.in.recv(m));
+}
+
+TEST_F(timeout_test, code_that_does_not_wait_is_not_interrupted)
+{
+    inproc_pair p(ctx);
+    green::scoped_timeout limit(0ms);
+    zmq::message_t m;
+    EXPECT_FALSE(p.in.recv(m, zmq::recv_flags::dontwait));
+    EXPECT_TRUE(p.out.send(zmq::str_buffer("x")));
+    EXPECT_TRUE(p.in.recv(m)); // ready: no wait, no timeout
+    EXPECT_THROW((void)p.in.recv(m), green::timeout_error);
+}
+
+TEST_F(timeout_test, a_multipart_send_completes_or_never_starts)
+{
+    inproc_pair p(ctx);
+    p.out.set(zmq::sockopt::sndhwm, 1);
+    p.in.set(zmq::sockopt::rcvhwm, 1);
+    const test::strings msg{"a", "b", "c"};
+    int queued = 0;
+    for (;;) {
+        std::vector<zmq::const_buffer> bufs;
+        for (const auto& part : msg)
+            bufs.push_back(zmq::buffer(part));
+        if (!green::send_multipart(p.out, bufs, zmq::send_flags::dontwait))
+            break;
+        ++queued;
+    }
+    {
+        green::scoped_timeout limit(10ms);
+        EXPECT_THROW(test::send_strs(p.out, msg), green::timeout_error);
+    }
+    for (int i = 0; i < queued; ++i)
+        EXPECT_EQ(test::recv_strs(p.in), msg);
+    test::send_strs(p.out, {"last"}); // the send direction was released
+    EXPECT_EQ(test::recv_strs(p.in), test::strings{"last"});
+}
+
+TEST_F(timeout_test, poll_fd_waits_and_sleeps_are_green_waits)
+{
+    inproc_pair p(ctx);
+    green::scoped_timeout limit(10ms);
+    zmq_pollitem_t item{p.in.handle(), 0, ZMQ_POLLIN, 0};
+    EXPECT_THROW(green::poll(&item, 1), green::timeout_error);
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    EXPECT_THROW(green::wait_readable(fds[0]), green::timeout_error);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    EXPECT_THROW(green::sleep_for(1h), green::timeout_error);
+}
+
+TEST_F(timeout_test, io_loop_run_sync_and_devices_end_with_timeout_error)
+{
+    green::io_loop loop;
+    inproc_pair p(ctx);
+    green::event release;
+    {
+        green::scoped_timeout limit(10ms);
+        EXPECT_THROW(loop.run_sync([&] { release.wait(); }), green::timeout_error);
+    }
+    release.set(); // the function's fiber runs on and ends
+    loop.run_sync([] {}); // the loop runs again
+    inproc_pair q(ctx);
+    green::scoped_timeout limit(10ms);
+    EXPECT_THROW(green::proxy(p.in, q.out), green::timeout_error);
+}
+
+TEST_F(timeout_test, other_fibers_are_not_affected)
+{
+    inproc_pair limited(ctx), free(ctx);
+    std::string got;
+    test::run_fibers({[&] {
+                          green::scoped_timeout limit(10ms);
+                          zmq::message_t m;
+                          EXPECT_THROW((void)limited.in.recv(m), green::timeout_error);
+                          free.out.send(zmq::str_buffer("go"));
+                      },
+                      [&] {
+                          zmq::message_t m;
+                          ASSERT_TRUE(free.in.recv(m));
+                          got = test::str(m);
+                      }});
+    EXPECT_EQ(got, "go");
+}
+
+TEST_F(timeout_test, bad_input_negative_durations_are_rejected)
+{
+    EXPECT_THROW(green::scoped_timeout(-1ms), std::invalid_argument);
+    EXPECT_THROW(green::sleep_for(-1ms), std::invalid_argument);
+    zmq_pollitem_t none{nullptr, -1, 0, 0};
+    EXPECT_THROW(green::poll(&none, 0, -2ms), std::invalid_argument);
+}
