@@ -33,8 +33,9 @@ using namespace std::chrono_literals;
 namespace {
 
 struct options {
-    std::vector<std::string> workloads{"T1", "T2", "L1", "L2", "S1", "S2", "I1"};
-    long messages = 1000000;   // T1, T2
+    std::vector<std::string> workloads{"T1", "T2", "L1", "L2", "S1", "S2", "I1", "E1", "D1"};
+    long messages = 1000000;   // T1, T2, E1
+    long device_messages = 300000; // D1
     long round_trips = 100000; // L1, L2
     std::vector<int> clients{1000, 10000};
     int client_rounds = 20;
@@ -355,13 +356,12 @@ std::vector<double> s_baseline(int clients, int rounds)
                     return;
                 c.awaiting_reply = true;
             }
-            if (!c.socket.recv(m, zmq::recv_flags::dontwait)) {
-                // Re-arm the edge: the failed call may have consumed it.
-                const int ev = c.socket.get(zmq::sockopt::events);
-                if (!(ev & ZMQ_POLLIN))
-                    return;
-                continue;
-            }
+            // A failed non-blocking recv has processed the socket's pending
+            // commands, so the reply will come with a new edge: no
+            // ZMQ_EVENTS read is needed to re-arm it (zmq-green relies on
+            // the same fact).
+            if (!c.socket.recv(m, zmq::recv_flags::dontwait))
+                return;
             c.awaiting_reply = false;
             ++c.done;
             --remaining;
@@ -371,11 +371,8 @@ std::vector<double> s_baseline(int clients, int rounds)
     auto serve = [&] {
         for (;;) {
             msg.clear();
-            if (!zmq::recv_multipart(router, std::back_inserter(msg), zmq::recv_flags::dontwait)) {
-                if (!(router.get(zmq::sockopt::events) & ZMQ_POLLIN))
-                    return;
-                continue;
-            }
+            if (!zmq::recv_multipart(router, std::back_inserter(msg), zmq::recv_flags::dontwait))
+                return;
             zmq::send_multipart(router, msg, zmq::send_flags::dontwait);
         }
     };
@@ -428,6 +425,137 @@ std::vector<double> i1_green()
     return {cpu_ms_per_s};
 }
 
+// --- E1: PUSH/PULL inproc through a zmq_stream -------------------------------
+// Compared with T1's green side: what the callback layer costs over plain recv.
+
+std::vector<double> e1_green(long n)
+{
+    green::context_t ctx;
+    green::socket_t pull(ctx, zmq::socket_type::pull), push(ctx, zmq::socket_type::push);
+    pull.bind("inproc://e1");
+    push.connect("inproc://e1");
+    green::io_loop loop;
+    green::zmq_stream stream(std::move(pull), loop);
+    long got = 0;
+    stream.on_recv([&](green::zmq_stream::message&) {
+        if (++got == n)
+            loop.stop();
+    });
+    const auto t0 = clk::now();
+    boost::fibers::fiber producer([&] {
+        for (long i = 0; i < n; ++i)
+            push.send(zmq::buffer(payload, sizeof payload));
+    });
+    loop.start();
+    const double elapsed = seconds_since(t0);
+    producer.join();
+    return {static_cast<double>(n) / elapsed / 1e6};
+}
+
+// --- D1: a queue device with a monitor, tcp ------------------------------------
+// producer PUSH -> in PULL [device] out PUSH -> consumer PULL, and the device's
+// PUSH monitor -> drain PULL; every hop tcp loopback, every socket the same HWM
+// on both sides, the device binding all three. The monitor is PUSH/PULL rather
+// than pyzmq's default PUB so that neither side may drop copies: both deliver
+// every message to the consumer and to the drain, and the clock stops when both
+// have it all. Only the device differs between the sides; its peers are the
+// same threads of blocking libzmq calls. One difference is the API's:
+// monitored_queue sends [prefix, payload] to the monitor, zmq_proxy's capture
+// the bare payload.
+
+constexpr int device_hwm = 1000;
+
+// The device's own sockets, bound on loopback.
+template<class Context, class Socket>
+struct device_ends {
+    Socket in, out, mon;
+    std::string in_ep, out_ep, mon_ep;
+
+    explicit device_ends(Context& ctx)
+        : in(ctx, zmq::socket_type::pull), out(ctx, zmq::socket_type::push),
+          mon(ctx, zmq::socket_type::push)
+    {
+        in_ep = bind_loopback(in);
+        out_ep = bind_loopback(out);
+        mon_ep = bind_loopback(mon);
+    }
+
+    static std::string bind_loopback(Socket& s)
+    {
+        s.set(zmq::sockopt::sndhwm, device_hwm);
+        s.set(zmq::sockopt::rcvhwm, device_hwm);
+        s.bind("tcp://127.0.0.1:*");
+        return s.get(zmq::sockopt::last_endpoint);
+    }
+};
+
+// The device's peers, the same for both sides so that D1 compares the
+// devices alone: a producer, a consumer and a monitor drain, each a thread
+// of blocking libzmq calls. Returns M msg/s from the first send to the last
+// message consumed and drained.
+double run_device_peers(long n, long drain_frames, const std::string& in_ep,
+                        const std::string& out_ep, const std::string& mon_ep)
+{
+    zmq::context_t ctx;
+    auto peer = [&](zmq::socket_type type, const std::string& ep) {
+        zmq::socket_t s(ctx, type);
+        s.set(zmq::sockopt::sndhwm, device_hwm);
+        s.set(zmq::sockopt::rcvhwm, device_hwm);
+        s.connect(ep);
+        return s;
+    };
+    zmq::socket_t producer = peer(zmq::socket_type::push, in_ep);
+    zmq::socket_t consumer = peer(zmq::socket_type::pull, out_ep);
+    zmq::socket_t drain = peer(zmq::socket_type::pull, mon_ep);
+    auto take = [](zmq::socket_t& s, long count) {
+        zmq::message_t m;
+        for (long i = 0; i < count; ++i)
+            (void)s.recv(m);
+    };
+    const auto t0 = clk::now();
+    std::thread produce([&] {
+        for (long i = 0; i < n; ++i)
+            producer.send(zmq::buffer(payload, sizeof payload));
+    });
+    std::thread drain_all([&] { take(drain, drain_frames); });
+    take(consumer, n);
+    drain_all.join();
+    const double elapsed = seconds_since(t0);
+    produce.join();
+    return static_cast<double>(n) / elapsed / 1e6;
+}
+
+// monitored_queue() in a fiber; this thread's hub runs it while the peers'
+// threads work.
+std::vector<double> d1_green(long n)
+{
+    green::context_t ctx;
+    device_ends<green::context_t, green::socket_t> d(ctx);
+    boost::fibers::fiber device([&] { green::monitored_queue(d.in, d.out, d.mon); });
+    boost::fibers::packaged_task<double()> peers([&] {
+        return run_device_peers(n, 2 * n, d.in_ep, d.out_ep, d.mon_ep); // [prefix, payload]
+    });
+    auto rate = peers.get_future();
+    std::thread peer_thread(std::move(peers));
+    const double r = rate.get(); // parks this fiber: the device fiber runs
+    peer_thread.join();
+    ctx.shutdown(); // how a device is stopped: it returns on ETERM
+    device.join();
+    return {r};
+}
+
+// zmq_proxy with a capture socket in its own thread.
+std::vector<double> d1_baseline(long n)
+{
+    zmq::context_t ctx;
+    device_ends<zmq::context_t, zmq::socket_t> d(ctx);
+    std::thread device([&] { zmq_proxy(d.in.handle(), d.out.handle(), d.mon.handle()); });
+    const double r = run_device_peers(n, n, d.in_ep, d.out_ep, d.mon_ep);
+    ctx.shutdown(); // zmq_proxy returns on ETERM
+    device.join();
+    return {r};
+}
+
 // --- driver -------------------------------------------------------------------
 
 struct row {
@@ -464,9 +592,9 @@ std::vector<std::string> split(const std::string& s)
 [[noreturn]] void usage()
 {
     std::fprintf(stderr,
-                 "usage: zmq-green-bench [--workloads T1,T2,L1,L2,S1,S2,I1] [--messages N]\n"
-                 "                       [--round-trips N] [--clients N,N] [--client-rounds N]\n"
-                 "                       [--reps N]\n");
+                 "usage: zmq-green-bench [--workloads T1,T2,L1,L2,S1,S2,I1,E1,D1] [--messages N]\n"
+                 "                       [--device-messages N] [--round-trips N] [--clients N,N]\n"
+                 "                       [--client-rounds N] [--reps N]\n");
     std::exit(2);
 }
 
@@ -491,6 +619,8 @@ int main(int argc, char** argv)
             opt.workloads = split(argv[++i]);
         else if (a == "--messages")
             opt.messages = parse_positive(v), ++i;
+        else if (a == "--device-messages")
+            opt.device_messages = parse_positive(v), ++i;
         else if (a == "--round-trips")
             opt.round_trips = parse_positive(v), ++i;
         else if (a == "--clients" && v) {
@@ -505,7 +635,8 @@ int main(int argc, char** argv)
             usage();
     }
     const std::map<std::string, int> known{{"T1", 0}, {"T2", 0}, {"L1", 0}, {"L2", 0},
-                                           {"S1", 0}, {"S2", 0}, {"I1", 0}};
+                                           {"S1", 0}, {"S2", 0}, {"I1", 0}, {"E1", 0},
+                                           {"D1", 0}};
     for (const auto& w : opt.workloads)
         if (!known.count(w)) {
             std::fprintf(stderr, "zmq-green-bench: unknown workload '%s'\n", w.c_str());
@@ -574,6 +705,16 @@ int main(int argc, char** argv)
     if (wanted("I1"))
         rows.push_back(measure("I1", "CPU ms/s", opt.reps,
                                [&] { return in_child([] { return i1_green(); })[0]; }, nullptr));
+    if (wanted("E1")) // its baseline is T1's green side
+        rows.push_back(measure("E1", "M msg/s", opt.reps,
+                               [&] { return in_child([&] { return e1_green(n); })[0]; },
+                               [&] { return in_child([&] { return push_pull_green(n, "inproc://t1"); })[0]; }));
+    if (wanted("D1")) {
+        const long dn = opt.device_messages;
+        rows.push_back(measure("D1", "M msg/s", opt.reps,
+                               [&] { return in_child([&] { return d1_green(dn); })[0]; },
+                               [&] { return in_child([&] { return d1_baseline(dn); })[0]; }));
+    }
 
     std::printf("\n%-12s %-14s %12s %12s %8s\n", "workload", "unit", "zmq-green", "libzmq", "ratio");
     for (const auto& r : rows) {

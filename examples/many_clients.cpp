@@ -2,6 +2,9 @@
 // each written in plain blocking style, doing round trips over tcp loopback.
 //
 //   many_clients [--clients N] [--rounds R]      (defaults: 10000 clients, 20 rounds)
+#include "fd_limit.hpp"
+#include "options.hpp"
+
 #include <zmq/green.hpp>
 
 #include <boost/fiber/all.hpp>
@@ -11,7 +14,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <iterator>
 #include <string>
 #include <vector>
@@ -26,34 +28,16 @@ namespace {
 constexpr rlim_t fds_per_client = 3;
 constexpr rlim_t spare_fds = 64;
 
-int parse_count(const char* flag, const char* value)
-{
-    char* end = nullptr;
-    const long n = value ? std::strtol(value, &end, 10) : 0;
-    if (!value || *end != '\0' || n <= 0 || n > 1000000) {
-        std::fprintf(stderr, "many_clients: %s needs a count from 1 to 1000000\n", flag);
-        std::exit(2);
-    }
-    return static_cast<int>(n);
-}
-
 // Raises the fd limit as far as allowed; returns how many clients fit.
 int clients_that_fit(int wanted)
 {
-    rlimit lim{};
-    getrlimit(RLIMIT_NOFILE, &lim);
     const rlim_t needed = static_cast<rlim_t>(wanted) * fds_per_client + spare_fds;
-    if (lim.rlim_cur < needed) {
-        lim.rlim_cur = std::min(needed, lim.rlim_max);
-        setrlimit(RLIMIT_NOFILE, &lim);
-        getrlimit(RLIMIT_NOFILE, &lim);
-    }
-    if (lim.rlim_cur >= needed)
+    const rlim_t limit = examples::raise_fd_limit(needed);
+    if (limit >= needed)
         return wanted;
-    const int fit = static_cast<int>((lim.rlim_cur - spare_fds) / fds_per_client);
-    std::printf("the fd limit is %llu (hard limit %llu): running %d clients instead of %d\n",
-                static_cast<unsigned long long>(lim.rlim_cur),
-                static_cast<unsigned long long>(lim.rlim_max), fit, wanted);
+    const int fit = limit > spare_fds ? static_cast<int>((limit - spare_fds) / fds_per_client) : 0;
+    std::printf("the fd limit is %llu: running %d clients instead of %d\n",
+                static_cast<unsigned long long>(limit), fit, wanted);
     return fit;
 }
 
@@ -70,16 +54,7 @@ int main(int argc, char** argv)
 {
     int clients = 10000;
     int rounds = 20;
-    for (int i = 1; i < argc; ++i) {
-        if (std::strcmp(argv[i], "--clients") == 0)
-            clients = parse_count("--clients", i + 1 < argc ? argv[++i] : nullptr);
-        else if (std::strcmp(argv[i], "--rounds") == 0)
-            rounds = parse_count("--rounds", i + 1 < argc ? argv[++i] : nullptr);
-        else {
-            std::fprintf(stderr, "usage: many_clients [--clients N] [--rounds R]\n");
-            return 2;
-        }
-    }
+    examples::parse_counts(argc, argv, {{"--clients", &clients}, {"--rounds", &rounds}});
     clients = clients_that_fit(clients);
     if (clients <= 0)
         return 1;

@@ -31,30 +31,74 @@ constexpr int frontend_base = 0, backend_base = 4;
 constexpr int burst_size = 1000;
 
 struct direction {
+    direction(socket_ref s, socket_ref d, int sb, int db, const std::string* p)
+        : src(s), dst(d), src_base(sb), dst_base(db), prefix(p)
+    {
+    }
     socket_ref src;
     socket_ref dst;
     int src_base;
     int dst_base;
     const std::string* prefix;
-    bool waiting_out = false; // src has input, dst cannot take it yet
+    // A message received from src that dst could not take yet, from frame
+    // `next` on. The device holds at most this one message per direction,
+    // as libzmq's proxy does while it blocks in a send.
+    std::vector<message_t> held;
+    std::size_t next = 0;
+    bool waiting_out() const noexcept { return !held.empty(); }
 };
-
-bool has(socket_ref s, int event) { return (s.get(zmq::sockopt::events) & event) != 0; }
 
 void bump(device_counters& c, int index, std::uint64_t by)
 {
     c.value[index].fetch_add(by, std::memory_order_relaxed);
 }
 
+void unbump(device_counters& c, int index, std::uint64_t by)
+{
+    c.value[index].fetch_sub(by, std::memory_order_relaxed);
+}
+
 send_flags more_if(bool more) { return more ? send_flags::sndmore : send_flags::none; }
 
-// Relays one message if the source has one. Returns whether it did.
+// Sends what d holds without waiting. False if dst cannot take it now.
+bool send_held(direction& d, device_counters& c)
+{
+    for (; d.next < d.held.size(); ++d.next) {
+        message_t& frame = d.held[d.next];
+        const auto size = frame.size();
+        // Counted first: whoever receives the frame must find it counted.
+        bump(c, d.dst_base + msgs_out, 1);
+        bump(c, d.dst_base + bytes_out, size);
+        bool sent;
+        try {
+            sent = static_cast<bool>(
+                d.dst.send(frame, more_if(d.next + 1 < d.held.size()) | send_flags::dontwait));
+        } catch (const zmq::error_t& e) {
+            // A REQ or REP whose turn it is not: as EAGAIN, it becomes
+            // writable when its state machine moves on.
+            if (e.num() != EFSM)
+                throw;
+            sent = false;
+        }
+        if (!sent) {
+            unbump(c, d.dst_base + msgs_out, 1);
+            unbump(c, d.dst_base + bytes_out, size);
+            return false;
+        }
+    }
+    d.held.clear();
+    d.next = 0;
+    return true;
+}
+
+// Relays one message if the source has one. Returns whether it received
+// one; if dst could not take all of it, d holds the rest.
 bool relay_one(direction& d, const device_loop_options& opts, device_counters& c)
 {
     // socket_ref's operations are non-const.
     socket_ref capture = opts.capture;
     socket_ref monitor = opts.monitor;
-    std::vector<message_t> frames;
+    std::vector<message_t>& frames = d.held;
     if (!recv_multipart(d.src, std::back_inserter(frames), recv_flags::dontwait))
         return false;
     for (const auto& f : frames) {
@@ -63,28 +107,21 @@ bool relay_one(direction& d, const device_loop_options& opts, device_counters& c
     }
     if (opts.swap_ids && frames.size() >= 2)
         std::swap(frames[0], frames[1]);
+    // The copies go out before the original, as libzmq's capture and
+    // pyzmq's monitor do.
     if (monitor)
         monitor.send(zmq::buffer(*d.prefix), send_flags::sndmore);
     for (size_t i = 0; i < frames.size(); ++i) {
         const bool more = i + 1 < frames.size();
-        const auto size = frames[i].size();
-        // The copies go out before the original, as libzmq's capture and pyzmq's monitor do.
-        if (capture) {
+        for (socket_ref copy_to : {capture, monitor}) {
+            if (!copy_to)
+                continue;
             message_t copy;
             copy.copy(frames[i]);
-            capture.send(copy, more_if(more));
+            copy_to.send(copy, more_if(more));
         }
-        if (monitor) {
-            message_t copy;
-            copy.copy(frames[i]);
-            monitor.send(copy, more_if(more));
-        }
-        // Counted first: whoever receives the frame must find it counted.
-        // They differ only if the send fails, which ends the device.
-        bump(c, d.dst_base + msgs_out, 1);
-        bump(c, d.dst_base + bytes_out, size);
-        d.dst.send(frames[i], more_if(more));
     }
+    send_held(d, c);
     return true;
 }
 
@@ -140,15 +177,21 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
     device_counters local;
     device_counters& c = opts.counters ? *opts.counters : local;
 
+    // A PUSH or PUB never receives and a PULL or SUB never sends: a
+    // direction from or to one has nothing to relay.
+    auto can_relay = [](socket_ref src, socket_ref dst) {
+        const int from = src.get(zmq::sockopt::type), to = dst.get(zmq::sockopt::type);
+        return from != ZMQ_PUSH && from != ZMQ_PUB && to != ZMQ_PULL && to != ZMQ_SUB;
+    };
     std::vector<direction> dirs;
     if (frontend == backend) {
         // One socket both receives and answers (an echoing REP).
-        dirs.push_back({frontend, frontend, frontend_base, frontend_base, &opts.front_prefix});
+        dirs.emplace_back(frontend, frontend, frontend_base, frontend_base, &opts.front_prefix);
     } else {
-        if (opts.front_to_back)
-            dirs.push_back({frontend, backend, frontend_base, backend_base, &opts.front_prefix});
-        if (opts.back_to_front)
-            dirs.push_back({backend, frontend, backend_base, frontend_base, &opts.back_prefix});
+        if (opts.front_to_back && can_relay(frontend, backend))
+            dirs.emplace_back(frontend, backend, frontend_base, backend_base, &opts.front_prefix);
+        if (opts.back_to_front && can_relay(backend, frontend))
+            dirs.emplace_back(backend, frontend, backend_base, frontend_base, &opts.back_prefix);
     }
 
     bool paused = false;
@@ -157,7 +200,7 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
         items.clear();
         if (!paused)
             for (const auto& d : dirs) {
-                if (d.waiting_out)
+                if (d.waiting_out())
                     add_item(items, d.dst, ZMQ_POLLOUT);
                 else
                     add_item(items, d.src, ZMQ_POLLIN);
@@ -183,19 +226,14 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
         if (paused)
             continue;
         for (auto& d : dirs) {
-            for (int n = 0; n < burst_size; ++n) {
-                // Take nothing the destination cannot take. A socket
-                // answering itself is never writable before it has received:
-                // its own state machine orders the two.
-                if (d.src != d.dst && !has(d.dst, ZMQ_POLLOUT)) {
-                    d.waiting_out = true;
-                    break;
-                }
-                d.waiting_out = false;
-                // The non-blocking receive is the check for a message.
+            if (d.waiting_out() && !send_held(d, c))
+                continue;
+            // The non-blocking receive is the check for a message, the
+            // non-blocking send the check for room: no ZMQ_EVENTS read per
+            // message.
+            for (int n = 0; n < burst_size && !d.waiting_out(); ++n)
                 if (!relay_one(d, opts, c))
                     break;
-            }
         }
     }
 }

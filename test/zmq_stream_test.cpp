@@ -150,7 +150,8 @@ TEST_F(zmq_stream, echo_server_answers_a_blocking_client_on_the_same_thread)
 
 TEST_F(zmq_stream, hundred_streams_share_the_loop_fairly)
 {
-    constexpr int n = 100, per_stream = 20;
+    // A stream receives at most 32 messages per loop iteration (docs/eventloop.md).
+    constexpr int burst = 32, n = 100, per_stream = 3 * burst;
     std::vector<green::socket_t> senders;
     std::vector<std::unique_ptr<green::zmq_stream>> streams;
     std::vector<int> counts(n, 0);
@@ -179,8 +180,9 @@ TEST_F(zmq_stream, hundred_streams_share_the_loop_fairly)
         });
     loop.start();
     EXPECT_EQ(total, n * per_stream);
-    // One message per stream per round: no stream ever gets two ahead.
-    EXPECT_LE(worst_spread, 1);
+    // One burst per stream per round: no stream ever gets more than a burst ahead.
+    EXPECT_LE(worst_spread, burst);
+    EXPECT_GT(worst_spread, 1); // bursts, not one message per iteration
     streams.clear();
 }
 
