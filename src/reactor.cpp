@@ -374,6 +374,11 @@ void reactor::fallback_sweep() noexcept
 
 void reactor::notify() noexcept
 {
+    // Only the dispatcher shutting down notifies from the hub's own thread,
+    // once per round while the last fibers finish: that thread is awake, and
+    // a flag would turn its every epoll_wait into a busy poll.
+    if (this_thread_reactor == this)
+        return;
     remote_wakeups_.fetch_add(1, std::memory_order_relaxed);
     notified_.store(true);
     if (sleeping_.load()) {

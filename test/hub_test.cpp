@@ -193,3 +193,14 @@ TEST(hub, ten_thousand_parked_fibers_use_no_cpu)
         f.join();
     EXPECT_EQ(ended, sockets * fibers_per_socket);
 }
+
+TEST(hub, a_thread_exiting_while_a_fiber_sleeps_waits_without_spinning)
+{
+    const double cpu_before = cpu_seconds();
+    std::thread([] {
+        boost::fibers::fiber([] { zmq::green::sleep_for(500ms); }).detach();
+        boost::this_fiber::yield(); // it parks; the thread function returns
+    }).join(); // the scheduler's shutdown waits for the sleeper
+    const double cpu_used = cpu_seconds() - cpu_before;
+    EXPECT_LT(cpu_used, 0.1) << "the hub spins while its thread exits";
+}
