@@ -247,9 +247,8 @@ fiber_state* reactor::find_fiber_state() noexcept
 
 void reactor::kill(fiber_state& state) noexcept
 {
-    if (state.parked != nullptr)
-        wake(*state.parked, wake_reason::cancelled);
-    else
+    // A fiber already woken for another reason meets the kill at its next wait.
+    if (state.parked == nullptr || !wake(*state.parked, wake_reason::cancelled))
         state.kill_pending = true;
 }
 

@@ -167,3 +167,19 @@ TEST_F(task_test, bad_input_is_rejected_with_a_clear_error)
     EXPECT_TRUE(self.join());
     t.kill();
 }
+
+TEST_F(task_test, a_kill_after_the_fiber_was_woken_is_raised_by_its_next_wait)
+{
+    green::event first, second;
+    bool first_returned = false;
+    green::task t = green::spawn([&] {
+        first_returned = first.wait();
+        second.wait(); // the kill lands here
+    });
+    boost::this_fiber::yield(); // t parks on first
+    first.set();                // t is ready, not yet running
+    t.kill(false);
+    EXPECT_TRUE(t.join());
+    EXPECT_TRUE(first_returned);
+    EXPECT_TRUE(t.killed());
+}
