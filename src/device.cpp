@@ -6,11 +6,98 @@
 
 #include <cstring>
 #include <iterator>
+#include <stdexcept>
 #include <vector>
 
 namespace zmq::green {
 
 namespace detail {
+
+const char* const proxy_role_names[4] = {"frontend", "backend", "capture", "control"};
+const char* const queue_role_names[4] = {"in", "out", "mon", "control"};
+const char* const background_role_names[4] = {"in", "out", "mon", "ctrl"};
+
+namespace {
+
+const char* socket_type_name(int type) noexcept
+{
+    static const char* const names[] = {"PAIR",   "PUB",    "SUB",  "REQ",  "REP",  "DEALER",
+                                        "ROUTER", "PULL",   "PUSH", "XPUB", "XSUB", "STREAM"};
+    return type >= 0 && type <= ZMQ_STREAM ? names[type] : nullptr;
+}
+
+bool can_receive(int type) noexcept { return type != ZMQ_PUB && type != ZMQ_PUSH; }
+bool can_send(int type) noexcept { return type != ZMQ_SUB && type != ZMQ_PULL; }
+
+} // namespace
+
+std::string device_sockets_problem(const device_sockets& d)
+{
+    const std::string prefix = std::string("zmq::green::") + d.device + ": ";
+    const int types[4] = {d.front, d.back, d.capture, d.control};
+    for (int i = 0; i < 4; ++i)
+        if (types[i] >= 0 && socket_type_name(types[i]) == nullptr)
+            return prefix + "the " + d.names[i] + " socket has unsupported type "
+                   + std::to_string(types[i]);
+    auto role = [&](int i) {
+        return std::string("the ") + d.names[i] + " socket (" + socket_type_name(types[i]) + ")";
+    };
+    if (d.back < 0) {
+        if (!can_receive(d.front) || !can_send(d.front))
+            return prefix + role(0) + " serves both sides but cannot "
+                   + (can_receive(d.front) ? "send" : "receive");
+    } else {
+        // A QUEUE whose sockets work one way only (SUB in, PUB out) is a
+        // classic forwarder: refuse only a device that can move nothing.
+        std::string reasons;
+        bool any = false;
+        auto direction = [&](int src, int dst) {
+            std::string why;
+            if (!can_receive(types[src]))
+                why = role(src) + " cannot receive";
+            else if (!can_send(types[dst]))
+                why = role(dst) + " cannot send";
+            any = any || why.empty();
+            if (!why.empty())
+                reasons += (reasons.empty() ? "" : "; ") + why;
+        };
+        if (d.front_to_back)
+            direction(0, 1);
+        if (d.back_to_front)
+            direction(1, 0);
+        if (!any)
+            return prefix + "nothing can be forwarded: " + reasons;
+    }
+    if (d.capture >= 0) {
+        if (!can_send(d.capture))
+            return prefix + role(2) + " cannot send";
+        if (d.capture == ZMQ_REQ || d.capture == ZMQ_REP)
+            return prefix + role(2) + " alternates sends and receives; copies only go out";
+        if (d.capture == ZMQ_STREAM)
+            return prefix + role(2) + " takes each first frame as a peer id";
+    }
+    if (d.control >= 0) {
+        if (!can_receive(d.control))
+            return prefix + role(3) + " cannot receive commands";
+        if (d.control == ZMQ_REQ)
+            return prefix + role(3) + " must send before it can receive a command";
+        if (d.control == ZMQ_ROUTER || d.control == ZMQ_STREAM)
+            return prefix + role(3) + " puts a peer id before every command, and commands are "
+                                      "single frames";
+    }
+    return {};
+}
+
+void check_prefixes(const char* device, const std::string& in_prefix,
+                    const std::string& out_prefix)
+{
+    for (const auto* p : {&in_prefix, &out_prefix})
+        if (p->empty())
+            throw std::invalid_argument(std::string("zmq::green::") + device + ": "
+                                        + (p == &in_prefix ? "in_prefix" : "out_prefix")
+                                        + " must not be empty: a subscriber could not tell "
+                                          "the directions apart");
+}
 
 proxy_statistics device_counters::snapshot() const noexcept
 {
@@ -70,20 +157,29 @@ bool send_held(direction& d, device_counters& c)
         bump(c, d.dst_base + msgs_out, 1);
         bump(c, d.dst_base + bytes_out, size);
         bool sent;
+        bool unroutable = false;
         try {
             sent = static_cast<bool>(
                 d.dst.send(frame, more_if(d.next + 1 < d.held.size()) | send_flags::dontwait));
         } catch (const zmq::error_t& e) {
             // A REQ or REP whose turn it is not: as EAGAIN, it becomes
-            // writable when its state machine moves on.
-            if (e.num() != EFSM)
+            // writable when its state machine moves on. A ROUTER with
+            // ZMQ_ROUTER_MANDATORY (or a STREAM) refuses the first frame of
+            // a message for a peer it does not know: one peer's bad address
+            // must not end the device for all, so the message is dropped,
+            // as a ROUTER without the option does. Nothing of it was sent,
+            // and capture and monitor already have their copies.
+            unroutable = e.num() == EHOSTUNREACH && d.next == 0;
+            if (e.num() != EFSM && !unroutable)
                 throw;
             sent = false;
         }
         if (!sent) {
             unbump(c, d.dst_base + msgs_out, 1);
             unbump(c, d.dst_base + bytes_out, size);
-            return false;
+            if (!unroutable)
+                return false;
+            break;
         }
     }
     d.held.clear();
@@ -127,23 +223,40 @@ bool relay_one(direction& d, const device_loop_options& opts, device_counters& c
 
 enum class control_result { none, pause, resume, terminate };
 
+// Never waits for the controller: a reply its peer does not read (the
+// control socket at its high-water mark) is dropped, so a controller that
+// floods STATISTICS cannot stall the forwarding. Only the first frame can
+// meet the high-water mark; the rest of a started message always goes.
+void send_statistics(socket_ref control, const device_counters& c)
+{
+    const auto stats = c.snapshot().to_array();
+    for (size_t i = 0; i < stats.size(); ++i) {
+        message_t frame(sizeof(std::uint64_t));
+        std::memcpy(frame.data(), &stats[i], sizeof(std::uint64_t));
+        const auto flags = more_if(i + 1 < stats.size());
+        if (i == 0) {
+            if (!control.send(frame, flags | send_flags::dontwait))
+                return;
+        } else {
+            control.send(frame, flags);
+        }
+    }
+}
+
 control_result handle_control(socket_ref control, const device_counters& c)
 {
     std::vector<message_t> cmd;
     if (!recv_multipart(control, std::back_inserter(cmd), recv_flags::dontwait))
         return control_result::none;
     const std::string word = cmd.size() == 1 ? cmd[0].to_string() : std::string();
+    const int type = control.get(zmq::sockopt::type);
     if (word == "STATISTICS") {
-        const auto stats = c.snapshot().to_array();
-        for (size_t i = 0; i < stats.size(); ++i) {
-            message_t frame(sizeof(std::uint64_t));
-            std::memcpy(frame.data(), &stats[i], sizeof(std::uint64_t));
-            control.send(frame, more_if(i + 1 < stats.size()));
-        }
+        if (can_send(type)) // a SUB control socket cannot answer
+            send_statistics(control, c);
         return control_result::none;
     }
     // A REP socket must answer before it can receive the next command.
-    if (control.get(zmq::sockopt::type) == ZMQ_REP)
+    if (type == ZMQ_REP)
         control.send(message_t(), send_flags::none);
     if (word == "PAUSE")
         return control_result::pause;
@@ -177,11 +290,10 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
     device_counters local;
     device_counters& c = opts.counters ? *opts.counters : local;
 
-    // A PUSH or PUB never receives and a PULL or SUB never sends: a
-    // direction from or to one has nothing to relay.
+    // A direction from a socket that cannot receive, or to one that cannot
+    // send (a SUB in, PUB out queue), has nothing to relay.
     auto can_relay = [](socket_ref src, socket_ref dst) {
-        const int from = src.get(zmq::sockopt::type), to = dst.get(zmq::sockopt::type);
-        return from != ZMQ_PUSH && from != ZMQ_PUB && to != ZMQ_PULL && to != ZMQ_SUB;
+        return can_receive(src.get(zmq::sockopt::type)) && can_send(dst.get(zmq::sockopt::type));
     };
     std::vector<direction> dirs;
     if (frontend == backend) {
@@ -244,12 +356,61 @@ void require_socket(socket_ref s)
         throw zmq::error_t(ENOTSOCK);
 }
 
+int type_of(socket_ref s) { return s ? s.get(zmq::sockopt::type) : -1; }
+
+// The checks a device's sockets must pass before it runs: present, distinct
+// where it matters, and of types that can do their part.
+void check_sockets(socket_ref frontend, socket_ref backend, const device_loop_options& opts)
+{
+    require_socket(frontend);
+    require_socket(backend);
+    const socket_ref copies = opts.monitor ? opts.monitor : opts.capture;
+    const char* const* names = opts.role_names;
+    const std::string prefix = std::string("zmq::green::") + opts.name + ": the ";
+    auto refuse_overlap = [&](socket_ref s, int role) {
+        if (!s)
+            return;
+        if (s == frontend || s == backend)
+            throw std::invalid_argument(prefix + names[role] + " socket is also the "
+                                        + names[s == frontend ? 0 : 1] + " socket");
+    };
+    refuse_overlap(copies, 2);
+    refuse_overlap(opts.control, 3);
+    if (opts.control && opts.control == copies)
+        throw std::invalid_argument(prefix + names[3] + " socket is also the " + names[2]
+                                    + " socket");
+    device_sockets d;
+    d.device = opts.name;
+    d.names = names;
+    d.front_to_back = opts.front_to_back;
+    d.back_to_front = opts.back_to_front;
+    d.front = type_of(frontend);
+    d.back = frontend == backend ? -1 : type_of(backend);
+    d.capture = type_of(copies);
+    d.control = type_of(opts.control);
+    const auto problem = device_sockets_problem(d);
+    if (!problem.empty())
+        throw std::invalid_argument(problem);
+}
+
+const char* device_name(device_type type) noexcept
+{
+    switch (type) {
+    case device_type::queue:
+        return "device(queue)";
+    case device_type::forwarder:
+        return "device(forwarder)";
+    case device_type::streamer:
+        return "device(streamer)";
+    }
+    return nullptr;
+}
+
 } // namespace
 
 void run_device_loop(socket_ref frontend, socket_ref backend, const device_loop_options& opts)
 {
-    require_socket(frontend);
-    require_socket(backend);
+    check_sockets(frontend, backend, opts);
     try {
         forward(frontend, backend, opts);
     } catch (const zmq::error_t& e) {
@@ -264,12 +425,13 @@ device_loop_options monitored_queue_options(socket_ref in, socket_ref out, socke
                                             const std::string& in_prefix,
                                             const std::string& out_prefix)
 {
-    if (in_prefix.empty() || out_prefix.empty())
-        throw std::invalid_argument("zmq::green::monitored_queue: prefixes must not be empty");
+    check_prefixes("monitored_queue", in_prefix, out_prefix);
     require_socket(in);
     require_socket(out);
     require_socket(mon);
     device_loop_options opts;
+    opts.name = "monitored_queue";
+    opts.role_names = queue_role_names;
     opts.monitor = mon;
     opts.front_prefix = in_prefix;
     opts.back_prefix = out_prefix;
@@ -278,20 +440,27 @@ device_loop_options monitored_queue_options(socket_ref in, socket_ref out, socke
     return opts;
 }
 
+device_loop_options device_options(int type)
+{
+    const char* name = device_name(static_cast<device_type>(type));
+    if (name == nullptr)
+        throw zmq::error_t(EINVAL);
+    device_loop_options opts;
+    opts.name = name;
+    opts.back_to_front = type == ZMQ_QUEUE;
+    return opts;
+}
+
 } // namespace detail
 
 void device(device_type type, socket_ref frontend, socket_ref backend)
 {
-    detail::device_loop_options opts;
-    opts.back_to_front = type == device_type::queue;
-    detail::run_device_loop(frontend, backend, opts);
+    detail::run_device_loop(frontend, backend, detail::device_options(static_cast<int>(type)));
 }
 
 void device(int type, socket_ref frontend, socket_ref backend)
 {
-    if (type != ZMQ_QUEUE && type != ZMQ_FORWARDER && type != ZMQ_STREAMER)
-        throw zmq::error_t(EINVAL);
-    device(static_cast<device_type>(type), frontend, backend);
+    detail::run_device_loop(frontend, backend, detail::device_options(type));
 }
 
 void proxy(socket_ref frontend, socket_ref backend, socket_ref capture)
@@ -305,6 +474,7 @@ void proxy_steerable(socket_ref frontend, socket_ref backend, socket_ref capture
                      socket_ref control)
 {
     detail::device_loop_options opts;
+    opts.name = "proxy_steerable";
     opts.capture = capture;
     opts.control = control;
     detail::run_device_loop(frontend, backend, opts);

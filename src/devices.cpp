@@ -38,6 +38,24 @@ void check_type(int type, const char* role)
                                     + " socket type " + std::to_string(type));
 }
 
+// The worker would refuse these types too, but only after start(): say it
+// where the types are chosen.
+void check_roles(const char* device, bool back_to_front, int in_type, int out_type, int mon_type,
+                 int ctrl_type)
+{
+    detail::device_sockets d;
+    d.device = device;
+    d.names = detail::background_role_names;
+    d.back_to_front = back_to_front;
+    d.front = in_type;
+    d.back = out_type < 0 ? -1 : out_type;
+    d.capture = mon_type;
+    d.control = ctrl_type;
+    const auto problem = detail::device_sockets_problem(d);
+    if (!problem.empty())
+        throw std::invalid_argument(problem);
+}
+
 // Worker reports travel as text lines, the same for a thread and a process:
 //   setup: "ep ROLE ENDPOINT" per bound endpoint, then "ok" or "err ERRNO MESSAGE"
 //   end:   "done" or "err ERRNO MESSAGE"
@@ -260,8 +278,15 @@ int background_device::add_random_bind(role r, const std::string& addr, int min_
                                        int max_port, int max_tries)
 {
     check_not_started(state_->started);
-    if (min_port < 0 || max_port > 65536 || min_port >= max_port || max_tries <= 0)
-        throw std::invalid_argument("zmq::green::devices: bad random port range");
+    if (min_port < 1 || max_port > 65536 || min_port >= max_port || max_tries <= 0)
+        throw std::invalid_argument("zmq::green::devices: bad random port range ["
+                                    + std::to_string(min_port) + ", " + std::to_string(max_port)
+                                    + ") or max_tries " + std::to_string(max_tries));
+    // The port goes after the last ':': only tcp has one. (An ipc path
+    // would take ":*" literally and leave no port to report.)
+    if (addr.rfind("tcp://", 0) != 0)
+        throw std::invalid_argument("zmq::green::devices: bind to a random port needs a tcp:// "
+                                    "address without a port, got '" + addr + "'");
     zmq::context_t probe_ctx;
     const bool defaults = min_port == 49152 && max_port == 65536 && max_tries == 100;
     std::mt19937 rng(std::random_device{}());
@@ -284,7 +309,10 @@ int background_device::add_random_bind(role r, const std::string& addr, int min_
         } catch (const zmq::error_t& e) {
             if (e.num() == EADDRINUSE || e.num() == EACCES)
                 continue;
-            throw;
+            // libzmq's errno alone can puzzle ("No such device" for an
+            // address that already has a port): say which address.
+            throw bind_error("zmq::green::devices: cannot bind '" + addr
+                             + "' to a random port: " + e.what());
         }
         if (state_->reserved_ports.count(port))
             continue;
@@ -564,6 +592,10 @@ device_base::device_base(run_mode mode, int type, int in_type, int out_type)
     if (type != ZMQ_QUEUE && type != ZMQ_FORWARDER && type != ZMQ_STREAMER)
         throw std::invalid_argument("zmq::green::devices: invalid device type "
                                     + std::to_string(type));
+    check_roles(type == ZMQ_QUEUE       ? "devices::device(queue)"
+                : type == ZMQ_FORWARDER ? "devices::device(forwarder)"
+                                        : "devices::device(streamer)",
+                type == ZMQ_QUEUE, in_type, out_type, -1, -1);
 }
 
 void device_base::run_device(socket_ref in, socket_ref out, socket_ref, socket_ref, void* counters)
@@ -577,6 +609,7 @@ void device_base::run_device(socket_ref in, socket_ref out, socket_ref, socket_r
 proxy_base::proxy_base(run_mode mode, int in_type, int out_type, int mon_type)
     : with_monitor(mode, in_type, out_type, mon_type, -1)
 {
+    check_roles("devices::proxy", true, in_type, out_type, mon_type, -1);
 }
 
 void proxy_base::run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref, void* counters)
@@ -591,6 +624,7 @@ proxy_steerable_base::proxy_steerable_base(run_mode mode, int in_type, int out_t
                                            int ctrl_type)
     : with_control(mode, in_type, out_type, mon_type, ctrl_type)
 {
+    check_roles("devices::proxy_steerable", true, in_type, out_type, mon_type, ctrl_type);
 }
 
 void proxy_steerable_base::run_device(socket_ref in, socket_ref out, socket_ref mon,
@@ -608,8 +642,11 @@ monitored_queue_base::monitored_queue_base(run_mode mode, int in_type, int out_t
     : with_monitor(mode, in_type, out_type, mon_type, -1), in_prefix_(std::move(in_prefix)),
       out_prefix_(std::move(out_prefix))
 {
-    if (in_prefix_.empty() || out_prefix_.empty())
-        throw std::invalid_argument("zmq::green::devices: monitored_queue prefixes must not be empty");
+    detail::check_prefixes("devices::monitored_queue", in_prefix_, out_prefix_);
+    if (mon_type < 0)
+        throw std::invalid_argument("zmq::green::devices::monitored_queue: the mon socket type "
+                                    "is required");
+    check_roles("devices::monitored_queue", true, in_type, out_type, mon_type, -1);
 }
 
 void monitored_queue_base::run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref,

@@ -26,6 +26,35 @@ namespace zmq::green {
 
 namespace detail {
 
+namespace {
+
+// ms as the clock's ticks, the longest for what does not fit: a timeout of
+// milliseconds::max() must mean "very long", not overflow into the past.
+clock::duration clock_ticks(std::chrono::milliseconds ms) noexcept
+{
+    constexpr auto most = std::chrono::duration_cast<std::chrono::milliseconds>(
+        clock::duration::max());
+    if (ms >= most)
+        return clock::duration::max();
+    if (ms <= -most)
+        return -clock::duration::max();
+    return ms;
+}
+
+// now + d, saturated at the ends of the clock.
+clock::time_point later_by(clock::duration d) noexcept
+{
+    const auto now = clock::now();
+    const auto since = now.time_since_epoch(); // >= 0 for steady_clock
+    if (d > clock::duration::max() - since)
+        return clock::time_point::max();
+    if (d < clock::duration::min() + since)
+        return clock::time_point::min();
+    return now + d;
+}
+
+} // namespace
+
 struct loop_timer {
     std::pair<clock::time_point, std::uint64_t> key;
     io_loop::callback fn;
@@ -307,7 +336,7 @@ struct loop_state {
         if (rc != 0)
             return false;
         if (fallback_armed && fallback.count() > 0)
-            slot.deadline = std::min(slot.deadline, clock::now() + fallback);
+            slot.deadline = std::min(slot.deadline, later_by(clock_ticks(fallback)));
         ++stats.parks;
         parked = &slot;
         const wake_reason why = owner->park(slot);
@@ -449,6 +478,10 @@ void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeo
     detail::wait_deadline(timeout, "io_loop::run_sync");
     if (!fn)
         throw std::invalid_argument("zmq::green::io_loop::run_sync: empty function");
+    if (timeout.count() < -1)
+        throw std::invalid_argument("zmq::green::io_loop::run_sync: the timeout must be -1 "
+                                    "(none) or >= 0 ms, got "
+                                    + std::to_string(timeout.count()) + " ms");
     struct outcome {
         io_loop* loop = nullptr;
         bool done = false;
@@ -471,7 +504,7 @@ void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeo
         }).detach();
     });
     if (timeout.count() >= 0)
-        timer = call_later(timeout, [&] {
+        timer = call_later(detail::clock_ticks(timeout), [&] {
             timed_out = true;
             stop();
         });
@@ -592,7 +625,7 @@ void io_loop::add_callback(callback fn)
 
 timeout_handle io_loop::call_later(clock::duration delay, callback fn)
 {
-    return call_at(clock::now() + delay, std::move(fn));
+    return call_at(detail::later_by(delay), std::move(fn));
 }
 
 timeout_handle io_loop::call_at(clock::time_point when, callback fn)
@@ -639,12 +672,27 @@ std::chrono::milliseconds io_loop::fallback_interval() const noexcept { return s
 
 io_loop_stats io_loop::stats() const noexcept { return s_->stats; }
 
+namespace {
+
+io_loop::clock::duration checked_period(std::chrono::milliseconds period)
+{
+    // Half the clock's range: next_ + period must not overflow.
+    constexpr auto longest = std::chrono::duration_cast<std::chrono::milliseconds>(
+        io_loop::clock::duration::max() / 2);
+    if (period.count() <= 0 || period > longest)
+        throw std::invalid_argument("zmq::green::periodic_callback: the period must be positive "
+                                    "and at most "
+                                    + std::to_string(longest.count()) + " ms, got "
+                                    + std::to_string(period.count()) + " ms");
+    return period;
+}
+
+} // namespace
+
 periodic_callback::periodic_callback(io_loop& loop, std::function<void()> fn,
                                      std::chrono::milliseconds period)
-    : loop_(loop), fn_(std::move(fn)), period_(period)
+    : loop_(loop), fn_(std::move(fn)), period_(checked_period(period))
 {
-    if (period.count() <= 0)
-        throw std::invalid_argument("zmq::green::periodic_callback: the period must be positive");
     if (!fn_)
         throw std::invalid_argument("zmq::green::periodic_callback: empty function");
 }

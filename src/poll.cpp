@@ -46,10 +46,24 @@ void add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem
 
 } // namespace
 
+// A green socket of another thread must not be polled here: that would
+// consume the signals its own fibers wait for.
+void check_items(detail::reactor& r, const zmq_pollitem_t* items, size_t nitems)
+{
+    for (size_t i = 0; i < nitems; ++i)
+        if (items[i].socket != nullptr && r.find_socket(items[i].socket) == nullptr
+            && detail::is_green_socket(items[i].socket))
+            throw thread_error("zmq::green::poll: a green socket of another thread (a green "
+                               "socket belongs to the thread that created it)");
+}
+
 int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout)
 {
     const auto deadline = detail::wait_deadline(timeout, "poll");
+    if (nitems == 0 && timeout.count() < 0)
+        throw zmq::error_t(EFAULT); // nothing could ever end the wait, as poller_t says
     detail::reactor& r = *hub::current().reactor();
+    check_items(r, items, nitems);
     int rc = poll_now(r, items, nitems);
     if (rc > 0 || timeout.count() == 0)
         return rc;

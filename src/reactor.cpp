@@ -16,9 +16,11 @@
 #include <array>
 #include <cerrno>
 #include <climits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <unordered_set>
 #include <vector>
 
 namespace zmq::green::detail {
@@ -29,6 +31,10 @@ thread_local reactor* this_thread_reactor = nullptr;
 
 // epoll_event.data.ptr for the eventfd that other threads write.
 char wakefd_tag;
+
+// Every thread's green sockets, so that a thread can refuse another's.
+std::mutex green_handles_mutex;
+std::unordered_set<void*> green_handles;
 
 int checked(int rc, const char* what)
 {
@@ -153,7 +159,11 @@ clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept
 {
     if (timeout.count() < 0)
         return no_deadline;
-    return clock::now() + timeout;
+    const auto now = clock::now();
+    // A timeout past the clock's range means "never", not an overflow into the past.
+    if (timeout >= std::chrono::duration_cast<std::chrono::milliseconds>(no_deadline - now))
+        return no_deadline;
+    return now + timeout;
 }
 
 clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* what)
@@ -299,7 +309,7 @@ void reactor::run(clock::time_point until, bool block) noexcept
     int timeout = 0;
     if (block) {
         if (parked_socket_waits_ > 0 && next_sweep_ == no_deadline && fallback_.count() > 0)
-            next_sweep_ = clock::now() + fallback_;
+            next_sweep_ = deadline_after(fallback_);
         timeout = timeout_ms(until);
         sleeping_.store(true);
         if (notified_.exchange(false))
@@ -348,7 +358,7 @@ void reactor::expire_deadlines() noexcept
 // nothing for sockets that are merely idle.
 void reactor::fallback_sweep() noexcept
 {
-    next_sweep_ = fallback_.count() > 0 ? clock::now() + fallback_ : no_deadline;
+    next_sweep_ = fallback_.count() > 0 ? deadline_after(fallback_) : no_deadline;
     std::array<epoll_event, 128> events;
     const int n = ::epoll_wait(level_epfd_, events.data(), static_cast<int>(events.size()), 0);
     if (n <= 0)
@@ -464,6 +474,14 @@ void reactor::add_socket(socket_core& core)
         throw std::system_error(err, std::generic_category(), "zmq::green: epoll_ctl");
     }
     sockets_.emplace(core.handle, &core);
+    std::lock_guard<std::mutex> lock(green_handles_mutex);
+    green_handles.insert(core.handle);
+}
+
+bool is_green_socket(void* handle)
+{
+    std::lock_guard<std::mutex> lock(green_handles_mutex);
+    return green_handles.count(handle) != 0;
 }
 
 void reactor::remove_socket(socket_core& core) noexcept
@@ -471,6 +489,8 @@ void reactor::remove_socket(socket_core& core) noexcept
     ::epoll_ctl(epfd_, EPOLL_CTL_DEL, core.fd, nullptr);
     ::epoll_ctl(level_epfd_, EPOLL_CTL_DEL, core.fd, nullptr);
     sockets_.erase(core.handle);
+    std::lock_guard<std::mutex> lock(green_handles_mutex);
+    green_handles.erase(core.handle);
 }
 
 socket_core* reactor::find_socket(void* handle) const noexcept

@@ -231,6 +231,9 @@ private:
 // scoped timeout, fiber_cancelled for a kill. Other reasons return.
 void throw_if_interrupted(wake_reason why);
 
+// handle is a green socket of some thread (any hub's).
+bool is_green_socket(void* handle);
+
 // ZMQ_POLLIN/ZMQ_POLLOUT as poll(2)'s POLLIN/POLLOUT.
 short to_poll_events(short zmq_events) noexcept;
 

@@ -138,6 +138,8 @@ void* socket_base::handle() const noexcept { return core_ ? core_->handle : null
     void socket_base::name(const char* addr)                                                   \
     {                                                                                          \
         void* h = checked_handle();                                                            \
+        if (addr == nullptr) /* libzmq would assert */                                         \
+            throw zmq::error_t(EINVAL);                                                        \
         const int rc = zmq_##name(h, addr);                                                    \
         /* Processing commands here can consume a signal fibers wait for. */                   \
         if (core_)                                                                             \
@@ -284,15 +286,16 @@ void socket_t::close() noexcept
 {
     if (core_ == nullptr)
         return;
-    detail::socket_core* core = std::exchange(core_, nullptr);
-    if (detail::reactor::current() != &core->owner && core->owner.alive()) {
+    if (detail::reactor::current() != &core_->owner && core_->owner.alive()) {
         // Its hub's structures cannot be touched from here, and a destructor
-        // must not throw: say so and leave the socket open.
+        // must not throw: say so and leave the socket open, and owned, so
+        // that its own thread can still close it.
         std::fprintf(stderr,
                      "zmq::green: socket_t closed on a thread that does not own it; "
                      "leaving it open (close sockets on the thread that created them)\n");
         return;
     }
+    detail::socket_core* core = std::exchange(core_, nullptr);
     core->close();
     core->release();
 }

@@ -153,6 +153,10 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
     const bool continuing = dir.owner == self;
     if (!continuing) {
         if (dontwait) {
+            // Another fiber owns the direction and may be ready to run: let
+            // it, or a caller looping on poll() and a non-blocking call
+            // would spin with the owner never getting its turn.
+            boost::this_fiber::yield();
             errno = EAGAIN;
             return -1;
         }

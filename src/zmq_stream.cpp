@@ -20,10 +20,6 @@ constexpr int recv_burst = 32;
 } // namespace
 
 struct stream_state : std::enable_shared_from_this<stream_state> {
-    stream_state(io_loop& l, socket_t&& s) : loop(l), owned(std::move(s)), ref(owned)
-    {
-        init();
-    }
     stream_state(io_loop& l, socket_ref s) : loop(l), ref(s) { init(); }
 
     ~stream_state()
@@ -37,6 +33,9 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
         core = ref.core();
         if (core == nullptr || core->closed)
             throw zmq::error_t(ENOTSOCK);
+        // Before touching the core: its reference count belongs to its thread.
+        if (reactor::current() != &core->owner)
+            throw thread_error("zmq::green::zmq_stream: the socket belongs to another thread");
         core->retain();
     }
 
@@ -308,10 +307,12 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
 } // namespace detail
 
 zmq_stream::zmq_stream(socket_t&& socket, io_loop& loop)
-    : s_(std::make_shared<detail::stream_state>(loop, std::move(socket)))
+    : s_(std::make_shared<detail::stream_state>(loop, socket_ref(socket)))
 {
     s_->facade = this;
     s_->register_handler();
+    // Taken only now: if the checks above throw, the caller keeps its socket.
+    s_->owned = std::move(socket);
 }
 
 zmq_stream::zmq_stream(socket_ref socket, io_loop& loop)

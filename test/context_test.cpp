@@ -108,3 +108,26 @@ TEST(context, sockets_in_several_threads)
     for (auto& t : threads)
         t.join();
 }
+
+// --- bad input -----------------------------------------------------------------
+
+TEST(context, BadInput_bad_options_are_einval_and_the_context_still_works)
+{
+    EXPECT_EQ(test::errno_of([] { green::context_t(-1); }), EINVAL);
+    EXPECT_EQ(test::errno_of([] { green::context_t(1, 0); }), EINVAL);
+    green::context_t ctx;
+    EXPECT_EQ(test::errno_of([&] { ctx.set(zmq::ctxopt::io_threads, -1); }), EINVAL);
+    EXPECT_EQ(test::errno_of([&] { ctx.set(static_cast<zmq::ctxopt>(9999), 1); }), EINVAL);
+    EXPECT_EQ(test::errno_of([&] { (void)ctx.get(static_cast<zmq::ctxopt>(9999)); }), EINVAL);
+    green::context_t moved(std::move(ctx));
+    EXPECT_EQ(test::errno_of([&] { (void)ctx.get(zmq::ctxopt::io_threads); }), EFAULT);
+    EXPECT_EQ(test::errno_of([&] { green::socket_t(ctx, zmq::socket_type::pair); }), EFAULT);
+    ctx.shutdown(); // a no-op on an empty context
+    ctx.close();
+    green::socket_t a(moved, zmq::socket_type::pair), b(moved, zmq::socket_type::pair);
+    a.bind("inproc://context-bad-input");
+    b.connect("inproc://context-bad-input");
+    a.send(zmq::str_buffer("x"));
+    zmq::message_t m;
+    EXPECT_TRUE(b.recv(m));
+}

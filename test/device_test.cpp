@@ -3,6 +3,8 @@
 #include <zmq/green/device.hpp>
 
 #include <cstring>
+#include <thread>
+#include <type_traits>
 
 using namespace std::chrono_literals;
 namespace green = zmq::green;
@@ -310,4 +312,297 @@ TEST_F(device, other_fibers_run_while_a_device_forwards)
                           ctx.shutdown();
                       }});
     EXPECT_EQ(ticks, 5);
+}
+
+// --- bad input -----------------------------------------------------------------
+
+using test::expect_error;
+
+namespace {
+
+// True when monitored_queue accepts Prefix as its in_prefix.
+template<class Prefix, class = void>
+struct takes_prefix : std::false_type {};
+template<class Prefix>
+struct takes_prefix<Prefix,
+                    std::void_t<decltype(green::monitored_queue(
+                        std::declval<green::socket_ref>(), std::declval<green::socket_ref>(),
+                        std::declval<green::socket_ref>(), std::declval<Prefix>()))>>
+    : std::true_type {};
+
+// Relays one message a -> b through a device running in its own fiber, then
+// shuts the device down by closing its frontend.
+void expect_relay(rig& r, const std::function<void()>& device)
+{
+    test::run_fibers({device, [&] {
+                          send_strs(r.a, {"still", "works"});
+                          EXPECT_EQ(recv_strs(r.b), (strings{"still", "works"}));
+                          r.front.close();
+                      }});
+}
+
+} // namespace
+
+TEST_F(device, BadInput_device_type_out_of_range_is_einval)
+{
+    rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,
+          zmq::socket_type::pair);
+    for (int type : {0, 4, -1, 42}) {
+        try {
+            green::device(type, r.front, r.back);
+            ADD_FAILURE() << "device type " << type << " accepted";
+        } catch (const zmq::error_t& e) {
+            EXPECT_EQ(e.num(), EINVAL);
+        }
+        try {
+            green::device(static_cast<green::device_type>(type), r.front, r.back);
+            ADD_FAILURE() << "device_type " << type << " accepted";
+        } catch (const zmq::error_t& e) {
+            EXPECT_EQ(e.num(), EINVAL);
+        }
+    }
+    expect_relay(r, [&] { green::device(green::device_type::streamer, r.front, r.back); });
+}
+
+TEST_F(device, BadInput_socket_types_a_device_cannot_serve)
+{
+    using st = zmq::socket_type;
+    auto push = make(ctx, st::push), pull = make(ctx, st::pull), pub = make(ctx, st::pub),
+         sub = make(ctx, st::sub), req = make(ctx, st::req), rep = make(ctx, st::rep),
+         router = make(ctx, st::router), pair = make(ctx, st::pair);
+    using E = std::invalid_argument;
+    // No direction can forward.
+    expect_error<E>([&] { green::device(green::device_type::streamer, push, pair); },
+                    {"device(streamer)", "frontend", "PUSH", "cannot receive"});
+    expect_error<E>([&] { green::device(green::device_type::forwarder, pair, pull); },
+                    {"device(forwarder)", "backend", "PULL", "cannot send"});
+    expect_error<E>([&] { green::device(ZMQ_QUEUE, push, pub); }, {"nothing can be forwarded"});
+    expect_error<E>([&] { green::proxy(pub, pub); }, {"PUB", "both sides", "cannot receive"});
+    // Copies need a socket that sends one way.
+    expect_error<E>([&] { green::proxy(pull, push, sub); }, {"capture", "SUB", "cannot send"});
+    expect_error<E>([&] { green::proxy(pull, push, rep); }, {"capture", "REP"});
+    expect_error<E>([&] { green::monitored_queue(pair, router, pull); }, {"mon", "PULL"});
+    // Commands are single frames the proxy receives first.
+    for (auto* control : {&pub, &req, &router})
+        expect_error<E>([&] { green::proxy_steerable(pull, push, {}, *control); }, {"control"});
+    // A role played twice.
+    expect_error<E>([&] { green::proxy(pull, push, push); },
+                    {"capture socket is also the backend"});
+    expect_error<E>([&] { green::proxy_steerable(pull, push, {}, pull); },
+                    {"control socket is also the frontend"});
+    expect_error<E>([&] { green::proxy_steerable(pull, push, pair, pair); },
+                    {"control socket is also the capture"});
+    expect_error<E>([&] { green::monitored_queue(pair, router, router); },
+                    {"mon socket is also the out"});
+    // Refused before anything moved: the same sockets still make a device.
+    rig r(ctx, st::pair, st::pair, st::pair, st::pair);
+    expect_error<E>([&] { green::proxy(r.front, r.back, sub); }, {"capture"});
+    expect_relay(r, [&] { green::proxy(r.front, r.back, pub); });
+}
+
+TEST_F(device, BadInput_monitored_queue_prefixes)
+{
+    rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,
+          zmq::socket_type::pair);
+    auto mon = make(ctx, zmq::socket_type::pub);
+    expect_error<std::invalid_argument>([&] { green::monitored_queue(r.front, r.back, mon, ""); },
+                                        {"in_prefix", "empty"});
+    expect_error<std::invalid_argument>(
+        [&] { green::monitored_queue(r.front, r.back, mon, "in", std::string()); },
+        {"out_prefix", "empty"});
+    // Prefixes are bytes: any std::string, a string literal; never a null pointer.
+    static_assert(takes_prefix<std::string>::value);
+    static_assert(takes_prefix<const char*>::value);
+    static_assert(!takes_prefix<std::nullptr_t>::value);
+    static_assert(!takes_prefix<int>::value);
+    static_assert(!takes_prefix<std::vector<std::string>>::value);
+    // Binary prefixes, NULs included, are fine.
+    const std::string binary("\0\xff", 2);
+    auto mon_pub = make(ctx, zmq::socket_type::pair), mon_peer = make(ctx, zmq::socket_type::pair);
+    const auto addr = test::unique_inproc();
+    mon_pub.bind(addr);
+    mon_peer.connect(addr);
+    test::run_fibers({[&] { green::monitored_queue(r.front, r.back, mon_pub, binary, "o"); },
+                      [&] {
+                          send_strs(r.a, {"x"});
+                          EXPECT_EQ(recv_strs(r.b), strings{"x"});
+                          EXPECT_EQ(recv_strs(mon_peer), (strings{binary, "x"}));
+                          r.front.close();
+                      }});
+}
+
+// pyzmq swaps the first two frames and lets the out ROUTER route: a peer
+// without ZMQ_ROUTING_ID cannot be named, so what is sent to it is dropped
+// by the ROUTER. zmq-green does the same, and the monitor still shows the
+// message. With ZMQ_ROUTER_MANDATORY the ROUTER refuses instead
+// (EHOSTUNREACH): the message is dropped too, and the queue goes on.
+TEST_F(device, BadInput_router_router_monitored_queue_without_identities)
+{
+    for (bool mandatory : {false, true}) {
+        SCOPED_TRACE(mandatory ? "ZMQ_ROUTER_MANDATORY" : "plain ROUTER");
+        auto in = make(ctx, zmq::socket_type::router), out = make(ctx, zmq::socket_type::router);
+        out.set(zmq::sockopt::router_mandatory, mandatory);
+        auto mon = make(ctx, zmq::socket_type::pair), mon_peer = make(ctx, zmq::socket_type::pair);
+        const auto in_addr = test::unique_inproc(), out_addr = test::unique_inproc(),
+                   mon_addr = test::unique_inproc();
+        in.bind(in_addr);
+        out.bind(out_addr);
+        mon.bind(mon_addr);
+        mon_peer.connect(mon_addr);
+        auto a = make(ctx, zmq::socket_type::dealer); // no identity
+        auto anon = make(ctx, zmq::socket_type::dealer); // no identity either
+        auto c = make(ctx, zmq::socket_type::dealer);
+        c.set(zmq::sockopt::routing_id, "c");
+        a.connect(in_addr);
+        anon.connect(out_addr);
+        c.connect(out_addr);
+        test::run_fibers(
+            {[&] { green::monitored_queue(in, out, mon); },
+             [&] {
+                 // c announces itself; the monitor shows the out ROUTER knows it.
+                 send_strs(c, {"nobody", "hi"});
+                 EXPECT_EQ(recv_strs(mon_peer), (strings{"out", "nobody", "c", "hi"}));
+                 // a cannot name anon: the message is dropped, and monitored.
+                 send_strs(a, {"anon", "lost"});
+                 const auto lost = recv_strs(mon_peer);
+                 ASSERT_EQ(lost.size(), 4u);
+                 EXPECT_EQ(lost[0], "in");
+                 EXPECT_EQ(lost[1], "anon");
+                 const std::string a_id = lost[2]; // the in ROUTER's name for a
+                 EXPECT_EQ(lost[3], "lost");
+                 // The queue goes on, framing intact.
+                 send_strs(a, {"c", "found"});
+                 EXPECT_EQ(recv_strs(c), (strings{a_id, "found"}));
+                 EXPECT_EQ(recv_strs(mon_peer), (strings{"in", "c", a_id, "found"}));
+                 send_strs(c, {a_id, "back"});
+                 EXPECT_EQ(recv_strs(a), (strings{"c", "back"}));
+                 EXPECT_EQ(recv_strs(mon_peer), (strings{"out", a_id, "c", "back"}));
+                 EXPECT_EQ(anon.poll(ZMQ_POLLIN, 0ms), 0);
+                 in.close();
+             }});
+    }
+}
+
+// Unknown, empty, multi-frame and oversized commands are ignored; the proxy
+// keeps forwarding and still obeys the real commands afterwards.
+TEST_F(device, BadInput_steerable_control_garbage)
+{
+    for (auto ctrl_type : {zmq::socket_type::pair, zmq::socket_type::rep}) {
+        const bool rep = ctrl_type == zmq::socket_type::rep;
+        SCOPED_TRACE(rep ? "REP control" : "PAIR control");
+        rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,
+              zmq::socket_type::pair);
+        auto ctrl = make(ctx, ctrl_type);
+        auto peer = make(ctx, rep ? zmq::socket_type::req : zmq::socket_type::pair);
+        const auto addr = test::unique_inproc();
+        ctrl.bind(addr);
+        peer.connect(addr);
+        bool returned = false;
+        const std::vector<strings> garbage = {
+            {"FOO"},       {""},          {"terminate"},       {std::string("PAUSE\0", 6)},
+            {"PAUSE", ""}, {"TERMINATE", "now"}, {"", "TERMINATE"}, {"STATISTICS", "x", "y"},
+            {std::string(1 << 20, 'T')}, {"\xff\xfe\x00\x01"}};
+        test::run_fibers(
+            {[&] {
+                 green::proxy_steerable(r.front, r.back, {}, ctrl);
+                 returned = true;
+             },
+             [&] {
+                 for (const auto& cmd : garbage) {
+                     send_strs(peer, cmd);
+                     if (rep) {
+                         EXPECT_EQ(recv_strs(peer), strings{""});
+                     }
+                     send_strs(r.a, {"through"});
+                     EXPECT_EQ(recv_strs(r.b), strings{"through"});
+                 }
+                 send_strs(peer, {"STATISTICS"});
+                 EXPECT_EQ(recv_strs(peer).size(), 8u);
+                 EXPECT_FALSE(returned);
+                 send_strs(peer, {"TERMINATE"});
+                 if (rep) {
+                     EXPECT_EQ(recv_strs(peer), strings{""});
+                 }
+             }});
+        EXPECT_TRUE(returned);
+    }
+}
+
+// A controller that does not read its STATISTICS replies must not stall the
+// forwarding: replies that do not fit are dropped.
+TEST_F(device, BadInput_steerable_statistics_flood_without_reading)
+{
+    rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,
+          zmq::socket_type::pair);
+    auto ctrl = make(ctx, zmq::socket_type::pair, 1);
+    auto peer = make(ctx, zmq::socket_type::pair, 1);
+    peer.set(zmq::sockopt::sndhwm, 1000);
+    const auto addr = test::unique_inproc();
+    ctrl.bind(addr);
+    peer.connect(addr);
+    bool returned = false;
+    test::run_fibers({[&] {
+                          green::proxy_steerable(r.front, r.back, {}, ctrl);
+                          returned = true;
+                      },
+                      [&] {
+                          for (int i = 0; i < 20; ++i)
+                              ASSERT_TRUE(peer.send(zmq::str_buffer("STATISTICS"),
+                                                    zmq::send_flags::dontwait));
+                          send_strs(r.a, {"first"});
+                          EXPECT_EQ(recv_strs(r.b), strings{"first"});
+                          // By now the proxy met the full control pipe.
+                          send_strs(r.a, {"second"});
+                          ASSERT_EQ(r.b.poll(ZMQ_POLLIN, 10s), ZMQ_POLLIN) << "proxy stalled";
+                          EXPECT_EQ(recv_strs(r.b), strings{"second"});
+                          // What was delivered is whole.
+                          while (peer.poll(ZMQ_POLLIN, 0ms))
+                              EXPECT_EQ(recv_strs(peer).size(), 8u);
+                          send_strs(peer, {"TERMINATE"});
+                      }});
+    EXPECT_TRUE(returned);
+}
+
+// A SUB control socket (libzmq's man page uses one) cannot answer
+// STATISTICS; the proxy skips the reply instead of failing.
+TEST_F(device, BadInput_statistics_on_a_sub_control_socket)
+{
+    rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,
+          zmq::socket_type::pair);
+    auto ctrl = make(ctx, zmq::socket_type::sub);
+    auto controller = make(ctx, zmq::socket_type::xpub);
+    const auto addr = test::unique_inproc();
+    controller.bind(addr);
+    ctrl.connect(addr);
+    ctrl.set(zmq::sockopt::subscribe, "");
+    EXPECT_EQ(recv_strs(controller), strings{std::string("\1", 1)}); // subscribed
+    bool returned = false;
+    test::run_fibers({[&] {
+                          green::proxy_steerable(r.front, r.back, {}, ctrl);
+                          returned = true;
+                      },
+                      [&] {
+                          send_strs(controller, {"STATISTICS"});
+                          send_strs(r.a, {"after"});
+                          EXPECT_EQ(recv_strs(r.b), strings{"after"});
+                          EXPECT_FALSE(returned);
+                          send_strs(controller, {"TERMINATE"});
+                      }});
+    EXPECT_TRUE(returned);
+}
+
+TEST_F(device, BadInput_device_on_a_foreign_thread_is_thread_error)
+{
+    rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,
+          zmq::socket_type::pair);
+    bool threw = false;
+    std::thread([&] {
+        try {
+            green::device(ZMQ_QUEUE, r.front, r.back);
+        } catch (const green::thread_error&) {
+            threw = true;
+        }
+    }).join();
+    EXPECT_TRUE(threw);
+    expect_relay(r, [&] { green::device(ZMQ_QUEUE, r.front, r.back); });
 }

@@ -3,6 +3,8 @@
 #include <zmq/green/devices.hpp>
 
 #include <cstring>
+#include <functional>
+#include <type_traits>
 
 // AddressSanitizer's runtime can deadlock a child forked from a process
 // whose other threads (libzmq's) hold its locks; glibc alone is fork-safe
@@ -390,4 +392,152 @@ TEST_F(devices_test, join_times_out_while_running_and_destructor_stops)
     other.start();
     EXPECT_FALSE(other.join(10ms));
     // Both destructors stop their device.
+}
+
+// --- bad input -----------------------------------------------------------------
+
+using test::expect_error;
+
+namespace {
+
+// A PULL -> PUSH streamer on random ports relays one message.
+void expect_streamer_works(green::context_t& ctx)
+{
+    devices::thread_device dev(ZMQ_STREAMER, ZMQ_PULL, ZMQ_PUSH);
+    dev.setsockopt_in(ZMQ_LINGER, 0);
+    dev.setsockopt_out(ZMQ_LINGER, 0);
+    const int in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+    const int out = dev.bind_out_to_random_port("tcp://127.0.0.1");
+    dev.start();
+    auto push = make(ctx, zmq::socket_type::push), pull = make(ctx, zmq::socket_type::pull);
+    push.connect(local(in));
+    pull.connect(local(out));
+    send_strs(push, {"still works"});
+    EXPECT_EQ(recv_strs(pull), strings{"still works"});
+    dev.stop();
+}
+
+} // namespace
+
+TEST_F(devices_test, BadInput_socket_types_a_background_device_cannot_serve)
+{
+    using E = std::invalid_argument;
+    expect_error<E>([] { devices::thread_device(ZMQ_STREAMER, ZMQ_PUSH, ZMQ_PULL); },
+                    {"device(streamer)", "in socket (PUSH) cannot receive"});
+    expect_error<E>([] { devices::process_device(ZMQ_QUEUE, ZMQ_PUB, ZMQ_PUB); },
+                    {"nothing can be forwarded"});
+    expect_error<E>([] { devices::fiber_device(ZMQ_QUEUE, ZMQ_PUSH, -1); },
+                    {"PUSH", "both sides"});
+    expect_error<E>([] { devices::thread_proxy(ZMQ_PULL, ZMQ_PUSH, ZMQ_SUB); },
+                    {"mon socket (SUB) cannot send"});
+    expect_error<E>([] { devices::thread_proxy_steerable(ZMQ_PULL, ZMQ_PUSH, ZMQ_PUB, ZMQ_PUB); },
+                    {"ctrl socket (PUB)"});
+    expect_error<E>([] { devices::thread_proxy_steerable(ZMQ_PULL, ZMQ_PUSH, ZMQ_PUB, ZMQ_REQ); },
+                    {"ctrl socket (REQ)"});
+    expect_error<E>([] { devices::thread_monitored_queue(ZMQ_PAIR, ZMQ_PAIR, ZMQ_PULL); },
+                    {"mon socket (PULL)"});
+    expect_error<E>([] { devices::thread_monitored_queue(ZMQ_PAIR, ZMQ_PAIR, -1); },
+                    {"mon socket type is required"});
+    // 12 is ZMQ_SERVER, a draft type: no multipart, no ZMQ_FD.
+    expect_error<E>([] { devices::thread_device(ZMQ_QUEUE, 12, ZMQ_PAIR); },
+                    {"invalid in socket type 12"});
+    expect_streamer_works(ctx);
+}
+
+TEST_F(devices_test, BadInput_monitored_queue_prefixes)
+{
+    using E = std::invalid_argument;
+    expect_error<E>([] { devices::thread_monitored_queue(ZMQ_PAIR, ZMQ_PAIR, ZMQ_PUB, ""); },
+                    {"in_prefix", "empty"});
+    expect_error<E>([] { devices::thread_monitored_queue(ZMQ_PAIR, ZMQ_PAIR, ZMQ_PUB, "in", ""); },
+                    {"out_prefix", "empty"});
+    // A null pointer is no prefix: it does not compile, and at run time
+    // std::string refuses it before the device sees it.
+    static_assert(!std::is_constructible_v<devices::thread_monitored_queue, int, int, int,
+                                           std::nullptr_t>);
+    static_assert(!std::is_constructible_v<devices::thread_monitored_queue, int, int, int,
+                                           const char*, std::nullptr_t>);
+    static_assert(!std::is_constructible_v<devices::thread_monitored_queue, int, int, int, int>);
+    static_assert(std::is_constructible_v<devices::thread_monitored_queue, int, int, int,
+                                          const char*, std::string>);
+    const char* null_prefix = nullptr;
+    EXPECT_THROW(devices::thread_monitored_queue(ZMQ_PAIR, ZMQ_PAIR, ZMQ_PUB, null_prefix),
+                 std::logic_error);
+    devices::thread_monitored_queue ok(ZMQ_PAIR, ZMQ_PAIR, ZMQ_PUB, std::string("\0", 1), "o");
+    EXPECT_EQ(ok.in_prefix().size(), 1u);
+}
+
+TEST_F(devices_test, BadInput_random_port_arguments)
+{
+    devices::thread_device dev(ZMQ_STREAMER, ZMQ_PULL, ZMQ_PUSH);
+    using E = std::invalid_argument;
+    // Only tcp has a port: an ipc path would take ":*" literally.
+    expect_error<E>([&] { dev.bind_in_to_random_port("ipc:///tmp/zmq-green-no-port"); },
+                    {"tcp://", "ipc:///tmp/zmq-green-no-port"});
+    expect_error<E>([&] { dev.bind_in_to_random_port("inproc://x"); }, {"inproc://x"});
+    expect_error<E>([&] { dev.bind_in_to_random_port("tcp://127.0.0.1", 0, 100); }, {"[0, 100)"});
+    expect_error<E>([&] { dev.bind_in_to_random_port("tcp://127.0.0.1", 100, 100); },
+                    {"[100, 100)"});
+    expect_error<E>([&] { dev.bind_in_to_random_port("tcp://127.0.0.1", 100, 70000); },
+                    {"70000"});
+    expect_error<E>([&] { dev.bind_in_to_random_port("tcp://127.0.0.1", 100, 200, 0); },
+                    {"max_tries 0"});
+    expect_error<devices::bind_error>([&] { dev.bind_in_to_random_port("tcp://127.0.0.1:5555"); },
+                                      {"'tcp://127.0.0.1:5555'"});
+    expect_error<devices::bind_error>([&] { dev.bind_in_to_random_port("tcp://", 1000, 2000); },
+                                      {"'tcp://'"});
+    // Nothing was recorded: the device still configures and runs.
+    dev.setsockopt_in(ZMQ_LINGER, 0);
+    dev.setsockopt_out(ZMQ_LINGER, 0);
+    const int in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+    const int out = dev.bind_out_to_random_port("tcp://127.0.0.1");
+    dev.start();
+    ASSERT_EQ(dev.endpoints().size(), 2u);
+    auto push = make(ctx, zmq::socket_type::push), pull = make(ctx, zmq::socket_type::pull);
+    push.connect(local(in));
+    pull.connect(local(out));
+    send_strs(push, {"x"});
+    EXPECT_EQ(recv_strs(pull), strings{"x"});
+    dev.stop();
+}
+
+// Bad endpoints and options surface from start() as device_error naming the
+// socket and what was done; the next device is unaffected.
+template<class Device>
+void bad_setup(green::context_t& ctx)
+{
+    const struct {
+        std::function<void(Device&)> configure;
+        int errnum;
+        const char* names;
+    } cases[] = {
+        {[](Device& d) { d.bind_in("bogus://x"); }, EPROTONOSUPPORT, "bind in bogus://x"},
+        {[](Device& d) { d.bind_out("tcp://127.0.0.1"); }, EINVAL, "bind out tcp://127.0.0.1"},
+        {[](Device& d) { d.connect_in(""); }, EINVAL, "connect in"},
+        {[](Device& d) { d.setsockopt_out(9999, 1); }, EINVAL, "set an option on out"},
+        {[](Device& d) { d.setsockopt_in(ZMQ_SNDHWM, std::string("x")); }, EINVAL,
+         "set an option on in"},
+    };
+    for (const auto& c : cases) {
+        Device dev(ZMQ_STREAMER, ZMQ_PULL, ZMQ_PUSH);
+        c.configure(dev);
+        try {
+            dev.start();
+            ADD_FAILURE() << c.names << ": no error";
+        } catch (const devices::device_error& e) {
+            EXPECT_EQ(e.num(), c.errnum) << e.what();
+            EXPECT_NE(std::string(e.what()).find(c.names), std::string::npos) << e.what();
+        }
+        EXPECT_TRUE(dev.done());
+        EXPECT_TRUE(dev.join(0ms)); // the error was reported once, by start()
+    }
+    expect_streamer_works(ctx);
+}
+
+TEST_F(devices_test, BadInput_setup_thread) { bad_setup<devices::thread_device>(ctx); }
+TEST_F(devices_test, BadInput_setup_fiber) { bad_setup<devices::fiber_device>(ctx); }
+TEST_F(devices_test, BadInput_setup_process)
+{
+    SKIP_FORK_UNDER_ASAN();
+    bad_setup<devices::process_device>(ctx);
 }

@@ -204,3 +204,102 @@ TEST(hub, a_thread_exiting_while_a_fiber_sleeps_waits_without_spinning)
     const double cpu_used = cpu_seconds() - cpu_before;
     EXPECT_LT(cpu_used, 0.1) << "the hub spins while its thread exits";
 }
+
+// --- bad input -----------------------------------------------------------------
+
+TEST(hub, BadInput_wait_timeouts_below_minus_one_are_invalid)
+{
+    pipe_fds p;
+    for (auto timeout : {-2ms, -5ms, std::chrono::milliseconds::min()}) {
+        try {
+            green::wait_readable(p.fd[0], timeout);
+            ADD_FAILURE() << "accepted " << timeout.count();
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("timeout"), std::string::npos) << e.what();
+        }
+        EXPECT_THROW(green::wait_writable(p.fd[1], timeout), std::invalid_argument);
+    }
+    p.write_byte();
+    EXPECT_TRUE(green::wait_readable(p.fd[0], -1ms));
+}
+
+TEST(hub, BadInput_bad_fds_are_ebadf)
+{
+    green::hub::current(); // its own fds must not take the closed number
+    pipe_fds p;
+    const int closed = ::dup(p.fd[0]);
+    ::close(closed);
+    for (int fd : {-1, closed}) {
+        try {
+            green::wait_readable(fd, 10ms);
+            ADD_FAILURE() << "fd " << fd << " accepted";
+        } catch (const std::system_error& e) {
+            EXPECT_EQ(e.code().value(), EBADF);
+        }
+    }
+    p.write_byte();
+    EXPECT_TRUE(green::wait_readable(p.fd[0], 1000ms));
+}
+
+TEST(hub, BadInput_huge_wait_timeout_is_a_long_wait)
+{
+    pipe_fds p;
+    bool woke = false;
+    const auto forever_and_more = std::chrono::milliseconds::max();
+    test::run_fibers({[&] { woke = green::wait_readable(p.fd[0], forever_and_more); },
+                      [&] { p.write_byte(); }});
+    EXPECT_TRUE(woke);
+}
+
+TEST(hub, BadInput_fallback_interval_must_not_be_negative)
+{
+    green::hub& h = green::hub::current();
+    const auto old = h.fallback_interval();
+    for (auto interval : {-1ms, std::chrono::milliseconds::min()}) {
+        try {
+            h.set_fallback_interval(interval);
+            ADD_FAILURE() << "accepted " << interval.count();
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("interval"), std::string::npos) << e.what();
+        }
+        EXPECT_EQ(h.fallback_interval(), old);
+    }
+    h.set_fallback_interval(500ms);
+    EXPECT_EQ(h.fallback_interval(), 500ms);
+    h.set_fallback_interval(old);
+}
+
+// A very long interval means "rarely", not a deadline in the past that makes
+// the hub sweep on every turn.
+TEST(hub, BadInput_huge_fallback_interval_does_not_spin)
+{
+    green::hub& h = green::hub::current();
+    h.set_fallback_interval(std::chrono::milliseconds::max());
+    green::context_t ctx;
+    green::socket_t a(ctx, zmq::socket_type::pair), b(ctx, zmq::socket_type::pair);
+    a.bind("inproc://huge-fallback");
+    b.connect("inproc://huge-fallback");
+    double cpu_used = 0;
+    test::run_fibers({[&] {
+                          zmq::message_t m;
+                          EXPECT_TRUE(b.recv(m));
+                      },
+                      [&] {
+                          const double before = cpu_seconds();
+                          boost::this_fiber::sleep_for(300ms);
+                          cpu_used = cpu_seconds() - before;
+                          a.send(zmq::str_buffer("x"));
+                      }});
+    h.set_fallback_interval(1000ms);
+    EXPECT_LT(cpu_used, 0.05) << "the hub spins while a fiber is parked";
+}
+
+TEST(hub, BadInput_a_thread_without_a_hub_gets_one_from_its_first_wait)
+{
+    std::thread([] {
+        EXPECT_EQ(green::hub::installed(), nullptr);
+        pipe_fds p;
+        EXPECT_TRUE(green::wait_writable(p.fd[1], 1000ms));
+        EXPECT_NE(green::hub::installed(), nullptr);
+    }).join();
+}

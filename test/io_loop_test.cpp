@@ -488,3 +488,147 @@ TEST_F(io_loop, start_while_running_is_an_error)
     loop.start();
     EXPECT_TRUE(threw);
 }
+
+// --- bad input -----------------------------------------------------------------
+
+TEST_F(io_loop, BadInput_run_sync_timeouts)
+{
+    for (auto timeout : {-2ms, -5ms, std::chrono::milliseconds::min()}) {
+        bool ran = false;
+        try {
+            loop.run_sync([&] { ran = true; }, timeout);
+            ADD_FAILURE() << "accepted " << timeout.count();
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("timeout"), std::string::npos) << e.what();
+        }
+        EXPECT_FALSE(ran);
+    }
+    EXPECT_THROW(loop.run_sync(nullptr), std::invalid_argument);
+    // -1 and a timeout too long for the clock both mean: wait for fn.
+    for (auto timeout : {-1ms, std::chrono::milliseconds::max()}) {
+        bool ran = false;
+        loop.run_sync(
+            [&] {
+                boost::this_fiber::yield();
+                ran = true;
+            },
+            timeout);
+        EXPECT_TRUE(ran);
+    }
+}
+
+// A delay that is negative or zero means "as soon as possible", as in
+// tornado and asyncio; the extremes of the clock neither overflow nor fire
+// early.
+TEST_F(io_loop, BadInput_call_later_delays_at_the_edges)
+{
+    watchdog guard(loop);
+    std::vector<std::string> ran;
+    loop.call_later(green::io_loop::clock::duration::max(), [&] { ran.push_back("max"); });
+    loop.call_at(green::io_loop::clock::time_point::max(), [&] { ran.push_back("at max"); });
+    loop.call_later(-5ms, [&] { ran.push_back("-5ms"); });
+    loop.call_later(green::io_loop::clock::duration::min(), [&] { ran.push_back("min"); });
+    loop.call_at(green::io_loop::clock::time_point::min(), [&] { ran.push_back("at min"); });
+    loop.call_later(0ms, [&] { ran.push_back("0ms"); });
+    loop.call_later(1ms, [&] { loop.stop(); });
+    loop.start();
+    // Earliest deadline first; nothing at the far end ran.
+    EXPECT_EQ(ran, (std::vector<std::string>{"min", "at min", "-5ms", "0ms"}));
+}
+
+TEST_F(io_loop, BadInput_periodic_callback_periods)
+{
+    for (auto period : {0ms, -5ms, std::chrono::milliseconds::min(),
+                        std::chrono::milliseconds::max()}) {
+        try {
+            green::periodic_callback(loop, [] {}, period);
+            ADD_FAILURE() << "accepted " << period.count();
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("period"), std::string::npos) << e.what();
+        }
+    }
+    EXPECT_THROW(green::periodic_callback(loop, nullptr, 1ms), std::invalid_argument);
+    watchdog guard(loop);
+    int ticks = 0;
+    green::periodic_callback ticker(loop, [&] {
+        if (++ticks == 3)
+            loop.stop();
+    }, 1ms);
+    ticker.start();
+    loop.start();
+    EXPECT_EQ(ticks, 3);
+}
+
+// Negative is refused; a huge interval means "rarely" and must not overflow
+// into a deadline in the past (a busy loop that counts rescues).
+TEST_F(io_loop, BadInput_fallback_interval)
+{
+    EXPECT_THROW(loop.set_fallback_interval(-1ms), std::invalid_argument);
+    EXPECT_THROW(loop.set_fallback_interval(std::chrono::milliseconds::min()),
+                 std::invalid_argument);
+    EXPECT_EQ(loop.fallback_interval(), 1000ms);
+    loop.set_fallback_interval(std::chrono::milliseconds::max());
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    watchdog guard(loop);
+    std::string got;
+    loop.add_handler(p.b, [&](short) {
+        zmq::message_t m;
+        if (p.b.recv(m, zmq::recv_flags::dontwait)) {
+            got = m.to_string();
+            loop.stop();
+        }
+    }, ZMQ_POLLIN);
+    // Sent once the loop is parked on the socket.
+    boost::fibers::fiber sender([&] { p.a.send(zmq::str_buffer("x")); });
+    loop.start();
+    sender.join();
+    EXPECT_EQ(got, "x");
+    loop.remove_handler(p.b);
+}
+
+TEST_F(io_loop, BadInput_foreign_thread_calls_are_thread_errors)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    int threw = 0;
+    std::thread([&] {
+        auto expect_thread_error = [&](const std::function<void()>& fn) {
+            try {
+                fn();
+            } catch (const green::thread_error& e) {
+                threw += std::string(e.what()).find("thread") != std::string::npos ? 1 : 0;
+            }
+        };
+        expect_thread_error([&] { loop.start(); });
+        expect_thread_error([&] { loop.run_sync([] {}); });
+        expect_thread_error([&] { loop.add_handler(0, [](short) {}, ZMQ_POLLIN); });
+        expect_thread_error([&] { loop.call_later(1ms, [] {}); });
+        expect_thread_error([&] { loop.set_error_handler(nullptr); });
+        expect_thread_error([&] { loop.close(); });
+        // The thread's own default loop cannot take the other thread's socket.
+        expect_thread_error(
+            [&] { green::io_loop::current().add_handler(p.b, [](short) {}, ZMQ_POLLIN); });
+    }).join();
+    EXPECT_EQ(threw, 7);
+    EXPECT_FALSE(loop.closed());
+    loop.run_sync([&] {
+        p.a.send(zmq::str_buffer("x"));
+        zmq::message_t m;
+        ASSERT_TRUE(p.b.recv(m));
+    });
+}
+
+TEST_F(io_loop, BadInput_a_thread_without_a_hub_gets_one_for_its_loop)
+{
+    std::thread([] {
+        EXPECT_EQ(green::hub::installed(), nullptr);
+        green::io_loop own;
+        bool ran = false;
+        own.add_callback([&] {
+            ran = true;
+            own.stop();
+        });
+        own.start();
+        EXPECT_TRUE(ran);
+        EXPECT_NE(green::hub::installed(), nullptr);
+    }).join();
+}

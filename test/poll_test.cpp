@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <thread>
+
 using namespace std::chrono_literals;
 namespace green = zmq::green;
 using test::green_test;
@@ -195,4 +197,120 @@ TEST_F(poll, closing_a_polled_socket_is_enotsock)
                           }
                       },
                       [&] { s.close(); }});
+}
+
+// --- bad input -----------------------------------------------------------------
+
+// -1 waits without limit; other negative timeouts are a mistake (zmq_poll
+// would wait forever, hiding it), refused before anything waits.
+TEST_F(poll, BadInput_timeouts_below_minus_one_are_invalid)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    for (auto timeout : {-2ms, -5ms, std::chrono::milliseconds::min()}) {
+        std::vector<zmq_pollitem_t> items{{p.b, 0, ZMQ_POLLIN, 0}};
+        try {
+            green::poll(items, timeout);
+            ADD_FAILURE() << "accepted " << timeout.count();
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("timeout"), std::string::npos) << e.what();
+        }
+        EXPECT_THROW((void)p.b.poll(ZMQ_POLLIN, timeout), std::invalid_argument);
+    }
+    test::run_fibers({[&] {
+                          std::vector<zmq_pollitem_t> items{{p.b, 0, ZMQ_POLLIN, 0}};
+                          EXPECT_EQ(green::poll(items, -1ms), 1);
+                          zmq::message_t m;
+                          ASSERT_TRUE(p.b.recv(m));
+                      },
+                      [&] { p.a.send(zmq::str_buffer("late")); }});
+}
+
+TEST_F(poll, BadInput_huge_timeout_is_a_long_wait_not_an_overflow)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    test::run_fibers({[&] {
+                          std::vector<zmq_pollitem_t> items{{p.b, 0, ZMQ_POLLIN, 0}};
+                          EXPECT_EQ(green::poll(items, std::chrono::milliseconds::max()), 1);
+                      },
+                      [&] { p.a.send(zmq::str_buffer("late")); }});
+}
+
+TEST_F(poll, BadInput_bad_items_are_errors_and_poll_goes_on)
+{
+    int not_a_socket = 0;
+    std::vector<zmq_pollitem_t> garbage{{&not_a_socket, 0, ZMQ_POLLIN, 0}};
+    try {
+        green::poll(garbage, 10ms);
+        ADD_FAILURE() << "a pointer that is no socket accepted";
+    } catch (const zmq::error_t& e) {
+        EXPECT_EQ(e.num(), ENOTSOCK);
+    }
+    // An fd that is not open is reported, as by poll(2), not waited for.
+    std::vector<zmq_pollitem_t> closed_fd{{nullptr, 9999, ZMQ_POLLIN, 0}};
+    EXPECT_EQ(green::poll(closed_fd, -1ms), 1);
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    p.a.send(zmq::str_buffer("x"));
+    std::vector<zmq_pollitem_t> good{{p.b, 0, ZMQ_POLLIN, 0}};
+    EXPECT_EQ(green::poll(good, 5000ms), 1);
+}
+
+TEST_F(poll, BadInput_nothing_to_wait_for_without_a_timeout_is_efault)
+{
+    try {
+        green::poll(nullptr, 0, -1ms);
+        ADD_FAILURE() << "returned";
+    } catch (const zmq::error_t& e) {
+        EXPECT_EQ(e.num(), EFAULT);
+    }
+}
+
+TEST_F(poll, BadInput_poller_misuse_leaves_it_usable)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    green::poller_t<> poller;
+    EXPECT_EQ(test::errno_of([&] { poller.add(green::socket_ref(), green::event_flags::pollin); }),
+              ENOTSOCK);
+    EXPECT_EQ(test::errno_of([&] { poller.add(-1, green::event_flags::pollin); }), EBADF);
+    EXPECT_EQ(test::errno_of([&] { poller.modify(p.b, green::event_flags::pollin); }), EINVAL);
+    EXPECT_EQ(test::errno_of([&] { poller.remove(p.b); }), EINVAL);
+    std::vector<green::poller_event<>> events(1);
+    EXPECT_EQ(test::errno_of([&] { poller.wait_all(events, -1ms); }), EFAULT);
+    poller.add(p.b, green::event_flags::pollin);
+    EXPECT_EQ(test::errno_of([&] { poller.add(p.b, green::event_flags::pollout); }), EINVAL);
+    p.a.send(zmq::str_buffer("x"));
+    EXPECT_EQ(poller.wait_all(events, 5000ms), 1u);
+}
+
+// poll() on a thread that does not own a green socket must refuse it, as
+// socket_t::poll and the pollitem conversion do; otherwise that thread uses
+// the socket and eats the signals its owner's fibers wait for.
+TEST_F(poll, BadInput_foreign_green_socket_is_thread_error)
+{
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    bool threw = false;
+    std::thread([&] {
+        std::vector<zmq_pollitem_t> items{{s.handle(), 0, ZMQ_POLLIN, 0}};
+        try {
+            green::poll(items, 0ms);
+        } catch (const green::thread_error&) {
+            threw = true;
+        }
+    }).join();
+    EXPECT_TRUE(threw);
+}
+
+// A thread without a hub gets one from its first green poll.
+TEST_F(poll, BadInput_thread_without_a_hub)
+{
+    std::thread([] {
+        EXPECT_EQ(green::hub::installed(), nullptr);
+        int fds[2];
+        ASSERT_EQ(::pipe(fds), 0);
+        ASSERT_EQ(::write(fds[1], "x", 1), 1);
+        std::vector<zmq_pollitem_t> items{{nullptr, fds[0], ZMQ_POLLIN, 0}};
+        EXPECT_EQ(green::poll(items, 1000ms), 1);
+        EXPECT_NE(green::hub::installed(), nullptr);
+        ::close(fds[0]);
+        ::close(fds[1]);
+    }).join();
 }

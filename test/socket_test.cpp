@@ -373,3 +373,120 @@ TEST_F(socket, bad_socket_type_and_endpoint_are_errors)
     }
     EXPECT_THROW(s.connect("tcp://"), zmq::error_t);
 }
+
+// --- bad input -----------------------------------------------------------------
+
+using test::errno_of;
+
+namespace {
+
+// s (a PAIR) still binds, connects and carries a message.
+void expect_usable(green::context_t& ctx, green::socket_t& s)
+{
+    const auto ep = test::unique_inproc();
+    s.bind(ep);
+    green::socket_t peer(ctx, zmq::socket_type::pair);
+    peer.connect(ep);
+    peer.send(zmq::str_buffer("ok"));
+    EXPECT_EQ(recv_str(s), "ok");
+}
+
+} // namespace
+
+TEST_F(socket, BadInput_invalid_socket_types_are_einval)
+{
+    // 12 is ZMQ_SERVER: libzmq has it, but a thread-safe socket has no ZMQ_FD to wait on.
+    for (int type : {-1, 12, 999}) {
+        EXPECT_EQ(errno_of([&] { green::socket_t(ctx, type); }), EINVAL) << type;
+    }
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    expect_usable(ctx, s);
+}
+
+TEST_F(socket, BadInput_invalid_endpoints_keep_the_socket_usable)
+{
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    const struct {
+        const char* endpoint;
+        int bind_errno;
+        int connect_errno;
+    } cases[] = {
+        {"", EINVAL, EINVAL},
+        {"nonsense://x", EPROTONOSUPPORT, EPROTONOSUPPORT},
+        {"tcp://", EINVAL, EINVAL},
+        {"tcp://127.0.0.1", EINVAL, EINVAL}, // no port
+        {"tcp://*:abc", EINVAL, EINVAL},
+        {"tcp://no such host:1", ENODEV, EINVAL},
+        {"inproc://", EINVAL, EINVAL},
+        {"ipc://", EINVAL, EINVAL},
+        {"udp://127.0.0.1:5555", ENOCOMPATPROTO, ENOCOMPATPROTO}, // PAIR cannot use udp
+    };
+    for (const auto& c : cases) {
+        EXPECT_EQ(errno_of([&] { s.bind(c.endpoint); }), c.bind_errno) << c.endpoint;
+        EXPECT_EQ(errno_of([&] { s.connect(c.endpoint); }), c.connect_errno) << c.endpoint;
+    }
+    EXPECT_EQ(errno_of([&] { s.unbind("tcp://127.0.0.1:1"); }), ENOENT);
+    EXPECT_EQ(errno_of([&] { s.disconnect("inproc://never-connected"); }), ENOENT);
+    expect_usable(ctx, s);
+}
+
+TEST_F(socket, BadInput_null_endpoint_is_einval)
+{
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    const char* none = nullptr;
+    EXPECT_EQ(errno_of([&] { s.bind(none); }), EINVAL);
+    EXPECT_EQ(errno_of([&] { s.connect(none); }), EINVAL);
+    EXPECT_EQ(errno_of([&] { s.unbind(none); }), EINVAL);
+    EXPECT_EQ(errno_of([&] { s.disconnect(none); }), EINVAL);
+    expect_usable(ctx, s);
+}
+
+TEST_F(socket, BadInput_foreign_thread_poll_is_thread_error)
+{
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    bool threw = false;
+    std::thread([&] {
+        try {
+            (void)s.poll(ZMQ_POLLIN, 0ms);
+        } catch (const green::thread_error& e) {
+            threw = std::string(e.what()).find("thread") != std::string::npos;
+        }
+    }).join();
+    EXPECT_TRUE(threw);
+    expect_usable(ctx, s);
+}
+
+// A socket_t closed on a foreign thread must stay open and owned: otherwise
+// nobody can close it any more, and its context's close() waits forever.
+TEST_F(socket, BadInput_close_on_a_foreign_thread_keeps_the_socket)
+{
+    // Its own context: if the socket leaks, closing the context would hang.
+    auto* local = new green::context_t;
+    {
+        green::socket_t s(*local, zmq::socket_type::pair);
+        std::thread([&] { s.close(); }).join();
+        if (s.handle() == nullptr)
+            FAIL() << "the socket_t lost its socket (the context is leaked, not closed)";
+        expect_usable(*local, s);
+    }
+    delete local;
+}
+
+// Green calls install a hub on a thread that has none; a socket whose
+// thread has ended can still be closed from another thread.
+TEST_F(socket, BadInput_threads_without_a_hub)
+{
+    green::socket_t orphan;
+    std::thread([&] {
+        EXPECT_EQ(green::hub::installed(), nullptr);
+        green::socket_t s(ctx, zmq::socket_type::pair);
+        EXPECT_NE(green::hub::installed(), nullptr);
+        expect_usable(ctx, s);
+        orphan = green::socket_t(ctx, zmq::socket_type::pair);
+    }).join();
+    std::thread([&] {
+        EXPECT_EQ(green::hub::installed(), nullptr);
+        orphan.close(); // its hub is gone: nobody else could close it
+        EXPECT_EQ(orphan.handle(), nullptr);
+    }).join();
+}

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <functional>
+#include <initializer_list>
 #include <iterator>
 #include <string>
 #include <vector>
@@ -77,6 +78,32 @@ inline strings recv_strs(zmq::green::socket_t& s)
     for (auto& m : msgs)
         out.push_back(m.to_string());
     return out;
+}
+
+// The errno of the zmq::error_t that fn throws; 0 if it throws none.
+inline int errno_of(const std::function<void()>& fn)
+{
+    try {
+        fn();
+    } catch (const zmq::error_t& e) {
+        return e.num();
+    }
+    return 0;
+}
+
+// fn must throw E, and E's what() must contain every needle: bad input gets
+// an error that names the problem.
+template<class E>
+void expect_error(const std::function<void()>& fn, std::initializer_list<const char*> needles)
+{
+    try {
+        fn();
+        ADD_FAILURE() << "no exception";
+    } catch (const E& e) {
+        for (const char* needle : needles)
+            EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+                << "'" << needle << "' not in: " << e.what();
+    }
 }
 
 // Every test ends with the fallback re-check having rescued nothing: a rescue

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <memory>
 #include <stdexcept>
+#include <thread>
 
 using namespace std::chrono_literals;
 namespace green = zmq::green;
@@ -480,4 +481,68 @@ TEST_F(zmq_stream, a_closed_socket_cannot_make_a_stream)
     EXPECT_THROW(green::zmq_stream(green::socket_ref(), loop), zmq::error_t);
     push_pull p(ctx, loop);
     EXPECT_THROW(p.push.send_multipart({}), std::invalid_argument);
+}
+
+// --- bad input -----------------------------------------------------------------
+
+TEST_F(zmq_stream, BadInput_misuse_leaves_the_stream_usable)
+{
+    push_pull p(ctx, loop);
+    EXPECT_THROW(p.push.send_multipart({}), std::invalid_argument);
+    for (short events : {short{ZMQ_POLLERR}, short{0x100}, short{-1}})
+        EXPECT_THROW(p.pull.flush(events), std::invalid_argument) << events;
+    std::vector<std::string> got;
+    p.pull.on_recv([&](message& m) {
+        got = strings(m);
+        loop.stop();
+    });
+    p.push.send_multipart(make({"still", "works"}));
+    loop.start();
+    EXPECT_EQ(got, (std::vector<std::string>{"still", "works"}));
+    p.push.close();
+    EXPECT_THROW(p.push.send_string("x"), std::logic_error);
+    EXPECT_THROW(p.push.on_recv([](message&) {}), std::logic_error);
+    EXPECT_THROW((void)p.push.socket(), std::logic_error);
+}
+
+// A stream must be made on the thread that owns its socket. The check comes
+// before the stream takes the socket, so the caller still has it.
+TEST_F(zmq_stream, BadInput_socket_of_another_thread_is_thread_error)
+{
+    green::socket_t s(ctx, zmq::socket_type::pull);
+    s.set(zmq::sockopt::linger, 0);
+    int threw = 0;
+    std::thread([&] {
+        try {
+            green::zmq_stream stream{green::socket_ref(s)};
+        } catch (const green::thread_error&) {
+            ++threw;
+        }
+        try {
+            green::zmq_stream stream(std::move(s));
+        } catch (const green::thread_error&) {
+            ++threw;
+        }
+    }).join();
+    EXPECT_EQ(threw, 2);
+    ASSERT_NE(s.handle(), nullptr) << "the failed stream took the socket";
+    // The loop of another thread is refused too, and the socket kept.
+    std::unique_ptr<green::io_loop> foreign;
+    std::thread([&] { foreign = std::make_unique<green::io_loop>(); }).join();
+    EXPECT_THROW(green::zmq_stream(std::move(s), *foreign), green::thread_error);
+    ASSERT_NE(s.handle(), nullptr);
+    const auto ep = test::unique_inproc();
+    s.bind(ep);
+    green::zmq_stream stream(std::move(s), loop);
+    green::socket_t push(ctx, zmq::socket_type::push);
+    push.set(zmq::sockopt::linger, 0);
+    push.connect(ep);
+    std::string got;
+    stream.on_recv([&](message& m) {
+        got = m[0].to_string();
+        loop.stop();
+    });
+    push.send(zmq::str_buffer("x"));
+    loop.start();
+    EXPECT_EQ(got, "x");
 }

@@ -5,6 +5,7 @@
 #include <zmq/green/socket.hpp>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -36,13 +37,26 @@ struct proxy_statistics {
 // of its sockets is closed (ENOTSOCK) or, for proxy_steerable, TERMINATE
 // arrives; then it returns normally. Other errors are thrown.
 //
+// Before forwarding, each checks its sockets: a missing one is
+// error_t(ENOTSOCK); std::invalid_argument, naming the socket, if a type
+// cannot do its part (no direction can forward: e.g. a STREAMER from a PUSH;
+// a capture or monitor that cannot send; a control socket that cannot take
+// single-frame commands: PUB, PUSH, REQ, ROUTER, STREAM) or if the capture,
+// monitor or control socket is also the frontend or backend.
+//
+// A message the destination refuses because it names an unknown peer
+// (EHOSTUNREACH: a ROUTER with ZMQ_ROUTER_MANDATORY, a STREAM) is dropped, as
+// a plain ROUTER drops it; capture and monitor still get it, and the device
+// goes on. One peer's bad address never ends the device for the others.
+//
 // A message is taken from a source only when its destination reports
 // POLLOUT, so a destination at its high-water mark holds back its own
 // direction and never the other one. When frontend and backend are the same
 // socket (e.g. a REP that echoes), each message is sent back on it.
 
 // QUEUE forwards both ways; FORWARDER and STREAMER forward frontend to
-// backend only (unlike pyzmq and libzmq, the type is honoured).
+// backend only (unlike pyzmq and libzmq, the type is honoured). A value
+// outside the enum is error_t(EINVAL).
 void device(device_type type, socket_ref frontend, socket_ref backend);
 // The same with libzmq's integer constants; an unknown type is error_t(EINVAL).
 void device(int type, socket_ref frontend, socket_ref backend);
@@ -54,18 +68,28 @@ void proxy(socket_ref frontend, socket_ref backend, socket_ref capture = {});
 // As zmq_proxy_steerable. Commands on control are single frames:
 //   PAUSE, RESUME, TERMINATE, STATISTICS (reply: 8 native-endian uint64 frames
 //   in proxy_statistics' order, counted per frame).
-// As libzmq 4.3.5 does, unknown or multi-frame commands are ignored; a REP
-// control socket gets an empty reply to every command but STATISTICS, so it
-// stays usable.
+// As libzmq 4.3.5 does, unknown, empty or multi-frame commands are ignored; a
+// REP control socket gets an empty reply to every command but STATISTICS, so
+// it stays usable. The proxy never waits for its controller: a STATISTICS
+// reply the control socket cannot take now (its peer does not read, or it is
+// a SUB) is dropped.
 void proxy_steerable(socket_ref frontend, socket_ref backend, socket_ref capture,
                      socket_ref control);
 
 // pyzmq's monitored_queue: a QUEUE that also sends every forwarded message to
 // mon, as [prefix] + the frames sent to the destination. With ROUTER on both
 // sides the first two frames (the two identities) are swapped, so a message
-// addressed to a peer of the other side reaches it. An empty prefix is
-// std::invalid_argument (a subscriber could not tell the directions apart).
+// addressed to a peer of the other side reaches it; as with any ROUTER, a
+// message whose first frame names no connected peer of the other side (peers
+// that set no ZMQ_ROUTING_ID cannot be named) is dropped, and mon still sees
+// it. An empty prefix is std::invalid_argument (a subscriber could not tell
+// the directions apart). Prefixes are bytes, any but none: a null pointer
+// (0, NULL, nullptr) does not compile.
 void monitored_queue(socket_ref in, socket_ref out, socket_ref mon,
                      const std::string& in_prefix = "in", const std::string& out_prefix = "out");
+void monitored_queue(socket_ref in, socket_ref out, socket_ref mon, std::nullptr_t,
+                     const std::string& out_prefix = "out") = delete;
+void monitored_queue(socket_ref in, socket_ref out, socket_ref mon, const std::string& in_prefix,
+                     std::nullptr_t) = delete;
 
 } // namespace zmq::green

@@ -6,6 +6,7 @@
 #include <zmq/green/socket.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -21,7 +22,8 @@ namespace zmq::green::devices {
 // device's sockets are bound and connected.
 enum class run_mode { caller, fiber, thread, process };
 
-// No port in the range could be reserved (pyzmq's ZMQBindError).
+// No port in the range could be reserved (pyzmq's ZMQBindError), or the
+// address cannot be bound at all; what() names the address.
 class bind_error : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
@@ -43,6 +45,11 @@ struct bound_endpoint {
     std::string endpoint; // as bound, with the real port for tcp://...:*
 };
 
+// The constructors throw std::invalid_argument, naming the problem, for an
+// unknown device or socket type, for socket types the device cannot use (the
+// checks of device.hpp, done here instead of at start()), for an empty
+// prefix and for a monitored_queue without a mon type.
+//
 // Configuration is recorded in the owner and replayed in the worker in
 // pyzmq's order: per socket (in and out, then mon, then ctrl) the options,
 // then the binds, then the connects. Each device has its own context, so an
@@ -59,6 +66,9 @@ public:
     void setsockopt_in(int option, const std::string& value) { add_sockopt(role::in, raw_option(option, value)); }
     void bind_in(const std::string& addr) { add_bind(role::in, addr); }
     void connect_in(const std::string& addr) { add_connect(role::in, addr); }
+    // The bind_*_to_random_port calls reserve a port of addr, "tcp://HOST", at once and
+    // return it. std::invalid_argument for another transport or a bad range; bind_error
+    // (naming addr) if addr cannot be bound or no port is free.
     int bind_in_to_random_port(const std::string& addr, int min_port = 49152, int max_port = 65536,
                                int max_tries = 100)
     {
@@ -270,6 +280,9 @@ public:
                                std::move(out_prefix))
     {
     }
+    // A null pointer is not a prefix (it would throw from std::string).
+    basic_monitored_queue(int, int, int, std::nullptr_t, std::string = "out") = delete;
+    basic_monitored_queue(int, int, int, std::string, std::nullptr_t) = delete;
 };
 
 using device = basic_device<run_mode::caller>;

@@ -14,7 +14,9 @@ namespace zmq::green {
 
 // As zmq::poll: items hold sockets (green or not) or raw fds; results are
 // level-triggered, read from ZMQ_EVENTS. A zero timeout never yields;
-// -1 waits forever. Returns the number of items with events.
+// -1 waits forever, below -1 is std::invalid_argument, and no items with
+// no timeout is zmq::error_t(EFAULT). A green socket of another thread is
+// thread_error. Returns the number of items with events.
 int poll(zmq_pollitem_t* items, size_t nitems,
          std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
 
