@@ -3,8 +3,10 @@
 
 #include "context_core.hpp"
 
-#include <boost/fiber/future.hpp>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
+#include <cstdint>
 #include <mutex>
 #include <thread>
 
@@ -30,6 +32,36 @@ void term(void* h) noexcept
 {
     while (zmq_ctx_term(h) != 0 && errno == EINTR) {
     }
+}
+
+// zmq_ctx_term can still block on LINGER: a helper thread waits for it while
+// the calling fiber parks. The helper reports through an eventfd the hub
+// watches, not a fiber promise: that would give the helper thread a
+// Boost.Fiber scheduler, and Boost 1.74's round_robin::notify() signals its
+// condition variable after unlocking its mutex, so the fiber waking the
+// helper could touch that scheduler after the helper thread had ended
+// (found by ThreadSanitizer). Without a hub there is no green socket on
+// this thread, and the thread itself waits.
+void term_in_helper(void* h) noexcept
+{
+    const int done = hub::installed() ? ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
+    std::thread helper([h, done] {
+        term(h);
+        if (done >= 0) {
+            const std::uint64_t one = 1;
+            [[maybe_unused]] const auto rc = ::write(done, &one, sizeof one);
+        }
+    });
+    if (done >= 0) {
+        try {
+            wait_readable(done);
+        } catch (...) {
+            // The hub could not watch the fd: wait in join() instead.
+        }
+    }
+    helper.join();
+    if (done >= 0)
+        ::close(done);
 }
 
 } // namespace
@@ -101,15 +133,7 @@ void context_t::close() noexcept
         core->closing.store(true);
         core->all_closed.wait(lock, [&] { return core->open_sockets.load() == 0; });
     }
-    // zmq_ctx_term can still block on LINGER: let a helper thread wait.
-    boost::fibers::promise<void> terminated;
-    auto done = terminated.get_future();
-    std::thread helper([h = core->handle, &terminated] {
-        term(h);
-        terminated.set_value();
-    });
-    done.wait();
-    helper.join();
+    term_in_helper(core->handle);
 }
 
 } // namespace zmq::green

@@ -6,22 +6,6 @@
 #include <functional>
 #include <type_traits>
 
-// AddressSanitizer's runtime can deadlock a child forked from a process
-// whose other threads (libzmq's) hold its locks; glibc alone is fork-safe
-// here. Until process devices fork and exec a clean image, skip them there.
-#if defined(__SANITIZE_ADDRESS__)
-#define ZMQ_GREEN_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ZMQ_GREEN_TEST_ASAN 1
-#endif
-#endif
-#ifdef ZMQ_GREEN_TEST_ASAN
-#define SKIP_FORK_UNDER_ASAN() GTEST_SKIP() << "fork from a multi-threaded process under ASan"
-#else
-#define SKIP_FORK_UNDER_ASAN() (void)0
-#endif
-
 using namespace std::chrono_literals;
 namespace green = zmq::green;
 namespace devices = zmq::green::devices;

@@ -1,6 +1,5 @@
 #include "support.hpp"
 
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <system_error>
@@ -21,14 +20,6 @@ struct pipe_fds {
     void write_byte() { ASSERT_EQ(::write(fd[1], "x", 1), 1); }
     int fd[2]{-1, -1};
 };
-
-double cpu_seconds()
-{
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec)
-           + static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
 
 } // namespace
 
@@ -183,9 +174,9 @@ TEST(hub, ten_thousand_parked_fibers_use_no_cpu)
                 }
             });
     boost::this_fiber::yield(); // every fiber runs once and parks
-    const double cpu_before = cpu_seconds();
+    const double cpu_before = test::cpu_seconds();
     boost::this_fiber::sleep_for(300ms);
-    const double cpu_used = cpu_seconds() - cpu_before;
+    const double cpu_used = test::cpu_seconds() - cpu_before;
     EXPECT_LT(cpu_used, 0.05) << "the hub spins while 10,000 fibers are parked";
     for (auto& s : pulls)
         s.close();
@@ -196,12 +187,12 @@ TEST(hub, ten_thousand_parked_fibers_use_no_cpu)
 
 TEST(hub, a_thread_exiting_while_a_fiber_sleeps_waits_without_spinning)
 {
-    const double cpu_before = cpu_seconds();
+    const double cpu_before = test::cpu_seconds();
     std::thread([] {
         boost::fibers::fiber([] { zmq::green::sleep_for(500ms); }).detach();
         boost::this_fiber::yield(); // it parks; the thread function returns
     }).join(); // the scheduler's shutdown waits for the sleeper
-    const double cpu_used = cpu_seconds() - cpu_before;
+    const double cpu_used = test::cpu_seconds() - cpu_before;
     EXPECT_LT(cpu_used, 0.1) << "the hub spins while its thread exits";
 }
 
@@ -285,9 +276,9 @@ TEST(hub, BadInput_huge_fallback_interval_does_not_spin)
                           EXPECT_TRUE(b.recv(m));
                       },
                       [&] {
-                          const double before = cpu_seconds();
+                          const double before = test::cpu_seconds();
                           boost::this_fiber::sleep_for(300ms);
-                          cpu_used = cpu_seconds() - before;
+                          cpu_used = test::cpu_seconds() - before;
                           a.send(zmq::str_buffer("x"));
                       }});
     h.set_fallback_interval(1000ms);
