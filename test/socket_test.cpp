@@ -490,3 +490,26 @@ TEST_F(socket, BadInput_threads_without_a_hub)
         EXPECT_EQ(orphan.handle(), nullptr);
     }).join();
 }
+
+// The owner of a direction must get its turn while another fiber polls the
+// socket and retries a non-blocking receive: the failing call yields.
+TEST_F(socket, a_poll_and_dontwait_loop_lets_the_blocked_owner_run)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    int received = 0;
+    test::run_fibers({[&] {
+                          zmq::message_t m;
+                          ASSERT_TRUE(p.b.recv(m)); // owns the receive direction
+                          ++received;
+                      },
+                      [&] {
+                          p.a.send(zmq::str_buffer("one"));
+                          zmq::message_t m;
+                          while (received == 0) {
+                              zmq_pollitem_t item{p.b.handle(), 0, ZMQ_POLLIN, 0};
+                              if (green::poll(&item, 1, 0ms) > 0 && p.b.recv(m, zmq::recv_flags::dontwait))
+                                  ++received;
+                          }
+                      }});
+    EXPECT_EQ(received, 1);
+}
