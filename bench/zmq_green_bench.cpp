@@ -207,19 +207,25 @@ std::vector<double> timed_round_trips(Socket& req, long n, const std::function<v
     return {p50, percentile(us, 0.99)};
 }
 
+// Answers n requests with blocking calls: a green socket parks its fiber,
+// a plain one blocks its thread.
+template<class Socket>
+void echo_requests(Socket& rep, long n)
+{
+    zmq::message_t m;
+    for (long i = 0; i < n; ++i) {
+        (void)rep.recv(m);
+        rep.send(m, zmq::send_flags::none);
+    }
+}
+
 std::vector<double> l_green(long n, const char* endpoint)
 {
     green::context_t ctx;
     green::socket_t rep(ctx, zmq::socket_type::rep), req(ctx, zmq::socket_type::req);
     rep.bind(endpoint);
     req.connect(rep.get(zmq::sockopt::last_endpoint));
-    boost::fibers::fiber server([&] {
-        zmq::message_t m;
-        for (long i = 0; i < n; ++i) {
-            (void)rep.recv(m);
-            rep.send(m, zmq::send_flags::none);
-        }
-    });
+    boost::fibers::fiber server([&] { echo_requests(rep, n); });
     auto r = timed_round_trips(req, n, nullptr);
     server.join();
     return r;
@@ -245,13 +251,7 @@ std::vector<double> l2_baseline(long n)
     zmq::socket_t rep(ctx, zmq::socket_type::rep), req(ctx, zmq::socket_type::req);
     rep.bind("tcp://127.0.0.1:*");
     req.connect(rep.get(zmq::sockopt::last_endpoint));
-    std::thread server([&] {
-        zmq::message_t m;
-        for (long i = 0; i < n; ++i) {
-            (void)rep.recv(m);
-            rep.send(m, zmq::send_flags::none);
-        }
-    });
+    std::thread server([&] { echo_requests(rep, n); });
     auto r = timed_round_trips(req, n, nullptr);
     server.join();
     return r;

@@ -159,4 +159,18 @@ inline void on_worker(const std::function<void()>& fn)
     w->cv.wait(lock, [] { return w->done; });
 }
 
+// The rig that selector picks among configs, built on first use. Call it on
+// the worker thread. Rigs and their context are never destroyed: they live
+// until the process exits.
+template<class Rig, class Config, std::size_t N>
+Rig& pick_rig(const Config (&configs)[N], std::uint8_t selector)
+{
+    static auto* ctx = new zmq::green::context_t;
+    static Rig* rigs[N] = {};
+    Rig*& r = rigs[selector % N];
+    if (r == nullptr)
+        r = new Rig(*ctx, configs[selector % N]);
+    return *r;
+}
+
 } // namespace fuzz

@@ -195,14 +195,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (size == 0 || size > 16384)
         return -1;
     fuzz::on_worker([&] {
-        constexpr std::size_t count = sizeof configs / sizeof configs[0];
-        // Never destroyed: the devices and their context live until the process exits.
-        static auto* ctx = new green::context_t;
-        static rig* rigs[count] = {};
-        const std::size_t pick = data[0] % count;
-        if (rigs[pick] == nullptr)
-            rigs[pick] = new rig(*ctx, configs[pick]);
-        rigs[pick]->run(data + 1, size - 1);
+        fuzz::pick_rig<rig>(configs, data[0]).run(data + 1, size - 1);
     });
     return 0;
 }
