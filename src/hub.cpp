@@ -39,19 +39,26 @@ void hub::awakened(boost::fibers::context* ctx) noexcept { ctx->ready_link(rqueu
 
 boost::fibers::context* hub::pick_next() noexcept
 {
-    if (rqueue_.empty())
-        return nullptr;
     // The dispatcher picks once per round of the ready queue. If it did not
     // just come back from epoll, look for fd events without blocking, so that
-    // fibers that never park cannot starve the ones waiting for an fd.
-    if (boost::fibers::context::active()->is_context(boost::fibers::type::dispatcher_context))
+    // fibers that never park cannot starve the ones waiting for an fd. The
+    // fibers that yielded behind this poll follow the ones it woke.
+    if (boost::fibers::context::active()->is_context(boost::fibers::type::dispatcher_context)
+        && (!rqueue_.empty() || reactor_->has_deferred())) {
         reactor_->poll_unless_fresh();
+        reactor_->release_deferred();
+    }
+    if (rqueue_.empty())
+        return nullptr;
     boost::fibers::context* ctx = &rqueue_.front();
     rqueue_.pop_front();
     return ctx;
 }
 
-bool hub::has_ready_fibers() const noexcept { return !rqueue_.empty(); }
+bool hub::has_ready_fibers() const noexcept
+{
+    return !rqueue_.empty() || reactor_->has_deferred();
+}
 
 void hub::suspend_until(std::chrono::steady_clock::time_point const& abs_time) noexcept
 {

@@ -328,6 +328,37 @@ void reactor::run(clock::time_point until, bool block) noexcept
     fresh_ = true;
 }
 
+void reactor::yield_behind_poll() noexcept
+{
+    // With no other fiber ready, yielding the same way or waiting on a
+    // socket, nothing this fiber's send made ready could run first.
+    if (parked_socket_waits_ == 0 && deferred_.empty() && !others_ready())
+        return;
+    park_slot slot;
+    wait_node node(slot, 0);
+    deferred_.push_back(node);
+    park(slot, false);
+}
+
+bool reactor::others_ready() const noexcept
+{
+    if (hub_ == nullptr)
+        return false;
+    for (const auto& ctx : hub_->rqueue_)
+        if (!ctx.is_context(boost::fibers::type::dispatcher_context))
+            return true;
+    return false;
+}
+
+void reactor::release_deferred() noexcept
+{
+    while (!deferred_.empty()) {
+        park_slot& slot = *deferred_.front().slot;
+        deferred_.pop_front();
+        wake(slot, wake_reason::event);
+    }
+}
+
 void reactor::deliver(const epoll_event* events, int n) noexcept
 {
     for (int i = 0; i < n; ++i) {

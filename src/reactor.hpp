@@ -123,6 +123,15 @@ public:
     }
     void notify() noexcept;
 
+    // Suspends the running fiber until the dispatcher's next turn, so that
+    // the fibers ready now, and those its epoll poll wakes, run first.
+    // Returns at once if no fiber of this hub waits on a socket or yielded
+    // this way.
+    void yield_behind_poll() noexcept;
+    // The dispatcher's turn, after its poll: readies the deferred fibers.
+    void release_deferred() noexcept;
+    bool has_deferred() const noexcept { return !deferred_.empty(); }
+
     // Waits until the raw fd has one of events (ZMQ_POLLIN/ZMQ_POLLOUT) or
     // the deadline passes. Returns false on timeout.
     bool wait_fd(int fd, short events, clock::time_point deadline);
@@ -154,6 +163,7 @@ public:
     void set_fallback_interval(std::chrono::milliseconds interval);
 
 private:
+    bool others_ready() const noexcept; // a fiber other than the dispatcher
     void deliver(const ::epoll_event* events, int n) noexcept;
     void expire_deadlines() noexcept;
     void fallback_sweep() noexcept;
@@ -176,6 +186,7 @@ private:
     std::unordered_map<void*, socket_core*> sockets_;
     std::unordered_map<int, std::unique_ptr<fd_watch>> fds_;
     std::unordered_map<boost::fibers::context*, fiber_state> fiber_states_;
+    wait_list deferred_;
 
     std::size_t parked_socket_waits_ = 0;
     std::chrono::milliseconds fallback_{1000};

@@ -266,6 +266,7 @@ socket_t::socket_t(context_t& context, int type)
         throw zmq::error_t(err);
     }
     auto* core = new detail::socket_core(r, context.core(), h, fd);
+    core->lockstep = type == ZMQ_REQ || type == ZMQ_REP;
     try {
         r->add_socket(*core);
     } catch (...) {

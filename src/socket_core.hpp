@@ -54,6 +54,13 @@ public:
             refresh();
     }
 
+    // After the last frame of a message went in direction `event`.
+    void completed(short event) noexcept
+    {
+        sent_last = lockstep && event == ZMQ_POLLOUT;
+        after_op();
+    }
+
     // Runs op, a non-blocking libzmq call (returns >= 0, or -1 with errno),
     // in direction dir, parking the fiber until the socket has `event` as
     // needed. op sets its bool argument when the message continues.
@@ -82,6 +89,10 @@ public:
     direction recv_dir;
     std::uint64_t edges = 0; // edges epoll delivered; the fallback sweep compares
     bool closed = false;
+    // REQ and REP alternate send and recv: after a send, the answer needs the
+    // peer's turn first (see perform).
+    bool lockstep = false;
+    bool sent_last = false;
 
 private:
     ~socket_core() = default;
@@ -113,6 +124,19 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
 {
     bool more = false;
     bool just_tried = false;
+    // A lockstep socket that has just sent waits for an answer the peer has
+    // not written yet when the peer is a fiber of this hub. Trying first
+    // would fail, put libzmq's pipe to sleep and make the answer cost a
+    // command: an eventfd write, an epoll_wait and a ZMQ_EVENTS read. So the
+    // fiber first lets the others, and whoever epoll finds ready, have their
+    // turn; then the answer is usually there and the pipe never sleeps.
+    if (event == ZMQ_POLLIN && std::exchange(sent_last, false) && !dontwait
+        && dir.owner == nullptr) {
+        core_guard keep(*this);
+        owner.yield_behind_poll();
+        if (closed)
+            throw_closed();
+    }
     // Fast path: nobody owns the direction, so nobody is queued either.
     if (dir.owner == nullptr) {
         const int rc = op(more);
@@ -120,7 +144,7 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
             if (more)
                 dir.owner = boost::fibers::context::active();
             else
-                after_op();
+                completed(event);
             return rc;
         }
         if (errno != EAGAIN && errno != EINTR) {
@@ -174,7 +198,7 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
         if (rc >= 0) {
             if (!more) {
                 release(dir);
-                after_op();
+                completed(event);
             }
             return rc;
         }

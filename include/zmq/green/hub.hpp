@@ -61,6 +61,8 @@ public:
     const std::shared_ptr<detail::reactor>& reactor() const noexcept { return reactor_; }
 
 private:
+    friend class detail::reactor; // asks whether other fibers are ready
+
     boost::fibers::scheduler::ready_queue_type rqueue_{};
     std::shared_ptr<detail::reactor> reactor_;
 };
