@@ -175,7 +175,9 @@ clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* w
     return deadline_after(timeout);
 }
 
-reactor::reactor(hub& h) : hub_(&h)
+// Room for a thousand ready sockets per epoll_wait, as a hand-written loop
+// over that many sockets would take them.
+reactor::reactor(hub& h) : hub_(&h), events_(1024)
 {
     epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");
     level_epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");
@@ -315,11 +317,10 @@ void reactor::run(clock::time_point until, bool block) noexcept
         if (notified_.exchange(false))
             timeout = 0;
     }
-    std::array<epoll_event, 128> events;
-    int n = ::epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), timeout);
+    int n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), timeout);
     if (block)
         sleeping_.store(false);
-    deliver(events.data(), n);
+    deliver(events_.data(), n);
     expire_deadlines();
     if (parked_socket_waits_ == 0)
         next_sweep_ = no_deadline;

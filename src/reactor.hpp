@@ -187,6 +187,7 @@ private:
     std::unordered_map<int, std::unique_ptr<fd_watch>> fds_;
     std::unordered_map<boost::fibers::context*, fiber_state> fiber_states_;
     wait_list deferred_;
+    std::vector<::epoll_event> events_; // run()'s buffer
 
     std::size_t parked_socket_waits_ = 0;
     std::chrono::milliseconds fallback_{1000};

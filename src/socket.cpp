@@ -4,6 +4,7 @@
 #include "socket_core.hpp"
 
 #include <cstdio>
+#include <cstring>
 
 namespace zmq::green {
 
@@ -142,8 +143,11 @@ void* socket_base::handle() const noexcept { return core_ ? core_->handle : null
             throw zmq::error_t(EINVAL);                                                        \
         const int rc = zmq_##name(h, addr);                                                    \
         /* Processing commands here can consume a signal fibers wait for. */                   \
-        if (core_)                                                                             \
+        if (core_) {                                                                           \
             core_->after_op();                                                                 \
+            if (rc == 0 && std::strncmp(addr, "inproc://", 9) != 0)                            \
+                core_->lockstep_inproc = false;                                                \
+        }                                                                                      \
         if (rc != 0)                                                                           \
             throw zmq::error_t();                                                              \
     }
@@ -266,7 +270,7 @@ socket_t::socket_t(context_t& context, int type)
         throw zmq::error_t(err);
     }
     auto* core = new detail::socket_core(r, context.core(), h, fd);
-    core->lockstep = type == ZMQ_REQ || type == ZMQ_REP;
+    core->lockstep_inproc = type == ZMQ_REQ || type == ZMQ_REP;
     try {
         r->add_socket(*core);
     } catch (...) {

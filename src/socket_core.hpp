@@ -57,7 +57,7 @@ public:
     // After the last frame of a message went in direction `event`.
     void completed(short event) noexcept
     {
-        sent_last = lockstep && event == ZMQ_POLLOUT;
+        sent_last = lockstep_inproc && event == ZMQ_POLLOUT;
         after_op();
     }
 
@@ -89,9 +89,11 @@ public:
     direction recv_dir;
     std::uint64_t edges = 0; // edges epoll delivered; the fallback sweep compares
     bool closed = false;
-    // REQ and REP alternate send and recv: after a send, the answer needs the
-    // peer's turn first (see perform).
-    bool lockstep = false;
+    // A REQ or REP socket with only inproc peers (so far): after a send, its
+    // answer can only come from the peer's own turn (see perform). Over tcp
+    // or ipc it comes from libzmq's I/O thread, and yielding first only
+    // costs switches.
+    bool lockstep_inproc = false;
     bool sent_last = false;
 
 private:

@@ -292,6 +292,75 @@ TEST_F(socket, hundred_thousand_ping_pongs_without_the_fallback)
     h.set_fallback_interval(1000ms);
 }
 
+// The requester lets the replier run before it tries to receive, so the
+// reply is there when it does: no pipe goes to sleep, and no round trip
+// after the first needs an epoll wake-up.
+TEST_F(socket, req_rep_fibers_of_one_hub_answer_without_epoll_wakeups)
+{
+    green::socket_t rep(ctx, zmq::socket_type::rep);
+    green::socket_t req(ctx, zmq::socket_type::req);
+    const auto ep = test::unique_inproc();
+    rep.bind(ep);
+    req.connect(ep);
+    constexpr int warm_up = 10, rounds = 1000;
+    std::uint64_t wakeups_after_warm_up = 0;
+    test::run_fibers({[&] {
+                          zmq::message_t m;
+                          for (int i = 0; i < warm_up + rounds; ++i) {
+                              if (i == warm_up)
+                                  wakeups_after_warm_up = green::hub::current().stats().fd_wakeups;
+                              req.send(zmq::buffer(&i, sizeof i));
+                              ASSERT_TRUE(req.recv(m));
+                              ASSERT_EQ(*m.data<int>(), i);
+                          }
+                      },
+                      [&] {
+                          zmq::message_t m;
+                          for (int i = 0; i < warm_up + rounds; ++i) {
+                              ASSERT_TRUE(rep.recv(m));
+                              rep.send(m, zmq::send_flags::none);
+                          }
+                      }});
+    EXPECT_EQ(green::hub::current().stats().fd_wakeups, wakeups_after_warm_up);
+}
+
+// The same yield when the replier is another thread: the requester still
+// gets every reply, while another fiber of its hub waits on a socket.
+TEST_F(socket, req_to_a_rep_thread_while_another_fiber_waits)
+{
+    const auto ep = test::unique_inproc();
+    void* rep = zmq_socket(ctx.handle(), ZMQ_REP); // plain and blocking
+    ASSERT_NE(rep, nullptr);
+    ASSERT_EQ(zmq_bind(rep, ep.c_str()), 0);
+    constexpr int rounds = 1000;
+    std::thread replier([&] {
+        for (int i = 0; i < rounds; ++i) {
+            int n = 0;
+            zmq_recv(rep, &n, sizeof n, 0);
+            zmq_send(rep, &n, sizeof n, 0);
+        }
+        zmq_close(rep);
+    });
+    green::socket_t idle(ctx, zmq::socket_type::pull);
+    idle.bind(test::unique_inproc());
+    green::socket_t req(ctx, zmq::socket_type::req);
+    req.connect(ep);
+    test::run_fibers({[&] {
+                          zmq::message_t m;
+                          EXPECT_THROW((void)idle.recv(m), zmq::error_t); // closed below
+                      },
+                      [&] {
+                          zmq::message_t m;
+                          for (int i = 0; i < rounds; ++i) {
+                              req.send(zmq::buffer(&i, sizeof i));
+                              ASSERT_TRUE(req.recv(m));
+                              ASSERT_EQ(*m.data<int>(), i);
+                          }
+                          idle.close();
+                      }});
+    replier.join();
+}
+
 TEST_F(socket, tcp_ping_pong_across_two_threads)
 {
     // Each thread has its own hub; messages cross between their epolls.
