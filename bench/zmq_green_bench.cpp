@@ -296,7 +296,7 @@ std::vector<double> s_green(int clients, int rounds)
     // Closed after the clock stops, as the baseline's are: tearing down
     // connections is not part of the workload.
     std::vector<green::socket_t> sockets(static_cast<size_t>(clients));
-    boost::fibers::pooled_fixedsize_stack stacks(64 * 1024, static_cast<size_t>(clients));
+    green::stack_pool stacks(64 * 1024);
     for (auto& socket : sockets)
         fibers.emplace_back(std::allocator_arg, stacks, [&] {
             socket = green::socket_t(ctx, zmq::socket_type::req);
@@ -408,7 +408,7 @@ std::vector<double> i1_green()
     for (int i = 0; i < 1000; ++i)
         pulls.emplace_back(ctx, zmq::socket_type::pull);
     std::vector<boost::fibers::fiber> parked;
-    boost::fibers::pooled_fixedsize_stack stacks(64 * 1024, 10000);
+    green::stack_pool stacks(64 * 1024);
     for (auto& s : pulls)
         for (int j = 0; j < 10; ++j)
             parked.emplace_back(std::allocator_arg, stacks, [&s] {

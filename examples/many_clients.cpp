@@ -92,7 +92,7 @@ int main(int argc, char** argv)
     std::vector<boost::fibers::fiber> fibers;
     fibers.reserve(static_cast<size_t>(clients));
     // Small pooled stacks: a parked client costs only the stack pages it touched.
-    boost::fibers::pooled_fixedsize_stack stacks(64 * 1024, static_cast<size_t>(clients));
+    green::stack_pool stacks(64 * 1024);
     for (int c = 0; c < clients; ++c) {
         fibers.emplace_back(std::allocator_arg, stacks, [&, c] {
             green::socket_t req(ctx, zmq::socket_type::req);

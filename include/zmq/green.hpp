@@ -14,6 +14,7 @@
 #include <zmq/green/multipart.hpp>
 #include <zmq/green/poll.hpp>
 #include <zmq/green/socket.hpp>
+#include <zmq/green/stack_pool.hpp>
 #include <zmq/green/task.hpp>
 #include <zmq/green/timeout.hpp>
 #include <zmq/green/zmq_stream.hpp>

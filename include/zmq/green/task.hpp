@@ -65,7 +65,8 @@ private:
 };
 
 // Starts fn in a new fiber of this thread (gevent.spawn). An exception that
-// escapes fn is kept for task::exception() and reported on stderr.
+// escapes fn is kept for task::exception() and reported on stderr. Without
+// a stack allocator, the stack comes from a stack_pool of this thread.
 template<class StackAllocator>
 task spawn(std::allocator_arg_t, StackAllocator&& salloc, std::function<void()> fn)
 {

@@ -1,0 +1,114 @@
+#include <zmq/green/stack_pool.hpp>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace zmq::green {
+
+namespace detail {
+
+class stack_storage {
+public:
+    explicit stack_storage(std::size_t stack_size)
+        : page_(static_cast<std::size_t>(::sysconf(_SC_PAGESIZE))),
+          stack_size_((stack_size + page_ - 1) / page_ * page_), slot_(stack_size_ + page_)
+    {
+    }
+
+    ~stack_storage()
+    {
+        for (const auto& [base, bytes] : mappings_)
+            ::munmap(base, bytes);
+    }
+
+    stack_storage(const stack_storage&) = delete;
+    stack_storage& operator=(const stack_storage&) = delete;
+
+    boost::context::stack_context allocate()
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (free_.empty())
+            grow();
+        boost::context::stack_context sctx;
+        sctx.sp = free_.back();
+        sctx.size = stack_size_;
+        free_.pop_back();
+        return sctx;
+    }
+
+    void deallocate(boost::context::stack_context& sctx) noexcept
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        // Reserved in grow(): pushing back cannot allocate.
+        free_.push_back(sctx.sp);
+    }
+
+    std::size_t stack_size() const noexcept { return stack_size_; }
+
+    std::size_t capacity() const noexcept
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return capacity_;
+    }
+
+private:
+    // Doubles the pool (at least 16 stacks, at most 4,096 more at a time), so
+    // that ten thousand fibers cost a handful of mappings.
+    void grow()
+    {
+        const std::size_t count = std::clamp<std::size_t>(capacity_, 16, 4096);
+        free_.reserve(capacity_ + count);
+        mappings_.reserve(mappings_.size() + 1);
+        const std::size_t bytes = count * slot_;
+        void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (base == MAP_FAILED)
+            throw std::bad_alloc();
+        mappings_.emplace_back(base, bytes);
+        auto* p = static_cast<char*>(base);
+        for (std::size_t i = 0; i < count; ++i, p += slot_) {
+            // The lowest page of each slot is its guard: stacks grow down.
+            ::mprotect(p, page_, PROT_NONE);
+            free_.push_back(p + slot_);
+        }
+        capacity_ += count;
+    }
+
+    const std::size_t page_;
+    const std::size_t stack_size_;
+    const std::size_t slot_; // guard page + stack
+    mutable std::mutex mutex_;
+    std::vector<void*> free_; // stack tops
+    std::vector<std::pair<void*, std::size_t>> mappings_;
+    std::size_t capacity_ = 0;
+};
+
+} // namespace detail
+
+stack_pool::stack_pool(std::size_t stack_size)
+{
+    if (stack_size < 16 * 1024)
+        throw std::invalid_argument("zmq::green::stack_pool: stack size " + std::to_string(stack_size)
+                                    + " is below the 16 KiB minimum");
+    storage_ = std::make_shared<detail::stack_storage>(stack_size);
+}
+
+boost::context::stack_context stack_pool::allocate() { return storage_->allocate(); }
+
+void stack_pool::deallocate(boost::context::stack_context& sctx) noexcept
+{
+    storage_->deallocate(sctx);
+}
+
+std::size_t stack_pool::stack_size() const noexcept { return storage_->stack_size(); }
+
+std::size_t stack_pool::capacity() const noexcept { return storage_->capacity(); }
+
+} // namespace zmq::green
