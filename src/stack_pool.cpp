@@ -75,6 +75,9 @@ private:
         auto* p = static_cast<char*>(base);
         for (std::size_t i = 0; i < count; ++i, p += slot_) {
             // The lowest page of each slot is its guard: stacks grow down.
+            // Each guard splits the mapping; past the kernel's limit on
+            // mappings (vm.max_map_count, some 30,000 stacks) mprotect fails
+            // and the stack works on without one, rather than fail the fiber.
             ::mprotect(p, page_, PROT_NONE);
             free_.push_back(p + slot_);
         }
