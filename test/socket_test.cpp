@@ -269,11 +269,9 @@ TEST_F(socket, hundred_thousand_ping_pongs_without_the_fallback)
 {
     green::hub& h = green::hub::current();
     h.set_fallback_interval(0ms); // a missed edge would hang: the test times out
-    green::socket_t a(ctx, zmq::socket_type::pair);
-    green::socket_t b(ctx, zmq::socket_type::pair);
-    const auto ep = test::unique_inproc();
-    a.bind(ep);
-    b.connect(ep);
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    auto& a = p.a;
+    auto& b = p.b;
     constexpr int rounds = 100000;
     test::run_fibers({[&] {
                           zmq::message_t m;
@@ -297,11 +295,9 @@ TEST_F(socket, hundred_thousand_ping_pongs_without_the_fallback)
 // after the first needs an epoll wake-up.
 TEST_F(socket, req_rep_fibers_of_one_hub_answer_without_epoll_wakeups)
 {
-    green::socket_t rep(ctx, zmq::socket_type::rep);
-    green::socket_t req(ctx, zmq::socket_type::req);
-    const auto ep = test::unique_inproc();
-    rep.bind(ep);
-    req.connect(ep);
+    test::bound_pair p(ctx, zmq::socket_type::rep, zmq::socket_type::req, test::unique_inproc());
+    auto& rep = p.a;
+    auto& req = p.b;
     constexpr int warm_up = 10, rounds = 1000;
     std::uint64_t wakeups_after_warm_up = 0;
     test::run_fibers({[&] {

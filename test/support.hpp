@@ -51,14 +51,16 @@ inline std::string unique_inproc()
     return "inproc://test-" + std::to_string(n++);
 }
 
-// t1 binds to a random loopback tcp port, t2 connects; linger 0 on both.
+// t1 binds (by default to a random loopback tcp port), t2 connects; linger 0
+// on both.
 struct bound_pair {
-    bound_pair(zmq::green::context_t& ctx, zmq::socket_type t1, zmq::socket_type t2)
+    bound_pair(zmq::green::context_t& ctx, zmq::socket_type t1, zmq::socket_type t2,
+               const std::string& endpoint = "tcp://127.0.0.1:*")
         : a(ctx, t1), b(ctx, t2)
     {
         a.set(zmq::sockopt::linger, 0);
         b.set(zmq::sockopt::linger, 0);
-        a.bind("tcp://127.0.0.1:*");
+        a.bind(endpoint);
         b.connect(a.get(zmq::sockopt::last_endpoint));
     }
     zmq::green::socket_t a;
