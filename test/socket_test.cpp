@@ -1,5 +1,8 @@
 #include "support.hpp"
 
+#include <poll.h>
+#include <unistd.h>
+
 #include <thread>
 
 using namespace std::chrono_literals;
@@ -355,6 +358,131 @@ TEST_F(socket, req_to_a_rep_thread_while_another_fiber_waits)
                           idle.close();
                       }});
     replier.join();
+}
+
+// A plain blocking REP that echoes up to `rounds` int requests in its own
+// thread, giving up after 5 s without one (so a failed test cannot hang).
+class echo_rep_thread {
+public:
+    echo_rep_thread(zmq::green::context_t& ctx, int rounds)
+        : rep_(zmq_socket(ctx.handle(), ZMQ_REP))
+    {
+        EXPECT_NE(rep_, nullptr);
+        EXPECT_EQ(zmq_bind(rep_, "tcp://127.0.0.1:*"), 0);
+        char ep[256];
+        size_t size = sizeof ep;
+        EXPECT_EQ(zmq_getsockopt(rep_, ZMQ_LAST_ENDPOINT, ep, &size), 0);
+        endpoint = ep;
+        const int timeout_ms = 5000;
+        zmq_setsockopt(rep_, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
+        thread_ = std::thread([this, rounds] {
+            for (int i = 0; i < rounds; ++i) {
+                int n = 0;
+                if (zmq_recv(rep_, &n, sizeof n, 0) < 0)
+                    return;
+                zmq_send(rep_, &n, sizeof n, 0);
+            }
+        });
+    }
+    ~echo_rep_thread()
+    {
+        thread_.join();
+        int linger = 0;
+        zmq_setsockopt(rep_, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(rep_);
+    }
+    std::string endpoint;
+
+private:
+    void* rep_;
+    std::thread thread_;
+};
+
+// The reply's edge came (the hub saw it while the requester waited on
+// something else) before the receive: libzmq has not processed the reply's
+// command, and no second edge will come for it.
+TEST_F(socket, req_receives_a_reply_whose_edge_came_before_the_receive)
+{
+    constexpr int rounds = 20;
+    echo_rep_thread rep(ctx, rounds);
+    green::socket_t req(ctx, zmq::socket_type::req);
+    req.set(zmq::sockopt::linger, 0);
+    req.connect(rep.endpoint);
+    // A second fd on the socket's eventfd: waiting on it runs the hub's
+    // epoll, which reports the same edge to the socket.
+    const int signal_fd = ::dup(req.get(zmq::sockopt::fd));
+    ASSERT_GE(signal_fd, 0);
+    for (int i = 0; i < rounds; ++i) {
+        req.send(zmq::buffer(&i, sizeof i));
+        ASSERT_TRUE(green::wait_readable(signal_fd, 5s));
+        zmq::message_t m;
+        ASSERT_TRUE(req.recv(m));
+        ASSERT_EQ(*m.data<int>(), i);
+    }
+    ::close(signal_fd);
+}
+
+// A bind between the send and the receive processes libzmq's commands,
+// which may take the reply's signal: the receive must look for it.
+TEST_F(socket, req_receives_a_reply_whose_signal_a_bind_took)
+{
+    constexpr int rounds = 20;
+    echo_rep_thread rep(ctx, rounds);
+    green::socket_t req(ctx, zmq::socket_type::req);
+    req.set(zmq::sockopt::linger, 0);
+    req.connect(rep.endpoint);
+    const int fd = req.get(zmq::sockopt::fd);
+    for (int i = 0; i < rounds; ++i) {
+        req.send(zmq::buffer(&i, sizeof i));
+        // Block the thread, so the hub sees no edge, until the reply has
+        // signalled the socket.
+        pollfd pfd{fd, POLLIN, 0};
+        ASSERT_EQ(::poll(&pfd, 1, 5000), 1);
+        req.bind(test::unique_inproc());
+        zmq::message_t m;
+        ASSERT_TRUE(req.recv(m));
+        ASSERT_EQ(*m.data<int>(), i);
+    }
+}
+
+// Two repliers, each sending a late copy of the reply the other gives: the
+// requester's libzmq drops those inside a failed receive, and the fiber
+// still wakes for its real reply.
+TEST_F(socket, req_ignores_late_replies_from_its_other_peer)
+{
+    green::socket_t req(ctx, zmq::socket_type::req);
+    req.set(zmq::sockopt::linger, 0);
+    req.set(zmq::sockopt::routing_id, "requester");
+    req.set(zmq::sockopt::req_correlate, true);
+    std::vector<green::socket_t> routers;
+    for (int r = 0; r < 2; ++r) {
+        routers.emplace_back(ctx, zmq::socket_type::router);
+        routers.back().set(zmq::sockopt::linger, 0);
+        routers.back().bind("tcp://127.0.0.1:*");
+        req.connect(routers.back().get(zmq::sockopt::last_endpoint));
+    }
+    constexpr int rounds = 200;
+    test::run_fibers({[&] {
+                          for (int n = 0; n < rounds; ++n) {
+                              std::vector<zmq_pollitem_t> items{
+                                  {routers[0].handle(), 0, ZMQ_POLLIN, 0},
+                                  {routers[1].handle(), 0, ZMQ_POLLIN, 0}};
+                              ASSERT_GE(green::poll(items, 5000), 1);
+                              auto& self = routers[items[0].revents & ZMQ_POLLIN ? 0 : 1];
+                              auto& other = routers[&self == &routers[0] ? 1 : 0];
+                              const test::strings request = test::recv_strs(self);
+                              // routing id, request id, delimiter, body
+                              ASSERT_EQ(request.size(), 4u);
+                              test::send_strs(other, {request[0], request[1], "", "late"});
+                              test::send_strs(self, request);
+                          }
+                      },
+                      [&] {
+                          for (int i = 0; i < rounds; ++i) {
+                              req.send(zmq::buffer(std::to_string(i)));
+                              ASSERT_EQ(recv_str(req), std::to_string(i));
+                          }
+                      }});
 }
 
 TEST_F(socket, tcp_ping_pong_across_two_threads)
