@@ -27,8 +27,6 @@ namespace zmq::green::detail {
 
 namespace {
 
-thread_local reactor* this_thread_reactor = nullptr;
-
 // epoll_event.data.ptr for the eventfd that other threads write.
 char wakefd_tag;
 
@@ -195,8 +193,6 @@ reactor::~reactor()
     ::close(level_epfd_);
     ::close(epfd_);
 }
-
-reactor* reactor::current() noexcept { return this_thread_reactor; }
 
 void reactor::detach_hub() noexcept
 {

@@ -87,6 +87,12 @@ struct fd_watch final : io_source {
     int users = 0;
 };
 
+class reactor;
+
+// The calling thread's reactor. Every socket call checks it, so it is read
+// inline rather than through a call into reactor.cpp.
+inline thread_local reactor* this_thread_reactor = nullptr;
+
 class reactor {
 public:
     explicit reactor(hub& h);
@@ -95,7 +101,7 @@ public:
     reactor& operator=(const reactor&) = delete;
 
     // The reactor of the calling thread's hub, or nullptr.
-    static reactor* current() noexcept;
+    static reactor* current() noexcept { return this_thread_reactor; }
 
     bool alive() const noexcept { return hub_ != nullptr; }
     void detach_hub() noexcept;

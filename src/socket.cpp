@@ -119,16 +119,29 @@ namespace {
 
 zmq::error_t not_a_socket() { return zmq::error_t(ENOTSOCK); }
 
+// Out of line, so that the check on every call stays a compare and a branch.
+[[noreturn]] __attribute__((noinline, cold)) void throw_foreign_thread()
+{
+    throw thread_error("zmq::green socket used from a thread that does not own it: "
+                       "a green socket belongs to the thread that created it");
+}
+
+// The core of an open socket (nullptr once closed), if this thread owns it.
+inline __attribute__((always_inline)) socket_core* owned(socket_core* core)
+{
+    if (core != nullptr && reactor::current() != &core->owner)
+        throw_foreign_thread();
+    return core;
+}
+
 } // namespace
 
 void* socket_base::checked_handle() const
 {
-    if (core_ == nullptr)
-        return nullptr; // libzmq reports ENOTSOCK, as for a closed cppzmq socket
-    if (reactor::current() != &core_->owner)
-        throw thread_error("zmq::green socket used from a thread that does not own it: "
-                           "a green socket belongs to the thread that created it");
-    return core_->handle;
+    socket_core* core = owned(core_);
+    // A closed socket has no handle: libzmq reports ENOTSOCK, as for a
+    // closed cppzmq socket.
+    return core != nullptr ? core->handle : nullptr;
 }
 
 void socket_base::events_read() const noexcept { core_->after_op(); }
@@ -185,9 +198,10 @@ int green_recv(socket_core& core, recv_flags flags, Call call)
 
 socket_core& socket_base::checked_core() const
 {
-    if (checked_handle() == nullptr)
+    socket_core* core = owned(core_);
+    if (core == nullptr)
         throw not_a_socket();
-    return *core_;
+    return *core;
 }
 
 send_result_t socket_base::send(const_buffer buf, send_flags flags)
