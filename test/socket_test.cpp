@@ -384,6 +384,14 @@ public:
             }
         });
     }
+    // A REQ socket of this thread's hub, connected to the echo.
+    zmq::green::socket_t connected_req(zmq::green::context_t& ctx) const
+    {
+        zmq::green::socket_t req(ctx, zmq::socket_type::req);
+        req.set(zmq::sockopt::linger, 0);
+        req.connect(endpoint);
+        return req;
+    }
     ~echo_rep_thread()
     {
         thread_.join();
@@ -405,9 +413,7 @@ TEST_F(socket, req_receives_a_reply_whose_edge_came_before_the_receive)
 {
     constexpr int rounds = 20;
     echo_rep_thread rep(ctx, rounds);
-    green::socket_t req(ctx, zmq::socket_type::req);
-    req.set(zmq::sockopt::linger, 0);
-    req.connect(rep.endpoint);
+    green::socket_t req = rep.connected_req(ctx);
     // A second fd on the socket's eventfd: waiting on it runs the hub's
     // epoll, which reports the same edge to the socket.
     const int signal_fd = ::dup(req.get(zmq::sockopt::fd));
@@ -428,9 +434,7 @@ TEST_F(socket, req_receives_a_reply_whose_signal_a_bind_took)
 {
     constexpr int rounds = 20;
     echo_rep_thread rep(ctx, rounds);
-    green::socket_t req(ctx, zmq::socket_type::req);
-    req.set(zmq::sockopt::linger, 0);
-    req.connect(rep.endpoint);
+    green::socket_t req = rep.connected_req(ctx);
     const int fd = req.get(zmq::sockopt::fd);
     for (int i = 0; i < rounds; ++i) {
         req.send(zmq::buffer(&i, sizeof i));
