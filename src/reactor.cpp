@@ -213,7 +213,7 @@ wake_reason reactor::park(park_slot& slot, bool interruptible) noexcept
             if (std::exchange(state->kill_pending, false))
                 return slot.reason = wake_reason::cancelled;
             if (state->deadline <= slot.deadline) {
-                if (state->deadline <= clock::now())
+                if (passed(state->deadline))
                     return slot.reason = wake_reason::scope_timeout;
                 slot.deadline = state->deadline;
                 scoped = true;
@@ -320,7 +320,7 @@ void reactor::run(clock::time_point until, bool block) noexcept
     expire_deadlines();
     if (parked_socket_waits_ == 0)
         next_sweep_ = no_deadline;
-    else if (next_sweep_ <= clock::now())
+    else if (passed(next_sweep_))
         fallback_sweep();
     fresh_ = true;
 }
@@ -474,7 +474,7 @@ bool reactor::wait_fd(int fd, short events, clock::time_point deadline)
                                     "zmq::green: cannot wait on fd " + std::to_string(fd));
         if (rc > 0)
             return true;
-        if (deadline <= clock::now())
+        if (passed(deadline))
             return false;
         park_slot slot;
         slot.deadline = deadline;

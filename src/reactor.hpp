@@ -22,6 +22,13 @@ namespace zmq::green::detail {
 using clock = std::chrono::steady_clock;
 constexpr clock::time_point no_deadline = clock::time_point::max();
 
+// Whether deadline has come; waits without one (the common case) skip the
+// clock read.
+inline bool passed(clock::time_point deadline) noexcept
+{
+    return deadline != no_deadline && deadline <= clock::now();
+}
+
 using auto_unlink = boost::intrusive::link_mode<boost::intrusive::auto_unlink>;
 
 // Why a parked fiber woke. scope_timeout and cancelled interrupt a green wait:

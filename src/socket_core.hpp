@@ -233,7 +233,7 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
                 continue;
             }
         }
-        if (get_deadline() != no_deadline && deadline <= clock::now()) {
+        if (passed(get_deadline())) {
             release(dir);
             errno = EAGAIN;
             return -1;
