@@ -7,6 +7,7 @@
 
 #include <zmq.h>
 
+#include <cassert>
 #include <stdexcept>
 
 namespace zmq::green {
@@ -35,7 +36,16 @@ hub& hub::current()
 
 hub* hub::installed() noexcept { return this_thread_hub; }
 
-void hub::awakened(boost::fibers::context* ctx) noexcept { ctx->ready_link(rqueue_); }
+// Boost.Fiber keeps its dispatcher in the ready queue while any other fiber
+// runs, so pick_next is the dispatcher's call exactly when the dispatcher is
+// not queued. Tracking that here spares a context::active() per switch (two
+// thread-local lookups in a shared library); debug builds check it.
+void hub::awakened(boost::fibers::context* ctx) noexcept
+{
+    if (ctx->is_context(boost::fibers::type::dispatcher_context))
+        dispatcher_queued_ = true;
+    ctx->ready_link(rqueue_);
+}
 
 boost::fibers::context* hub::pick_next() noexcept
 {
@@ -43,8 +53,10 @@ boost::fibers::context* hub::pick_next() noexcept
     // just come back from epoll, look for fd events without blocking, so that
     // fibers that never park cannot starve the ones waiting for an fd. The
     // fibers that yielded behind this poll follow the ones it woke.
-    if (boost::fibers::context::active()->is_context(boost::fibers::type::dispatcher_context)
-        && (!rqueue_.empty() || reactor_->has_deferred())) {
+    const bool by_dispatcher = !dispatcher_queued_;
+    assert(by_dispatcher
+           == boost::fibers::context::active()->is_context(boost::fibers::type::dispatcher_context));
+    if (by_dispatcher && (!rqueue_.empty() || reactor_->has_deferred())) {
         reactor_->poll_unless_fresh();
         reactor_->release_deferred();
     }
@@ -52,6 +64,8 @@ boost::fibers::context* hub::pick_next() noexcept
         return nullptr;
     boost::fibers::context* ctx = &rqueue_.front();
     rqueue_.pop_front();
+    if (ctx->is_context(boost::fibers::type::dispatcher_context))
+        dispatcher_queued_ = false;
     return ctx;
 }
 

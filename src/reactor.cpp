@@ -5,6 +5,8 @@
 #include <zmq/green/task.hpp>
 #include <zmq/green/timeout.hpp>
 
+#include <boost/fiber/scheduler.hpp>
+
 #include <zmq.h>
 
 #include <sys/epoll.h>
@@ -203,7 +205,8 @@ void reactor::detach_hub() noexcept
 
 wake_reason reactor::park(park_slot& slot, bool interruptible) noexcept
 {
-    slot.ctx = boost::fibers::context::active();
+    if (slot.ctx == nullptr)
+        slot.ctx = boost::fibers::context::active();
     slot.reason = wake_reason::none;
     fiber_state* state = nullptr;
     bool scoped = false;
@@ -267,7 +270,9 @@ bool reactor::wake(park_slot& slot, wake_reason why) noexcept
     slot.reason = why;
     if (slot.is_linked())
         slot.unlink();
-    boost::fibers::context::active()->schedule(slot.ctx);
+    // Only the owning thread wakes its fibers, so slot.ctx's scheduler is this
+    // thread's: context::schedule would find that out with a context::active().
+    slot.ctx->get_scheduler()->schedule(slot.ctx);
     return true;
 }
 

@@ -38,7 +38,7 @@ enum class wake_reason : unsigned char { none, event, timeout, closed, scope_tim
 // A parked fiber. Whoever wakes it first (an event, its deadline, a close)
 // decides why; later wake attempts are ignored, so it is scheduled once.
 struct park_slot : boost::intrusive::set_base_hook<auto_unlink> {
-    boost::fibers::context* ctx = nullptr;
+    boost::fibers::context* ctx = nullptr; // park() sets it unless the caller knows it
     clock::time_point deadline = no_deadline;
     wake_reason reason = wake_reason::none;
 };

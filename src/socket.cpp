@@ -73,10 +73,11 @@ void socket_core::release(direction& dir) noexcept
     }
 }
 
-wake_reason socket_core::wait_ready(short event, clock::time_point deadline,
-                                    bool interruptible) noexcept
+wake_reason socket_core::wait_ready(boost::fibers::context* self, short event,
+                                    clock::time_point deadline, bool interruptible) noexcept
 {
     park_slot slot;
+    slot.ctx = self;
     slot.deadline = deadline;
     wait_node node(slot, event);
     waiters.push_back(node);
@@ -175,10 +176,10 @@ namespace {
 
 // A send: sndmore decides whether the message continues.
 template<class Call>
-int green_send(socket_core& core, send_flags flags, Call call)
+int green_send(socket_core& core, boost::fibers::context*& caller, send_flags flags, Call call)
 {
     const int f = static_cast<int>(flags);
-    return core.perform(core.send_dir, ZMQ_POLLOUT, f & ZMQ_DONTWAIT, ZMQ_SNDTIMEO,
+    return core.perform(core.send_dir, ZMQ_POLLOUT, f & ZMQ_DONTWAIT, ZMQ_SNDTIMEO, caller,
                         [&](bool& more) {
                             more = f & ZMQ_SNDMORE;
                             return call(f | ZMQ_DONTWAIT);
@@ -187,10 +188,10 @@ int green_send(socket_core& core, send_flags flags, Call call)
 
 // A receive: call sets more from the frame it got.
 template<class Call>
-int green_recv(socket_core& core, recv_flags flags, Call call)
+int green_recv(socket_core& core, boost::fibers::context*& caller, recv_flags flags, Call call)
 {
     const int f = static_cast<int>(flags);
-    return core.perform(core.recv_dir, ZMQ_POLLIN, f & ZMQ_DONTWAIT, ZMQ_RCVTIMEO,
+    return core.perform(core.recv_dir, ZMQ_POLLIN, f & ZMQ_DONTWAIT, ZMQ_RCVTIMEO, caller,
                         [&](bool& more) { return call(f | ZMQ_DONTWAIT, more); });
 }
 
@@ -206,8 +207,28 @@ socket_core& socket_base::checked_core() const
 
 send_result_t socket_base::send(const_buffer buf, send_flags flags)
 {
-    socket_core& core = checked_core();
-    const int rc = green_send(core, flags, [&](int f) {
+    return message_frames(*this).send(buf, flags);
+}
+
+send_result_t socket_base::send(message_t& msg, send_flags flags)
+{
+    return message_frames(*this).send(msg, flags);
+}
+
+recv_buffer_result_t socket_base::recv(mutable_buffer buf, recv_flags flags)
+{
+    return message_frames(*this).recv(buf, flags);
+}
+
+recv_result_t socket_base::recv(message_t& msg, recv_flags flags)
+{
+    return message_frames(*this).recv(msg, flags);
+}
+
+send_result_t message_frames::send(const_buffer buf, send_flags flags)
+{
+    socket_core& core = socket_.checked_core();
+    const int rc = green_send(core, caller_, flags, [&](int f) {
         return zmq_send(core.handle, buf.data(), buf.size(), f);
     });
     if (rc < 0)
@@ -215,20 +236,21 @@ send_result_t socket_base::send(const_buffer buf, send_flags flags)
     return static_cast<size_t>(rc);
 }
 
-send_result_t socket_base::send(message_t& msg, send_flags flags)
+send_result_t message_frames::send(message_t& msg, send_flags flags)
 {
-    socket_core& core = checked_core();
-    const int rc = green_send(core, flags,
-                              [&](int f) { return zmq_msg_send(msg.handle(), core.handle, f); });
+    socket_core& core = socket_.checked_core();
+    const int rc = green_send(core, caller_, flags, [&](int f) {
+        return zmq_msg_send(msg.handle(), core.handle, f);
+    });
     if (rc < 0)
         return {};
     return static_cast<size_t>(rc);
 }
 
-recv_buffer_result_t socket_base::recv(mutable_buffer buf, recv_flags flags)
+recv_buffer_result_t message_frames::recv(mutable_buffer buf, recv_flags flags)
 {
-    socket_core& core = checked_core();
-    const int rc = green_recv(core, flags, [&](int f, bool& more) {
+    socket_core& core = socket_.checked_core();
+    const int rc = green_recv(core, caller_, flags, [&](int f, bool& more) {
         const int n = zmq_recv(core.handle, buf.data(), buf.size(), f);
         if (n >= 0) {
             int rcvmore = 0;
@@ -244,10 +266,10 @@ recv_buffer_result_t socket_base::recv(mutable_buffer buf, recv_flags flags)
                             static_cast<size_t>(rc)};
 }
 
-recv_result_t socket_base::recv(message_t& msg, recv_flags flags)
+recv_result_t message_frames::recv(message_t& msg, recv_flags flags)
 {
-    socket_core& core = checked_core();
-    const int rc = green_recv(core, flags, [&](int f, bool& more) {
+    socket_core& core = socket_.checked_core();
+    const int rc = green_recv(core, caller_, flags, [&](int f, bool& more) {
         const int n = zmq_msg_recv(msg.handle(), core.handle, f);
         more = n >= 0 && msg.more();
         return n;

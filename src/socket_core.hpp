@@ -64,10 +64,13 @@ public:
     // Runs op, a non-blocking libzmq call (returns >= 0, or -1 with errno),
     // in direction dir, parking the fiber until the socket has `event` as
     // needed. op sets its bool argument when the message continues.
+    // caller is the calling fiber if known, else null; perform fills it in
+    // when it needs it, so the frames of one message look it up once.
     // Returns op's result, or -1 for "would block" (dontwait or the
     // timeout option timeo_option passed); throws zmq::error_t otherwise.
     template<class Op>
-    int perform(direction& dir, short event, bool dontwait, int timeo_option, Op&& op);
+    int perform(direction& dir, short event, bool dontwait, int timeo_option,
+                boost::fibers::context*& caller, Op&& op);
 
     // Wakes every waiter with ENOTSOCK and closes the libzmq socket.
     void close() noexcept;
@@ -102,7 +105,8 @@ private:
     // Queues for dir and parks until it is handed over. False on timeout.
     bool acquire(direction& dir, clock::time_point deadline);
     void release(direction& dir) noexcept;
-    wake_reason wait_ready(short event, clock::time_point deadline, bool interruptible) noexcept;
+    wake_reason wait_ready(boost::fibers::context* self, short event,
+                           clock::time_point deadline, bool interruptible) noexcept;
     clock::time_point deadline_from_option(int timeo_option) const noexcept;
     [[noreturn]] void throw_closed() const;
 
@@ -122,8 +126,15 @@ private:
 };
 
 template<class Op>
-int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_option, Op&& op)
+int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_option,
+                         boost::fibers::context*& caller, Op&& op)
 {
+    // context::active() costs two thread-local lookups in another library.
+    auto caller_ctx = [&caller] {
+        if (caller == nullptr)
+            caller = boost::fibers::context::active();
+        return caller;
+    };
     bool more = false;
     bool just_tried = false;
     // A lockstep socket that has just sent waits for an answer the peer has
@@ -144,7 +155,7 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
         const int rc = op(more);
         if (rc >= 0) {
             if (more)
-                dir.owner = boost::fibers::context::active();
+                dir.owner = caller_ctx();
             else
                 completed(event);
             return rc;
@@ -163,7 +174,7 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
     }
 
     core_guard keep(*this);
-    auto* self = boost::fibers::context::active();
+    boost::fibers::context* const self = caller_ctx();
     clock::time_point deadline{};
     bool have_deadline = false;
     auto get_deadline = [&] {
@@ -238,7 +249,7 @@ int socket_core::perform(direction& dir, short event, bool dontwait, int timeo_o
             errno = EAGAIN;
             return -1;
         }
-        const wake_reason why = wait_ready(event, deadline, !continuing);
+        const wake_reason why = wait_ready(self, event, deadline, !continuing);
         if (why == wake_reason::timeout || why == wake_reason::scope_timeout
             || why == wake_reason::cancelled) {
             release(dir);

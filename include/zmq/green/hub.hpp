@@ -65,6 +65,7 @@ private:
 
     boost::fibers::scheduler::ready_queue_type rqueue_{};
     std::shared_ptr<detail::reactor> reactor_;
+    bool dispatcher_queued_ = false;
 };
 
 // Park the calling fiber until fd is readable (writable), or the timeout

@@ -18,11 +18,12 @@ template<class OutputIt>
 ZMQ_NODISCARD recv_result_t recv_multipart(socket_ref s, OutputIt out,
                                            recv_flags flags = recv_flags::none)
 {
+    detail::message_frames frames(s);
     size_t count = 0;
     for (bool more = true; more; ++count) {
         message_t msg;
         // Frames after the first are already here: libzmq delivers messages whole.
-        if (!s.recv(msg, count == 0 ? flags : recv_flags::none))
+        if (!frames.recv(msg, count == 0 ? flags : recv_flags::none))
             return {};
         more = msg.more();
         *out++ = std::move(msg);
@@ -36,12 +37,13 @@ template<class OutputIt>
 ZMQ_NODISCARD recv_result_t recv_multipart_n(socket_ref s, OutputIt out, size_t n,
                                              recv_flags flags = recv_flags::none)
 {
+    detail::message_frames frames(s);
     size_t count = 0;
     for (bool more = true; more; ++count) {
         if (count >= n)
             throw std::runtime_error("Too many message parts in recv_multipart_n");
         message_t msg;
-        if (!s.recv(msg, count == 0 ? flags : recv_flags::none))
+        if (!frames.recv(msg, count == 0 ? flags : recv_flags::none))
             return {};
         more = msg.more();
         *out++ = std::move(msg);
@@ -63,11 +65,12 @@ send_result_t send_multipart(socket_ref s, Range&& msgs, send_flags flags = send
     using std::end;
     auto it = begin(msgs);
     const auto last = end(msgs);
+    detail::message_frames frames(s);
     size_t count = 0;
     while (it != last) {
         const auto next = std::next(it);
         const auto frame_flags = flags | (next == last ? send_flags::none : send_flags::sndmore);
-        if (!s.send(*it, frame_flags))
+        if (!frames.send(*it, frame_flags))
             return {};
         ++count;
         it = next;

@@ -13,6 +13,10 @@
 #include <type_traits>
 #include <utility>
 
+namespace boost::fibers {
+class context;
+}
+
 namespace zmq::green {
 
 class socket_t;
@@ -21,6 +25,7 @@ class socket_ref;
 namespace detail {
 
 class socket_core;
+class message_frames;
 
 // The operations shared by socket_t and socket_ref, as in cppzmq.
 //
@@ -92,7 +97,27 @@ protected:
     socket_core& checked_core() const;
 
 private:
+    friend class message_frames;
+
     void events_read() const noexcept;
+};
+
+// The frames of one message, sent or received one after the other by the
+// same fiber (send_multipart, recv_multipart): the fiber is looked up once
+// for the message instead of once per frame. socket_base's send and recv are
+// a message_frames of their own.
+class message_frames {
+public:
+    explicit message_frames(socket_base& socket) noexcept : socket_(socket) {}
+
+    send_result_t send(const_buffer buf, send_flags flags);
+    send_result_t send(message_t& msg, send_flags flags);
+    recv_buffer_result_t recv(mutable_buffer buf, recv_flags flags);
+    recv_result_t recv(message_t& msg, recv_flags flags);
+
+private:
+    socket_base& socket_;
+    boost::fibers::context* caller_ = nullptr;
 };
 
 } // namespace detail
