@@ -172,11 +172,24 @@ ZMQ_GREEN_ENDPOINT_CALL(connect)
 ZMQ_GREEN_ENDPOINT_CALL(disconnect)
 #undef ZMQ_GREEN_ENDPOINT_CALL
 
+socket_core& socket_base::checked_core() const
+{
+    socket_core* core = owned(core_);
+    if (core == nullptr)
+        throw not_a_socket();
+    return *core;
+}
+
 namespace {
+
+// Every operation is inlined into the socket_base and the message_frames
+// member that run it, so that a lone call keeps its caller in a register.
+#define ZMQ_GREEN_INLINE inline __attribute__((always_inline))
 
 // A send: sndmore decides whether the message continues.
 template<class Call>
-int green_send(socket_core& core, boost::fibers::context*& caller, send_flags flags, Call call)
+ZMQ_GREEN_INLINE int green_send(socket_core& core, boost::fibers::context*& caller,
+                                send_flags flags, Call call)
 {
     const int f = static_cast<int>(flags);
     return core.perform(core.send_dir, ZMQ_POLLOUT, f & ZMQ_DONTWAIT, ZMQ_SNDTIMEO, caller,
@@ -188,47 +201,19 @@ int green_send(socket_core& core, boost::fibers::context*& caller, send_flags fl
 
 // A receive: call sets more from the frame it got.
 template<class Call>
-int green_recv(socket_core& core, boost::fibers::context*& caller, recv_flags flags, Call call)
+ZMQ_GREEN_INLINE int green_recv(socket_core& core, boost::fibers::context*& caller,
+                                recv_flags flags, Call call)
 {
     const int f = static_cast<int>(flags);
     return core.perform(core.recv_dir, ZMQ_POLLIN, f & ZMQ_DONTWAIT, ZMQ_RCVTIMEO, caller,
                         [&](bool& more) { return call(f | ZMQ_DONTWAIT, more); });
 }
 
-} // namespace
-
-socket_core& socket_base::checked_core() const
+// The four operations; a socket_base call is a message of its own.
+ZMQ_GREEN_INLINE send_result_t send_buffer(socket_core& core, boost::fibers::context*& caller,
+                                           const_buffer buf, send_flags flags)
 {
-    socket_core* core = owned(core_);
-    if (core == nullptr)
-        throw not_a_socket();
-    return *core;
-}
-
-send_result_t socket_base::send(const_buffer buf, send_flags flags)
-{
-    return message_frames(*this).send(buf, flags);
-}
-
-send_result_t socket_base::send(message_t& msg, send_flags flags)
-{
-    return message_frames(*this).send(msg, flags);
-}
-
-recv_buffer_result_t socket_base::recv(mutable_buffer buf, recv_flags flags)
-{
-    return message_frames(*this).recv(buf, flags);
-}
-
-recv_result_t socket_base::recv(message_t& msg, recv_flags flags)
-{
-    return message_frames(*this).recv(msg, flags);
-}
-
-send_result_t message_frames::send(const_buffer buf, send_flags flags)
-{
-    socket_core& core = socket_.checked_core();
-    const int rc = green_send(core, caller_, flags, [&](int f) {
+    const int rc = green_send(core, caller, flags, [&](int f) {
         return zmq_send(core.handle, buf.data(), buf.size(), f);
     });
     if (rc < 0)
@@ -236,10 +221,10 @@ send_result_t message_frames::send(const_buffer buf, send_flags flags)
     return static_cast<size_t>(rc);
 }
 
-send_result_t message_frames::send(message_t& msg, send_flags flags)
+ZMQ_GREEN_INLINE send_result_t send_message(socket_core& core, boost::fibers::context*& caller,
+                                            message_t& msg, send_flags flags)
 {
-    socket_core& core = socket_.checked_core();
-    const int rc = green_send(core, caller_, flags, [&](int f) {
+    const int rc = green_send(core, caller, flags, [&](int f) {
         return zmq_msg_send(msg.handle(), core.handle, f);
     });
     if (rc < 0)
@@ -247,10 +232,11 @@ send_result_t message_frames::send(message_t& msg, send_flags flags)
     return static_cast<size_t>(rc);
 }
 
-recv_buffer_result_t message_frames::recv(mutable_buffer buf, recv_flags flags)
+ZMQ_GREEN_INLINE recv_buffer_result_t recv_buffer(socket_core& core,
+                                                  boost::fibers::context*& caller,
+                                                  mutable_buffer buf, recv_flags flags)
 {
-    socket_core& core = socket_.checked_core();
-    const int rc = green_recv(core, caller_, flags, [&](int f, bool& more) {
+    const int rc = green_recv(core, caller, flags, [&](int f, bool& more) {
         const int n = zmq_recv(core.handle, buf.data(), buf.size(), f);
         if (n >= 0) {
             int rcvmore = 0;
@@ -266,10 +252,10 @@ recv_buffer_result_t message_frames::recv(mutable_buffer buf, recv_flags flags)
                             static_cast<size_t>(rc)};
 }
 
-recv_result_t message_frames::recv(message_t& msg, recv_flags flags)
+ZMQ_GREEN_INLINE recv_result_t recv_message(socket_core& core, boost::fibers::context*& caller,
+                                            message_t& msg, recv_flags flags)
 {
-    socket_core& core = socket_.checked_core();
-    const int rc = green_recv(core, caller_, flags, [&](int f, bool& more) {
+    const int rc = green_recv(core, caller, flags, [&](int f, bool& more) {
         const int n = zmq_msg_recv(msg.handle(), core.handle, f);
         more = n >= 0 && msg.more();
         return n;
@@ -277,6 +263,54 @@ recv_result_t message_frames::recv(message_t& msg, recv_flags flags)
     if (rc < 0)
         return {};
     return static_cast<size_t>(rc);
+}
+
+#undef ZMQ_GREEN_INLINE
+
+} // namespace
+
+send_result_t socket_base::send(const_buffer buf, send_flags flags)
+{
+    boost::fibers::context* caller = nullptr;
+    return send_buffer(checked_core(), caller, buf, flags);
+}
+
+send_result_t socket_base::send(message_t& msg, send_flags flags)
+{
+    boost::fibers::context* caller = nullptr;
+    return send_message(checked_core(), caller, msg, flags);
+}
+
+recv_buffer_result_t socket_base::recv(mutable_buffer buf, recv_flags flags)
+{
+    boost::fibers::context* caller = nullptr;
+    return recv_buffer(checked_core(), caller, buf, flags);
+}
+
+recv_result_t socket_base::recv(message_t& msg, recv_flags flags)
+{
+    boost::fibers::context* caller = nullptr;
+    return recv_message(checked_core(), caller, msg, flags);
+}
+
+send_result_t message_frames::send(const_buffer buf, send_flags flags)
+{
+    return send_buffer(socket_.checked_core(), caller_, buf, flags);
+}
+
+send_result_t message_frames::send(message_t& msg, send_flags flags)
+{
+    return send_message(socket_.checked_core(), caller_, msg, flags);
+}
+
+recv_buffer_result_t message_frames::recv(mutable_buffer buf, recv_flags flags)
+{
+    return recv_buffer(socket_.checked_core(), caller_, buf, flags);
+}
+
+recv_result_t message_frames::recv(message_t& msg, recv_flags flags)
+{
+    return recv_message(socket_.checked_core(), caller_, msg, flags);
 }
 
 short socket_base::poll(short events, std::chrono::milliseconds timeout)

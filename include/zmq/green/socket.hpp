@@ -104,8 +104,8 @@ private:
 
 // The frames of one message, sent or received one after the other by the
 // same fiber (send_multipart, recv_multipart): the fiber is looked up once
-// for the message instead of once per frame. socket_base's send and recv are
-// a message_frames of their own.
+// for the message instead of once per frame. Otherwise as socket_base's
+// send and recv.
 class message_frames {
 public:
     explicit message_frames(socket_base& socket) noexcept : socket_(socket) {}
