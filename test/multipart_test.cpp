@@ -103,3 +103,43 @@ TEST_F(multipart, frames_of_concurrent_fibers_never_interleave)
     for (int s = 0; s < senders; ++s)
         EXPECT_EQ(next[static_cast<size_t>(s)], per_sender);
 }
+
+TEST_F(multipart, send_multipart_waits_for_a_message_another_fiber_has_begun)
+{
+    green::socket_t push(ctx, zmq::socket_type::push);
+    green::socket_t pull(ctx, zmq::socket_type::pull);
+    const auto ep = test::unique_inproc();
+    pull.bind(ep);
+    push.connect(ep);
+    constexpr int rounds = 20;
+    std::vector<std::function<void()>> fibers;
+    // Frame by frame, yielding inside the message: the others find the
+    // direction owned and must queue behind it.
+    fibers.push_back([&] {
+        for (int i = 0; i < rounds; ++i) {
+            push.send(zmq::str_buffer("a"), zmq::send_flags::sndmore);
+            boost::this_fiber::yield();
+            push.send(zmq::str_buffer("a"), zmq::send_flags::sndmore);
+            boost::this_fiber::yield();
+            push.send(zmq::str_buffer("a"), zmq::send_flags::none);
+        }
+    });
+    for (const char* tag : {"b", "c"})
+        fibers.push_back([&, tag] {
+            const std::array<zmq::const_buffer, 3> frames{zmq::buffer(tag, 1), zmq::buffer(tag, 1),
+                                                          zmq::buffer(tag, 1)};
+            for (int i = 0; i < rounds; ++i) {
+                ASSERT_EQ(green::send_multipart(push, frames), 3u);
+                boost::this_fiber::yield();
+            }
+        });
+    fibers.push_back([&] {
+        for (int n = 0; n < 3 * rounds; ++n) {
+            std::vector<zmq::message_t> msg;
+            ASSERT_EQ(green::recv_multipart(pull, std::back_inserter(msg)), 3u);
+            EXPECT_EQ(msg[1].to_string(), msg[0].to_string());
+            EXPECT_EQ(msg[2].to_string(), msg[0].to_string());
+        }
+    });
+    test::run_fibers(std::move(fibers));
+}
