@@ -172,7 +172,8 @@ ZMQ_GREEN_ENDPOINT_CALL(connect)
 ZMQ_GREEN_ENDPOINT_CALL(disconnect)
 #undef ZMQ_GREEN_ENDPOINT_CALL
 
-socket_core& socket_base::checked_core() const
+// Inline: only this file calls it, on every operation.
+inline socket_core& socket_base::checked_core() const
 {
     socket_core* core = owned(core_);
     if (core == nullptr)
