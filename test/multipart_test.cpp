@@ -106,11 +106,9 @@ TEST_F(multipart, frames_of_concurrent_fibers_never_interleave)
 
 TEST_F(multipart, send_multipart_waits_for_a_message_another_fiber_has_begun)
 {
-    green::socket_t push(ctx, zmq::socket_type::push);
-    green::socket_t pull(ctx, zmq::socket_type::pull);
-    const auto ep = test::unique_inproc();
-    pull.bind(ep);
-    push.connect(ep);
+    test::bound_pair p(ctx, zmq::socket_type::pull, zmq::socket_type::push, test::unique_inproc());
+    green::socket_t& pull = p.a;
+    green::socket_t& push = p.b;
     constexpr int rounds = 20;
     std::vector<std::function<void()>> fibers;
     // Frame by frame, yielding inside the message: the others find the
