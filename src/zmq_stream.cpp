@@ -6,7 +6,9 @@
 #include <cstdio>
 #include <deque>
 #include <iterator>
+#include <memory>
 #include <stdexcept>
+#include <vector>
 
 namespace zmq::green {
 
@@ -16,6 +18,46 @@ namespace {
 
 // Messages a stream receives per loop iteration at most.
 constexpr int recv_burst = 32;
+
+// A user callback that may replace or drop itself while it runs (on_recv,
+// close). Calling it copies nothing: a std::function copy per message cost a
+// heap allocation for any lambda of more than two references. A replaced
+// function lives on, in place, until the outermost call returns.
+template<class Fn>
+class callback_slot {
+public:
+    explicit operator bool() const noexcept { return fn_ != nullptr; }
+
+    void set(Fn fn)
+    {
+        std::unique_ptr<Fn> next = fn ? std::make_unique<Fn>(std::move(fn)) : nullptr;
+        if (running_ > 0 && fn_ != nullptr)
+            retired_.push_back(std::move(fn_));
+        fn_ = std::move(next);
+    }
+
+    // Only when set.
+    template<class... Args>
+    void operator()(Args&&... args)
+    {
+        Fn& fn = *fn_;
+        struct call {
+            callback_slot& slot;
+            explicit call(callback_slot& s) : slot(s) { ++slot.running_; }
+            ~call()
+            {
+                if (--slot.running_ == 0)
+                    slot.retired_.clear();
+            }
+        } running{*this};
+        fn(std::forward<Args>(args)...);
+    }
+
+private:
+    std::unique_ptr<Fn> fn_;
+    int running_ = 0;
+    std::vector<std::unique_ptr<Fn>> retired_;
+};
 
 } // namespace
 
@@ -133,7 +175,23 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     {
         if (flushed || socket_gone())
             return false;
-        zmq_stream::message msg;
+        // The frames go into the storage of the previous message: a vector
+        // allocated per message cost a stream more than the receive itself.
+        // A callback that receives again (flush) finds no spare and
+        // allocates; one that keeps the vector keeps it.
+        zmq_stream::message msg = std::move(spare);
+        msg.clear();
+        struct give_back {
+            zmq_stream::message& msg;
+            zmq_stream::message& spare;
+            ~give_back()
+            {
+                if (spare.capacity() == 0) {
+                    msg.clear();
+                    spare = std::move(msg);
+                }
+            }
+        } keep_storage{msg, spare};
         try {
             if (!recv_multipart(ref, std::back_inserter(msg), recv_flags::dontwait))
                 return false; // nothing (more) to receive
@@ -148,9 +206,8 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
         }
         if (!recv_cb)
             return true; // only flush receives without a callback: the message is dropped
-        auto cb = recv_cb; // the callback may replace itself
         try {
-            cb(msg);
+            recv_cb(msg);
         } catch (...) {
             loop.handle_exception(std::current_exception());
         }
@@ -199,9 +256,8 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     {
         if (!send_cb)
             return;
-        auto cb = send_cb;
         try {
-            cb(msg, status);
+            send_cb(msg, status);
         } catch (...) {
             loop.handle_exception(std::current_exception());
         }
@@ -287,8 +343,8 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             }
         }
         // The callbacks often capture the stream: let those cycles go.
-        recv_cb = nullptr;
-        send_cb = nullptr;
+        recv_cb.set(nullptr);
+        send_cb.set(nullptr);
     }
 
     io_loop& loop;
@@ -296,10 +352,11 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     socket_ref ref;
     socket_core* core = nullptr;
     zmq_stream* facade = nullptr;
-    zmq_stream::recv_callback recv_cb;
-    zmq_stream::send_callback send_cb;
+    callback_slot<zmq_stream::recv_callback> recv_cb;
+    callback_slot<zmq_stream::send_callback> send_cb;
     zmq_stream::close_callback close_cb;
     std::deque<zmq_stream::message> queue;
+    zmq_stream::message spare; // see handle_recv
     bool flushed = false;
     bool is_closed = false;
 };
@@ -331,7 +388,7 @@ zmq_stream::~zmq_stream()
 void zmq_stream::on_recv(recv_callback fn)
 {
     s_->check_open("on_recv");
-    s_->recv_cb = std::move(fn);
+    s_->recv_cb.set(std::move(fn));
     s_->rebuild_io_state();
 }
 
@@ -363,7 +420,7 @@ void zmq_stream::on_recv_stream(recv_stream_callback fn)
 void zmq_stream::on_send(send_callback fn)
 {
     s_->check_open("on_send");
-    s_->send_cb = std::move(fn);
+    s_->send_cb.set(std::move(fn));
 }
 
 void zmq_stream::on_send_stream(send_stream_callback fn)
@@ -393,7 +450,7 @@ void zmq_stream::send_multipart(message msg, send_callback fn)
                                     "least one frame");
     s_->queue.push_back(std::move(msg));
     if (fn)
-        s_->send_cb = std::move(fn);
+        s_->send_cb.set(std::move(fn));
     s_->rebuild_io_state();
 }
 

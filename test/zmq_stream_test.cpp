@@ -379,6 +379,65 @@ TEST_F(zmq_stream, close_inside_a_callback)
     s.pull.close(); // idempotent
 }
 
+// The replaced callback keeps running with its own captures: small ones (held
+// inside std::function) and large ones (on the heap).
+TEST_F(zmq_stream, a_callback_that_replaces_itself_keeps_its_captures)
+{
+    struct state {
+        green::io_loop& loop;
+        push_pull s;
+        std::vector<std::string> seen;
+        green::zmq_stream::recv_callback record_next;
+    } st{loop, push_pull(ctx, loop), {}, {}};
+    st.record_next = [&st](message& m) {
+        st.seen.push_back("next " + m[0].to_string());
+        st.loop.stop();
+    };
+    const int small_tag = 7;
+    auto small = [p = &st, small_tag](message& m) {
+        p->s.pull.on_recv(p->record_next);
+        p->seen.push_back("small " + std::to_string(small_tag) + " " + m[0].to_string());
+    };
+    static_assert(sizeof small <= 16, "std::function keeps it inside itself");
+    st.s.pull.on_recv(small);
+    st.s.push.send_string("1");
+    st.s.push.flush(ZMQ_POLLOUT);
+    ASSERT_EQ(st.s.pull.socket().poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    EXPECT_EQ(st.s.pull.flush(ZMQ_POLLIN, 1), 1u);
+
+    const std::string large_tag(100, 'x');
+    st.s.pull.on_recv([p = &st, large_tag](message& m) {
+        p->s.pull.on_recv(p->record_next);
+        p->seen.push_back("large " + large_tag.substr(0, 3) + " " + m[0].to_string());
+    });
+    st.s.push.send_string("2");
+    st.s.push.send_string("3");
+    loop.start();
+    EXPECT_EQ(st.seen, (std::vector<std::string>{"small 7 1", "large xxx 2", "next 3"}));
+}
+
+// A callback that flushes receives the next message in a nested call; its own
+// message stays as it was.
+TEST_F(zmq_stream, a_flush_inside_on_recv_leaves_the_outer_message_intact)
+{
+    push_pull s(ctx, loop);
+    std::vector<std::string> seen;
+    s.pull.on_recv([&](message& m) {
+        const std::string before = m[0].to_string();
+        if (before == "outer") {
+            EXPECT_EQ(s.pull.flush(ZMQ_POLLIN, 1), 1u);
+        }
+        seen.push_back(before + "=" + m[0].to_string() + "/" + std::to_string(m.size()));
+        if (seen.size() == 2)
+            loop.stop();
+    });
+    s.push.send_multipart(make({"outer"}));
+    s.push.send_multipart(make({"inner", "frame"}));
+    s.push.flush(ZMQ_POLLOUT);
+    loop.start();
+    EXPECT_EQ(seen, (std::vector<std::string>{"inner=inner/2", "outer=outer/1"}));
+}
+
 TEST_F(zmq_stream, destroying_a_stream_inside_its_own_callback)
 {
     auto ep = test::unique_inproc();
