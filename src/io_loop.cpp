@@ -19,6 +19,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -61,13 +62,30 @@ struct loop_timer {
     bool cancelled = false;
 };
 
-struct loop_handler {
+struct loop_state;
+
+// A socket handler watches its socket: the loop reads the socket's level only
+// when the socket may have changed (or was ready last time), so an iteration
+// costs what is ready, not what is registered. An fd handler is polled on
+// every iteration.
+struct loop_handler final : socket_watch, std::enable_shared_from_this<loop_handler> {
+    void changed() noexcept override;
+
+    loop_state* loop = nullptr;
     socket_core* core = nullptr; // retained while registered
     int fd = -1;
     io_loop::handler fn;
     short events = 0;
     bool active = true;
+    // Linked while queued for the loop's next level check.
+    boost::intrusive::list_member_hook<auto_unlink> due_hook;
 };
+
+using due_list = boost::intrusive::list<
+    loop_handler,
+    boost::intrusive::member_hook<loop_handler, boost::intrusive::list_member_hook<auto_unlink>,
+                                  &loop_handler::due_hook>,
+    boost::intrusive::constant_time_size<false>>;
 
 struct loop_state {
     std::shared_ptr<reactor> owner;
@@ -82,6 +100,9 @@ struct loop_state {
     bool sleeping = false;
 
     std::vector<std::shared_ptr<loop_handler>> handlers;
+    std::unordered_map<socket_core*, loop_handler*> by_core;
+    due_list due_checks; // socket handlers whose level the next dispatch reads
+    std::size_t fd_handlers = 0;
     std::map<std::pair<clock::time_point, std::uint64_t>, std::shared_ptr<loop_timer>> timers;
     std::uint64_t timer_seq = 0;
     io_loop::error_handler on_error;
@@ -102,8 +123,20 @@ struct loop_state {
     static void drop(loop_handler& h) noexcept
     {
         h.active = false;
+        h.socket_watch::unlink();
+        h.due_hook.unlink();
         if (h.core != nullptr)
             std::exchange(h.core, nullptr)->release();
+    }
+
+    // Queues h's socket for a level check, waking the loop if it sleeps.
+    void mark_due(loop_handler& h) noexcept
+    {
+        if (!h.active || h.due_hook.is_linked())
+            return;
+        due_checks.push_back(h);
+        if (parked != nullptr)
+            owner->wake(*parked, wake_reason::event);
     }
 
     void check_thread(const char* what) const
@@ -127,8 +160,12 @@ struct loop_state {
 
     std::shared_ptr<loop_handler> find(socket_core* core, int fd) const noexcept
     {
+        if (core != nullptr) {
+            const auto it = by_core.find(core);
+            return it != by_core.end() ? it->second->shared_from_this() : nullptr;
+        }
         for (const auto& h : handlers)
-            if (h->active && (core != nullptr ? h->core == core : (h->core == nullptr && h->fd == fd)))
+            if (h->active && h->core == nullptr && h->fd == fd)
                 return h;
         return nullptr;
     }
@@ -138,6 +175,10 @@ struct loop_state {
         for (auto it = handlers.begin(); it != handlers.end(); ++it) {
             auto& h = **it;
             if (h.active && (core != nullptr ? h.core == core : (h.core == nullptr && h.fd == fd))) {
+                if (core != nullptr)
+                    by_core.erase(core);
+                else
+                    --fd_handlers;
                 drop(h);
                 handlers.erase(it);
                 return;
@@ -209,28 +250,30 @@ struct loop_state {
         }
     }
 
-    // Checks every handler's level and calls the ready ones once. Returns
-    // whether any was ready.
+    // Reads the level of the sockets that may have changed and of every fd,
+    // and calls the ready handlers once. Returns whether any was ready.
     bool dispatch(bool after_fallback)
     {
         bool any = false;
-        auto snapshot = handlers;
-        std::vector<pollfd> fds;
-        std::vector<loop_handler*> fd_handlers;
-        for (auto& hp : snapshot) {
-            loop_handler& h = *hp;
+        if (after_fallback)
+            for (auto& hp : handlers)
+                if (hp->core != nullptr)
+                    mark_due(*hp);
+        due_list batch;
+        batch.splice(batch.end(), due_checks);
+        while (!batch.empty()) {
+            loop_handler& h = batch.front();
+            batch.pop_front();
+            // A callback may remove it, or any other.
+            const std::shared_ptr<loop_handler> keep = h.shared_from_this();
             if (!h.active)
                 continue;
-            if (h.core == nullptr) {
-                fds.push_back({h.fd, to_poll_events(h.events), 0});
-                fd_handlers.push_back(&h);
-                continue;
-            }
             short ready = 0;
             bool gone = h.core->closed;
             if (!gone) {
                 // The one EVENTS read; it also wakes fibers waiting on the socket.
-                const refresh_result r = h.core->refresh();
+                ++stats.level_checks;
+                const refresh_result r = h.core->refresh(&h);
                 gone = r.error != 0;
                 ready = static_cast<short>(r.events & h.events);
             }
@@ -247,6 +290,18 @@ struct loop_state {
             if (after_fallback)
                 ++stats.rescues;
             guarded([&] { h.fn(ready); });
+            // Level-triggered: still ready unless the next read says otherwise.
+            mark_due(h);
+        }
+        if (fd_handlers == 0)
+            return any;
+        std::vector<pollfd> fds;
+        std::vector<std::shared_ptr<loop_handler>> fd_handlers_now;
+        for (auto& hp : handlers) {
+            if (hp->active && hp->core == nullptr) {
+                fds.push_back({hp->fd, to_poll_events(hp->events), 0});
+                fd_handlers_now.push_back(hp);
+            }
         }
         if (!fds.empty()) {
             int rc;
@@ -254,7 +309,7 @@ struct loop_state {
                 rc = ::poll(fds.data(), fds.size(), 0);
             } while (rc < 0 && errno == EINTR);
             for (std::size_t i = 0; rc > 0 && i < fds.size(); ++i) {
-                loop_handler& h = *fd_handlers[i];
+                loop_handler& h = *fd_handlers_now[i];
                 if (fds[i].revents == 0 || !h.active)
                     continue;
                 short ready = 0;
@@ -309,21 +364,13 @@ struct loop_state {
         const clock::time_point timer_deadline =
             timers.empty() ? no_deadline : timers.begin()->first.first;
         slot.deadline = timer_deadline;
-        interest watching(*owner, slot, handlers.size() + 1);
+        // Sockets need no registration here: their watches wake the loop.
+        interest watching(*owner, slot, fd_handlers + 1);
         std::vector<pollfd> check{{wakefd, POLLIN, 0}};
         watching.add_fd(wakefd, ZMQ_POLLIN);
-        bool fallback_armed = false;
         for (auto& hp : handlers) {
             loop_handler& h = *hp;
-            if (!h.active)
-                continue;
-            if (h.core != nullptr) {
-                const auto mask = static_cast<short>(h.events & (ZMQ_POLLIN | ZMQ_POLLOUT));
-                if (mask == 0 || h.core->closed)
-                    continue;
-                watching.add_socket(*h.core, mask);
-                fallback_armed = true;
-            } else {
+            if (h.active && h.core == nullptr) {
                 watching.add_fd(h.fd, static_cast<short>(h.events | ZMQ_POLLERR));
                 check.push_back({h.fd, to_poll_events(h.events), 0});
             }
@@ -333,9 +380,9 @@ struct loop_state {
         do {
             rc = ::poll(check.data(), check.size(), 0);
         } while (rc < 0 && errno == EINTR);
-        if (rc != 0)
+        if (rc != 0 || !due_checks.empty())
             return false;
-        if (fallback_armed && fallback.count() > 0)
+        if (!by_core.empty() && fallback.count() > 0)
             slot.deadline = std::min(slot.deadline, later_by(clock_ticks(fallback)));
         ++stats.parks;
         parked = &slot;
@@ -351,6 +398,8 @@ struct loop_state {
         sleeping = false;
     }
 };
+
+void loop_handler::changed() noexcept { loop->mark_due(*this); }
 
 namespace {
 
@@ -458,6 +507,8 @@ void io_loop::close(bool all_fds)
     s.closed = true;
     auto handlers = std::move(s.handlers);
     s.handlers.clear();
+    s.by_core.clear();
+    s.fd_handlers = 0;
     for (auto& h : handlers) {
         if (all_fds) {
             if (h->core != nullptr)
@@ -545,12 +596,16 @@ void io_loop::add_handler(socket_ref socket, handler fn, short events)
         throw std::invalid_argument("zmq::green::io_loop::add_handler: the socket already has a "
                                     "handler (use update_handler)");
     auto h = std::make_shared<detail::loop_handler>();
-    core->retain();
-    h->core = core;
+    h->loop = &s;
     h->fn = std::move(fn);
     h->events = events;
-    s.handlers.push_back(std::move(h));
-    s.wake(); // a parked loop must take the new interest into account
+    s.handlers.reserve(s.handlers.size() + 1);
+    s.by_core.emplace(core, h.get());
+    core->retain();
+    h->core = core;
+    core->watchers.push_back(*h);
+    s.handlers.push_back(h);
+    s.mark_due(*h); // what was ready before it came has no edge to come
 }
 
 void io_loop::add_handler(int fd, handler fn, short events)
@@ -566,10 +621,12 @@ void io_loop::add_handler(int fd, handler fn, short events)
         throw std::invalid_argument("zmq::green::io_loop::add_handler: fd " + std::to_string(fd)
                                     + " already has a handler (use update_handler)");
     auto h = std::make_shared<detail::loop_handler>();
+    h->loop = &s;
     h->fd = fd;
     h->fn = std::move(fn);
     h->events = static_cast<short>(events | ZMQ_POLLERR);
     s.handlers.push_back(std::move(h));
+    ++s.fd_handlers;
     s.wake();
 }
 
@@ -582,7 +639,7 @@ void io_loop::update_handler(socket_ref socket, short events)
         throw std::invalid_argument("zmq::green::io_loop::update_handler: the socket has no handler");
     if (h->events != events) {
         h->events = events;
-        s_->wake();
+        s_->mark_due(*h);
     }
 }
 

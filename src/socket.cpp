@@ -21,10 +21,21 @@ void socket_core::on_ready(std::uint32_t) noexcept
     ++edges;
     if (!waiters.empty())
         owner.count_fd_wakeups(refresh().woken);
+    else if (!watchers.empty())
+        tell_watchers(nullptr);
 }
 
-refresh_result socket_core::refresh() noexcept
+void socket_core::tell_watchers(const socket_watch* except) noexcept
 {
+    for (socket_watch& w : watchers)
+        if (&w != except)
+            w.changed();
+}
+
+refresh_result socket_core::refresh(const socket_watch* reader) noexcept
+{
+    if (!watchers.empty())
+        tell_watchers(reader);
     refresh_result r;
     int events = 0;
     size_t size = sizeof events;
@@ -110,6 +121,7 @@ void socket_core::close() noexcept
             owner.wake(slot, wake_reason::closed);
         }
     }
+    tell_watchers(nullptr);
     owner.remove_socket(*this);
     [[maybe_unused]] const int rc = zmq_close(handle);
     handle = nullptr;

@@ -26,6 +26,20 @@ struct direction {
     wait_list queue;
 };
 
+// An io_loop handler's hold on a socket. Unlike a parked fiber it does not
+// make operations read ZMQ_EVENTS: it is only told that the socket's state
+// may have changed (an edge, an operation, a close), and reads the level
+// itself when the loop gets to it.
+class socket_watch : public boost::intrusive::list_base_hook<auto_unlink> {
+public:
+    virtual void changed() noexcept = 0;
+
+protected:
+    ~socket_watch() = default;
+};
+
+using watch_list = boost::intrusive::list<socket_watch, boost::intrusive::constant_time_size<false>>;
+
 struct refresh_result {
     int events = 0; // ZMQ_POLLIN/ZMQ_POLLOUT, when error == 0
     int error = 0;  // errno of the failed ZMQ_EVENTS read (ETERM, ENOTSOCK)
@@ -44,14 +58,17 @@ public:
     // Reads ZMQ_EVENTS, which also consumes the fd's pending signal, and
     // wakes every waiter whose event is now ready (all of them on error).
     // Call it after anything that may have consumed a signal: an operation,
-    // a user's ZMQ_EVENTS read, bind/connect, an edge.
-    refresh_result refresh() noexcept;
+    // a user's ZMQ_EVENTS read, bind/connect, an edge. Tells the watchers
+    // too, except `reader`, the one reading.
+    refresh_result refresh(const socket_watch* reader = nullptr) noexcept;
 
     // refresh() if anybody waits: the cheap form for after an operation.
     void after_op() noexcept
     {
         if (!waiters.empty())
             refresh();
+        else if (!watchers.empty())
+            tell_watchers(nullptr);
     }
 
     // After the last frame of a message went in direction `event`.
@@ -88,6 +105,7 @@ public:
     void* handle;
     int fd;
     wait_list waiters;     // parked until ZMQ_EVENTS intersects their mask
+    watch_list watchers;   // io_loop handlers
     direction send_dir;
     direction recv_dir;
     std::uint64_t edges = 0; // edges epoll delivered; the fallback sweep compares
@@ -101,6 +119,8 @@ public:
 
 private:
     ~socket_core() = default;
+
+    void tell_watchers(const socket_watch* except) noexcept;
 
     // Queues for dir and parks until it is handed over. False on timeout.
     bool acquire(direction& dir, clock::time_point deadline);
@@ -233,7 +253,10 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
         // command (unthrottled, unlike send), so the fd holds no signal and
         // the next command brings a new edge. The ZMQ_EVENTS read is then
         // needed only to wake other waiters the call may have made ready.
-        if (event != ZMQ_POLLIN || !waiters.empty()) {
+        if (event == ZMQ_POLLIN && waiters.empty()) {
+            if (!watchers.empty())
+                tell_watchers(nullptr);
+        } else {
             const refresh_result state = refresh();
             if (state.error != 0) {
                 release(dir);

@@ -271,6 +271,70 @@ TEST_F(io_loop, socket_handlers_are_level_triggered)
     EXPECT_EQ(calls, 4);
 }
 
+// An iteration reads the level of the sockets that may have changed, not of
+// every registered one: a thousand idle streams must not slow a busy one.
+TEST_F(io_loop, idle_socket_handlers_are_not_read_on_every_iteration)
+{
+    constexpr int idle = 100, messages = 50;
+    std::vector<green::socket_t> idles;
+    for (int i = 0; i < idle; ++i) {
+        idles.emplace_back(ctx, zmq::socket_type::pull);
+        idles.back().bind(test::unique_inproc());
+        loop.add_handler(idles.back(), [](short) { ADD_FAILURE() << "an idle socket was ready"; },
+                         ZMQ_POLLIN);
+    }
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
+    for (int i = 0; i < messages; ++i)
+        p.a.send(zmq::str_buffer("m"));
+    int got = 0;
+    // One message per call: the level brings the handler back once per iteration.
+    loop.add_handler(
+        p.b,
+        [&](short) {
+            zmq::message_t m;
+            ASSERT_TRUE(p.b.recv(m, zmq::recv_flags::dontwait));
+            if (++got == messages)
+                loop.stop();
+        },
+        ZMQ_POLLIN);
+    watchdog guard(loop);
+    const auto before = loop.stats();
+    loop.start();
+    const auto after = loop.stats();
+    EXPECT_EQ(got, messages);
+    const auto iterations = after.iterations - before.iterations;
+    EXPECT_GE(iterations, static_cast<std::uint64_t>(messages));
+    // Each idle socket once (its first check), the busy one about once per iteration.
+    EXPECT_LE(after.level_checks - before.level_checks, idle + 2 * iterations);
+}
+
+// A fiber's own call on the socket may take the signal the loop waits for
+// (here a ZMQ_EVENTS read processes the command that brought the message):
+// the handler must still run, without the fallback re-check.
+TEST_F(io_loop, a_signal_another_fiber_consumed_still_reaches_the_handler)
+{
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
+    std::string got;
+    loop.add_handler(
+        p.b,
+        [&](short) {
+            zmq::message_t m;
+            ASSERT_TRUE(p.b.recv(m, zmq::recv_flags::dontwait));
+            got = m.to_string();
+            loop.stop();
+        },
+        ZMQ_POLLIN);
+    watchdog guard(loop);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          // The loop is parked by now: this fiber runs after it.
+                          EXPECT_GT(loop.stats().parks, 0u);
+                          p.a.send(zmq::str_buffer("taken"));
+                          EXPECT_EQ(p.b.get(zmq::sockopt::events) & ZMQ_POLLIN, ZMQ_POLLIN);
+                      }});
+    EXPECT_EQ(got, "taken");
+}
+
 // pyzmq test_poller_events, through handlers.
 TEST_F(io_loop, handler_events_follow_req_rep_state)
 {

@@ -393,7 +393,7 @@ TEST_F(zmq_stream, a_callback_that_replaces_itself_keeps_its_captures)
         st.seen.push_back("next " + m[0].to_string());
         st.loop.stop();
     };
-    const int small_tag = 7;
+    int small_tag = 7; // not const: the lambda must hold a copy
     auto small = [p = &st, small_tag](message& m) {
         p->s.pull.on_recv(p->record_next);
         p->seen.push_back("small " + std::to_string(small_tag) + " " + m[0].to_string());
