@@ -99,10 +99,9 @@ struct loop_state {
     bool stop_requested = false;
     bool sleeping = false;
 
-    std::vector<std::shared_ptr<loop_handler>> handlers;
-    std::unordered_map<socket_core*, loop_handler*> by_core;
+    std::unordered_map<socket_core*, std::shared_ptr<loop_handler>> socket_handlers;
+    std::vector<std::shared_ptr<loop_handler>> fd_handlers;
     due_list due_checks; // socket handlers whose level the next dispatch reads
-    std::size_t fd_handlers = 0;
     std::map<std::pair<clock::time_point, std::uint64_t>, std::shared_ptr<loop_timer>> timers;
     std::uint64_t timer_seq = 0;
     io_loop::error_handler on_error;
@@ -114,7 +113,9 @@ struct loop_state {
 
     ~loop_state()
     {
-        for (auto& h : handlers)
+        for (auto& [core, h] : socket_handlers)
+            drop(*h);
+        for (auto& h : fd_handlers)
             drop(*h);
         if (wakefd >= 0)
             ::close(wakefd);
@@ -161,26 +162,29 @@ struct loop_state {
     std::shared_ptr<loop_handler> find(socket_core* core, int fd) const noexcept
     {
         if (core != nullptr) {
-            const auto it = by_core.find(core);
-            return it != by_core.end() ? it->second->shared_from_this() : nullptr;
+            const auto it = socket_handlers.find(core);
+            return it != socket_handlers.end() ? it->second : nullptr;
         }
-        for (const auto& h : handlers)
-            if (h->active && h->core == nullptr && h->fd == fd)
+        for (const auto& h : fd_handlers)
+            if (h->fd == fd)
                 return h;
         return nullptr;
     }
 
     void remove(socket_core* core, int fd) noexcept
     {
-        for (auto it = handlers.begin(); it != handlers.end(); ++it) {
-            auto& h = **it;
-            if (h.active && (core != nullptr ? h.core == core : (h.core == nullptr && h.fd == fd))) {
-                if (core != nullptr)
-                    by_core.erase(core);
-                else
-                    --fd_handlers;
-                drop(h);
-                handlers.erase(it);
+        if (core != nullptr) {
+            const auto it = socket_handlers.find(core);
+            if (it == socket_handlers.end())
+                return;
+            drop(*it->second);
+            socket_handlers.erase(it);
+            return;
+        }
+        for (auto it = fd_handlers.begin(); it != fd_handlers.end(); ++it) {
+            if ((*it)->fd == fd) {
+                drop(**it);
+                fd_handlers.erase(it);
                 return;
             }
         }
@@ -256,9 +260,9 @@ struct loop_state {
     {
         bool any = false;
         if (after_fallback)
-            for (auto& hp : handlers)
-                if (hp->core != nullptr)
-                    mark_due(*hp);
+            for (auto& [core, h] : socket_handlers)
+                if ((h->events & (ZMQ_POLLIN | ZMQ_POLLOUT)) != 0)
+                    mark_due(*h);
         due_list batch;
         batch.splice(batch.end(), due_checks);
         while (!batch.empty()) {
@@ -293,16 +297,13 @@ struct loop_state {
             // Level-triggered: still ready unless the next read says otherwise.
             mark_due(h);
         }
-        if (fd_handlers == 0)
+        if (fd_handlers.empty())
             return any;
         std::vector<pollfd> fds;
-        std::vector<std::shared_ptr<loop_handler>> fd_handlers_now;
-        for (auto& hp : handlers) {
-            if (hp->active && hp->core == nullptr) {
-                fds.push_back({hp->fd, to_poll_events(hp->events), 0});
-                fd_handlers_now.push_back(hp);
-            }
-        }
+        // A callback may remove handlers, or add some.
+        const auto fd_handlers_now = fd_handlers;
+        for (auto& h : fd_handlers_now)
+            fds.push_back({h->fd, to_poll_events(h->events), 0});
         if (!fds.empty()) {
             int rc;
             do {
@@ -365,15 +366,12 @@ struct loop_state {
             timers.empty() ? no_deadline : timers.begin()->first.first;
         slot.deadline = timer_deadline;
         // Sockets need no registration here: their watches wake the loop.
-        interest watching(*owner, slot, fd_handlers + 1);
+        interest watching(*owner, slot, fd_handlers.size() + 1);
         std::vector<pollfd> check{{wakefd, POLLIN, 0}};
         watching.add_fd(wakefd, ZMQ_POLLIN);
-        for (auto& hp : handlers) {
-            loop_handler& h = *hp;
-            if (h.active && h.core == nullptr) {
-                watching.add_fd(h.fd, static_cast<short>(h.events | ZMQ_POLLERR));
-                check.push_back({h.fd, to_poll_events(h.events), 0});
-            }
+        for (auto& h : fd_handlers) {
+            watching.add_fd(h->fd, static_cast<short>(h->events | ZMQ_POLLERR));
+            check.push_back({h->fd, to_poll_events(h->events), 0});
         }
         // Edge-triggered registrations miss what was ready before them.
         int rc;
@@ -382,7 +380,7 @@ struct loop_state {
         } while (rc < 0 && errno == EINTR);
         if (rc != 0 || !due_checks.empty())
             return false;
-        if (!by_core.empty() && fallback.count() > 0)
+        if (!socket_handlers.empty() && fallback.count() > 0)
             slot.deadline = std::min(slot.deadline, later_by(clock_ticks(fallback)));
         ++stats.parks;
         parked = &slot;
@@ -505,10 +503,11 @@ void io_loop::close(bool all_fds)
     if (s.running)
         throw std::logic_error("zmq::green::io_loop::close: stop the loop first");
     s.closed = true;
-    auto handlers = std::move(s.handlers);
-    s.handlers.clear();
-    s.by_core.clear();
-    s.fd_handlers = 0;
+    std::vector<std::shared_ptr<detail::loop_handler>> handlers = std::move(s.fd_handlers);
+    s.fd_handlers.clear();
+    for (auto& [core, h] : s.socket_handlers)
+        handlers.push_back(std::move(h));
+    s.socket_handlers.clear();
     for (auto& h : handlers) {
         if (all_fds) {
             if (h->core != nullptr)
@@ -599,12 +598,10 @@ void io_loop::add_handler(socket_ref socket, handler fn, short events)
     h->loop = &s;
     h->fn = std::move(fn);
     h->events = events;
-    s.handlers.reserve(s.handlers.size() + 1);
-    s.by_core.emplace(core, h.get());
+    s.socket_handlers.emplace(core, h);
     core->retain();
     h->core = core;
     core->watchers.push_back(*h);
-    s.handlers.push_back(h);
     s.mark_due(*h); // what was ready before it came has no edge to come
 }
 
@@ -625,8 +622,7 @@ void io_loop::add_handler(int fd, handler fn, short events)
     h->fd = fd;
     h->fn = std::move(fn);
     h->events = static_cast<short>(events | ZMQ_POLLERR);
-    s.handlers.push_back(std::move(h));
-    ++s.fd_handlers;
+    s.fd_handlers.push_back(std::move(h));
     s.wake();
 }
 
