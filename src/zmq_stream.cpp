@@ -16,8 +16,8 @@ namespace detail {
 
 namespace {
 
-// Messages a stream receives per loop iteration at most.
-constexpr int recv_burst = 32;
+// Messages a stream receives, and sends, per loop iteration at most.
+constexpr int burst = 32;
 
 // A user callback that may replace or drop itself while it runs (on_recv,
 // close). Calling it copies nothing: a std::function copy per message cost a
@@ -155,14 +155,18 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             // receive is the readiness check, so the loop's ZMQ_EVENTS read
             // and yield are paid once per burst. Bounded, so that the other
             // handlers and fibers still get their turn.
-            for (int i = 0; i < recv_burst && receiving() && !is_closed; ++i)
+            for (int i = 0; i < burst && receiving() && !is_closed; ++i)
                 if (!handle_recv())
                     break;
             if (is_closed)
                 return;
         }
         if ((events & ZMQ_POLLOUT) && sending()) {
-            handle_send();
+            // A burst too: one message per iteration held a stream's sends
+            // to a loop iteration each (0.18 M msg/s inproc).
+            for (int i = 0; i < burst && sending() && !is_closed; ++i)
+                if (!handle_send())
+                    break;
             if (is_closed)
                 return;
         }
@@ -214,12 +218,14 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
         return true;
     }
 
-    void handle_send() noexcept
+    // Sends the first queued message. False when it stays queued (the
+    // socket cannot take it now) or the stream closed.
+    bool handle_send() noexcept
     {
         if (flushed || socket_gone())
-            return;
+            return false;
         if (queue.empty())
-            return; // a stale POLLOUT (pyzmq #379)
+            return false; // a stale POLLOUT (pyzmq #379)
         zmq_stream::message msg = std::move(queue.front());
         queue.pop_front();
         send_status status;
@@ -238,7 +244,7 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             if (!sent) {
                 // Readiness went stale: nothing was sent, try again later.
                 queue.push_front(std::move(msg));
-                return;
+                return false;
             }
         } catch (const zmq::error_t& e) {
             status.error = e.num();
@@ -246,10 +252,11 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
                 // Tell the sender, then give up on the dead socket.
                 run_send_cb(msg, status);
                 close(std::nullopt);
-                return;
+                return false;
             }
         }
         run_send_cb(msg, status);
+        return !is_closed;
     }
 
     void run_send_cb(const zmq_stream::message& msg, const send_status& status) noexcept

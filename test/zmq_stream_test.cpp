@@ -1,6 +1,7 @@
 #include "support.hpp"
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <thread>
@@ -290,6 +291,31 @@ TEST_F(zmq_stream, a_hundred_thousand_queued_sends_drain_in_order)
     EXPECT_EQ(next_received, n);
     EXPECT_EQ(send_calls, n);
     EXPECT_FALSE(s.push.sending());
+}
+
+// Sends go out in bursts of at most 32 per loop iteration (docs/eventloop.md),
+// as receives do: not one message per iteration, and not all at once.
+TEST_F(zmq_stream, queued_sends_go_out_in_bursts)
+{
+    constexpr int burst = 32, n = 3 * burst + 5;
+    push_pull s(ctx, loop);
+    std::map<std::uint64_t, int> sends_per_iteration;
+    int sent = 0;
+    s.push.on_send([&](const message&, const green::send_status& status) {
+        EXPECT_TRUE(status);
+        ++sends_per_iteration[loop.stats().iterations];
+        if (++sent == n)
+            loop.stop();
+    });
+    for (int i = 0; i < n; ++i)
+        s.push.send_string(std::to_string(i));
+    loop.start();
+    ASSERT_EQ(sent, n);
+    int most = 0;
+    for (const auto& [iteration, count] : sends_per_iteration)
+        most = std::max(most, count);
+    EXPECT_EQ(most, burst);
+    EXPECT_GE(sends_per_iteration.size(), 4u);
 }
 
 TEST_F(zmq_stream, a_per_send_callback_replaces_on_send_for_good)

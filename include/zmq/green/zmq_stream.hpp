@@ -29,8 +29,8 @@ struct send_status {
 
 // Wraps a green socket for callback-style use on an io_loop. Receiving starts
 // when on_recv (or a variant) is set; sends are queued and performed by the
-// loop. Each loop iteration does at most one receive and one send per stream,
-// so a busy stream cannot starve the others.
+// loop. Each loop iteration does at most 32 receives and 32 sends per
+// stream, so a busy stream cannot starve the others.
 // Destroying the stream (even inside its own callback) closes it.
 class zmq_stream {
 public:
