@@ -69,7 +69,7 @@ struct loop_state;
 // costs what is ready, not what is registered. An fd handler is polled on
 // every iteration.
 struct loop_handler final : socket_watch, std::enable_shared_from_this<loop_handler> {
-    void changed() noexcept override;
+    void changed(bool lost_edge) noexcept override;
 
     loop_state* loop = nullptr;
     socket_core* core = nullptr; // retained while registered
@@ -77,6 +77,7 @@ struct loop_handler final : socket_watch, std::enable_shared_from_this<loop_hand
     io_loop::handler fn;
     short events = 0;
     bool active = true;
+    bool lost_edge = false; // due because the fallback re-check found a signal
     // Linked while queued for the loop's next level check.
     boost::intrusive::list_member_hook<auto_unlink> due_hook;
 };
@@ -259,10 +260,10 @@ struct loop_state {
     bool dispatch(bool after_fallback)
     {
         bool any = false;
-        if (after_fallback)
-            for (auto& [core, h] : socket_handlers)
-                if ((h->events & (ZMQ_POLLIN | ZMQ_POLLOUT)) != 0)
-                    mark_due(*h);
+        // Not every socket: only those whose fd holds a signal no edge
+        // announced are marked, as lost edges.
+        if (after_fallback && !socket_handlers.empty())
+            owner->recheck_sockets();
         due_list batch;
         batch.splice(batch.end(), due_checks);
         while (!batch.empty()) {
@@ -272,6 +273,7 @@ struct loop_state {
             const std::shared_ptr<loop_handler> keep = h.shared_from_this();
             if (!h.active)
                 continue;
+            const bool rescued = std::exchange(h.lost_edge, false);
             short ready = 0;
             bool gone = h.core->closed;
             if (!gone) {
@@ -291,7 +293,7 @@ struct loop_state {
             if (ready == 0)
                 continue;
             any = true;
-            if (after_fallback)
+            if (rescued)
                 ++stats.rescues;
             guarded([&] { h.fn(ready); });
             // Level-triggered: still ready unless the next read says otherwise.
@@ -397,7 +399,11 @@ struct loop_state {
     }
 };
 
-void loop_handler::changed() noexcept { loop->mark_due(*this); }
+void loop_handler::changed(bool lost) noexcept
+{
+    lost_edge = lost_edge || lost;
+    loop->mark_due(*this);
+}
 
 namespace {
 

@@ -392,6 +392,11 @@ void reactor::expire_deadlines() noexcept
 void reactor::fallback_sweep() noexcept
 {
     next_sweep_ = fallback_.count() > 0 ? deadline_after(fallback_) : no_deadline;
+    recheck_sockets();
+}
+
+void reactor::recheck_sockets() noexcept
+{
     std::array<epoll_event, 128> events;
     const int n = ::epoll_wait(level_epfd_, events.data(), static_cast<int>(events.size()), 0);
     if (n <= 0)
@@ -399,7 +404,7 @@ void reactor::fallback_sweep() noexcept
     std::vector<std::pair<socket_core*, std::uint64_t>> suspects;
     for (int i = 0; i < n; ++i) {
         auto* core = static_cast<socket_core*>(events[i].data.ptr);
-        if (!core->waiters.empty())
+        if (!core->waiters.empty() || !core->watchers.empty())
             suspects.emplace_back(core, core->edges);
     }
     if (suspects.empty())
@@ -409,7 +414,11 @@ void reactor::fallback_sweep() noexcept
     deliver(pending.data(),
             ::epoll_wait(epfd_, pending.data(), static_cast<int>(pending.size()), 0));
     for (auto [core, edges] : suspects) {
-        if (core->edges == edges && !core->waiters.empty())
+        if (core->edges != edges)
+            continue;
+        if (!core->watchers.empty())
+            core->tell_watchers(nullptr, true);
+        if (!core->waiters.empty())
             stats_.rescues += core->refresh().woken;
     }
 }

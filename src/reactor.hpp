@@ -175,6 +175,11 @@ public:
     std::chrono::milliseconds fallback_interval() const noexcept { return fallback_; }
     void set_fallback_interval(std::chrono::milliseconds interval);
 
+    // The fallback re-check: finds the sockets whose fd holds a signal that
+    // no edge announced, and wakes their waiters and tells their watchers.
+    // One epoll_wait however many sockets exist.
+    void recheck_sockets() noexcept;
+
 private:
     bool others_ready() const noexcept; // a fiber other than the dispatcher
     void deliver(const ::epoll_event* events, int n) noexcept;

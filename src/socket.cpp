@@ -25,11 +25,11 @@ void socket_core::on_ready(std::uint32_t) noexcept
         tell_watchers(nullptr);
 }
 
-void socket_core::tell_watchers(const socket_watch* except) noexcept
+void socket_core::tell_watchers(const socket_watch* except, bool lost_edge) noexcept
 {
     for (socket_watch& w : watchers)
         if (&w != except)
-            w.changed();
+            w.changed(lost_edge);
 }
 
 refresh_result socket_core::refresh(const socket_watch* reader) noexcept

@@ -32,7 +32,8 @@ struct direction {
 // itself when the loop gets to it.
 class socket_watch : public boost::intrusive::list_base_hook<auto_unlink> {
 public:
-    virtual void changed() noexcept = 0;
+    // lost_edge: the fallback re-check found a signal no edge announced.
+    virtual void changed(bool lost_edge) noexcept = 0;
 
 protected:
     ~socket_watch() = default;
@@ -117,10 +118,10 @@ public:
     bool lockstep_inproc = false;
     bool sent_last = false;
 
+    void tell_watchers(const socket_watch* except, bool lost_edge = false) noexcept;
+
 private:
     ~socket_core() = default;
-
-    void tell_watchers(const socket_watch* except) noexcept;
 
     // Queues for dir and parks until it is handed over. False on timeout.
     bool acquire(direction& dir, clock::time_point deadline);

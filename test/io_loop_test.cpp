@@ -308,6 +308,32 @@ TEST_F(io_loop, idle_socket_handlers_are_not_read_on_every_iteration)
     EXPECT_LE(after.level_checks - before.level_checks, idle + 2 * iterations);
 }
 
+// The fallback re-check asks which sockets hold a signal no edge announced;
+// it does not read every idle socket's level each time it runs.
+TEST_F(io_loop, the_fallback_recheck_does_not_read_idle_sockets)
+{
+    constexpr int idle = 50, fallbacks = 20;
+    std::vector<green::socket_t> idles;
+    for (int i = 0; i < idle; ++i) {
+        idles.emplace_back(ctx, zmq::socket_type::pull);
+        idles.back().bind(test::unique_inproc());
+        loop.add_handler(idles.back(), [](short) { ADD_FAILURE() << "an idle socket was ready"; },
+                         ZMQ_POLLIN);
+    }
+    loop.set_fallback_interval(1ms);
+    watchdog guard(loop);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          // Nothing else wakes the loop: each iteration after the
+                          // first is the fallback's.
+                          while (loop.stats().iterations < fallbacks)
+                              boost::this_fiber::sleep_for(1ms);
+                          loop.stop();
+                      }});
+    EXPECT_GE(loop.stats().iterations, static_cast<std::uint64_t>(fallbacks));
+    EXPECT_EQ(loop.stats().level_checks, static_cast<std::uint64_t>(idle)); // the first check each
+}
+
 // A fiber's own call on the socket may take the signal the loop waits for
 // (here a ZMQ_EVENTS read processes the command that brought the message):
 // the handler must still run, without the fallback re-check.
