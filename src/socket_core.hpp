@@ -39,7 +39,8 @@ protected:
     ~socket_watch() = default;
 };
 
-using watch_list = boost::intrusive::list<socket_watch, boost::intrusive::constant_time_size<false>>;
+using watch_list =
+    boost::intrusive::list<socket_watch, boost::intrusive::constant_time_size<false>>;
 
 struct refresh_result {
     int events = 0; // ZMQ_POLLIN/ZMQ_POLLOUT, when error == 0

@@ -41,6 +41,21 @@ protected:
         EXPECT_EQ(loop.stats().rescues, 0u);
         green_test::TearDown();
     }
+
+    // n bound PULL sockets that never get a message, each with a handler.
+    std::vector<green::socket_t> add_idle_handlers(int n)
+    {
+        std::vector<green::socket_t> sockets;
+        for (int i = 0; i < n; ++i) {
+            sockets.emplace_back(ctx, zmq::socket_type::pull);
+            sockets.back().bind(test::unique_inproc());
+            loop.add_handler(
+                sockets.back(), [](short) { ADD_FAILURE() << "an idle socket was ready"; },
+                ZMQ_POLLIN);
+        }
+        return sockets;
+    }
+
     green::io_loop loop;
 };
 
@@ -276,13 +291,7 @@ TEST_F(io_loop, socket_handlers_are_level_triggered)
 TEST_F(io_loop, idle_socket_handlers_are_not_read_on_every_iteration)
 {
     constexpr int idle = 100, messages = 50;
-    std::vector<green::socket_t> idles;
-    for (int i = 0; i < idle; ++i) {
-        idles.emplace_back(ctx, zmq::socket_type::pull);
-        idles.back().bind(test::unique_inproc());
-        loop.add_handler(idles.back(), [](short) { ADD_FAILURE() << "an idle socket was ready"; },
-                         ZMQ_POLLIN);
-    }
+    const auto idles = add_idle_handlers(idle);
     test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
     for (int i = 0; i < messages; ++i)
         p.a.send(zmq::str_buffer("m"));
@@ -313,13 +322,7 @@ TEST_F(io_loop, idle_socket_handlers_are_not_read_on_every_iteration)
 TEST_F(io_loop, the_fallback_recheck_does_not_read_idle_sockets)
 {
     constexpr int idle = 50, fallbacks = 20;
-    std::vector<green::socket_t> idles;
-    for (int i = 0; i < idle; ++i) {
-        idles.emplace_back(ctx, zmq::socket_type::pull);
-        idles.back().bind(test::unique_inproc());
-        loop.add_handler(idles.back(), [](short) { ADD_FAILURE() << "an idle socket was ready"; },
-                         ZMQ_POLLIN);
-    }
+    const auto idles = add_idle_handlers(idle);
     loop.set_fallback_interval(1ms);
     watchdog guard(loop);
     test::run_fibers({[&] { loop.start(); },
