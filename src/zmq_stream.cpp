@@ -30,6 +30,10 @@ public:
 
     void set(Fn fn)
     {
+        if (running_ == 0 && fn_ != nullptr && fn) {
+            *fn_ = std::move(fn); // nothing runs it: no need for a new one
+            return;
+        }
         std::unique_ptr<Fn> next = fn ? std::make_unique<Fn>(std::move(fn)) : nullptr;
         if (running_ > 0 && fn_ != nullptr)
             retired_.push_back(std::move(fn_));
