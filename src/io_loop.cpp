@@ -137,6 +137,12 @@ struct loop_state {
         if (!h.active || h.due_hook.is_linked())
             return;
         due_checks.push_back(h);
+        wake_parked();
+    }
+
+    // Wakes the parked loop fiber; on the loop's own thread only.
+    void wake_parked() noexcept
+    {
         if (parked != nullptr)
             owner->wake(*parked, wake_reason::event);
     }
@@ -152,8 +158,7 @@ struct loop_state {
     void wake() noexcept
     {
         if (std::this_thread::get_id() == thread && reactor::current() == owner.get()) {
-            if (parked != nullptr)
-                owner->wake(*parked, wake_reason::event);
+            wake_parked();
             return;
         }
         const std::uint64_t one = 1;
@@ -306,32 +311,30 @@ struct loop_state {
         const auto fd_handlers_now = fd_handlers;
         for (auto& h : fd_handlers_now)
             fds.push_back({h->fd, to_poll_events(h->events), 0});
-        if (!fds.empty()) {
-            int rc;
-            do {
-                rc = ::poll(fds.data(), fds.size(), 0);
-            } while (rc < 0 && errno == EINTR);
-            for (std::size_t i = 0; rc > 0 && i < fds.size(); ++i) {
-                loop_handler& h = *fd_handlers_now[i];
-                if (fds[i].revents == 0 || !h.active)
-                    continue;
-                short ready = 0;
-                if (fds[i].revents & POLLIN)
-                    ready |= ZMQ_POLLIN;
-                if (fds[i].revents & POLLOUT)
-                    ready |= ZMQ_POLLOUT;
-                if (fds[i].revents & (POLLERR | POLLHUP | POLLNVAL))
-                    ready |= ZMQ_POLLERR;
-                any = true;
-                if (fds[i].revents & POLLNVAL) {
-                    // Not an fd any more: it would be reported forever.
-                    auto fn = h.fn;
-                    remove(nullptr, h.fd);
-                    guarded([&] { fn(ready); });
-                    continue;
-                }
-                guarded([&] { h.fn(ready); });
+        int rc;
+        do {
+            rc = ::poll(fds.data(), fds.size(), 0);
+        } while (rc < 0 && errno == EINTR);
+        for (std::size_t i = 0; rc > 0 && i < fds.size(); ++i) {
+            loop_handler& h = *fd_handlers_now[i];
+            if (fds[i].revents == 0 || !h.active)
+                continue;
+            short ready = 0;
+            if (fds[i].revents & POLLIN)
+                ready |= ZMQ_POLLIN;
+            if (fds[i].revents & POLLOUT)
+                ready |= ZMQ_POLLOUT;
+            if (fds[i].revents & (POLLERR | POLLHUP | POLLNVAL))
+                ready |= ZMQ_POLLERR;
+            any = true;
+            if (fds[i].revents & POLLNVAL) {
+                // Not an fd any more: it would be reported forever.
+                auto fn = h.fn;
+                remove(nullptr, h.fd);
+                guarded([&] { fn(ready); });
+                continue;
             }
+            guarded([&] { h.fn(ready); });
         }
         return any;
     }

@@ -416,8 +416,7 @@ void reactor::recheck_sockets() noexcept
     for (auto [core, edges] : suspects) {
         if (core->edges != edges)
             continue;
-        if (!core->watchers.empty())
-            core->tell_watchers(nullptr, true);
+        core->tell_watchers(nullptr, true);
         if (!core->waiters.empty())
             stats_.rescues += core->refresh().woken;
     }

@@ -21,11 +21,11 @@ void socket_core::on_ready(std::uint32_t) noexcept
     ++edges;
     if (!waiters.empty())
         owner.count_fd_wakeups(refresh().woken);
-    else if (!watchers.empty())
-        tell_watchers(nullptr);
+    else
+        tell_watchers();
 }
 
-void socket_core::tell_watchers(const socket_watch* except, bool lost_edge) noexcept
+void socket_core::notify_watchers(const socket_watch* except, bool lost_edge) noexcept
 {
     for (socket_watch& w : watchers)
         if (&w != except)
@@ -34,8 +34,7 @@ void socket_core::tell_watchers(const socket_watch* except, bool lost_edge) noex
 
 refresh_result socket_core::refresh(const socket_watch* reader) noexcept
 {
-    if (!watchers.empty())
-        tell_watchers(reader);
+    tell_watchers(reader);
     refresh_result r;
     int events = 0;
     size_t size = sizeof events;
@@ -121,7 +120,7 @@ void socket_core::close() noexcept
             owner.wake(slot, wake_reason::closed);
         }
     }
-    tell_watchers(nullptr);
+    tell_watchers();
     owner.remove_socket(*this);
     [[maybe_unused]] const int rc = zmq_close(handle);
     handle = nullptr;

@@ -69,8 +69,8 @@ public:
     {
         if (!waiters.empty())
             refresh();
-        else if (!watchers.empty())
-            tell_watchers(nullptr);
+        else
+            tell_watchers();
     }
 
     // After the last frame of a message went in direction `event`.
@@ -119,10 +119,17 @@ public:
     bool lockstep_inproc = false;
     bool sent_last = false;
 
-    void tell_watchers(const socket_watch* except, bool lost_edge = false) noexcept;
+    // Tells the watchers, but except, that the state may have changed.
+    void tell_watchers(const socket_watch* except = nullptr, bool lost_edge = false) noexcept
+    {
+        if (!watchers.empty())
+            notify_watchers(except, lost_edge);
+    }
 
 private:
     ~socket_core() = default;
+
+    void notify_watchers(const socket_watch* except, bool lost_edge) noexcept;
 
     // Queues for dir and parks until it is handed over. False on timeout.
     bool acquire(direction& dir, clock::time_point deadline);
@@ -256,8 +263,7 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
         // the next command brings a new edge. The ZMQ_EVENTS read is then
         // needed only to wake other waiters the call may have made ready.
         if (event == ZMQ_POLLIN && waiters.empty()) {
-            if (!watchers.empty())
-                tell_watchers(nullptr);
+            tell_watchers();
         } else {
             const refresh_result state = refresh();
             if (state.error != 0) {
