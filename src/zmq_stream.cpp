@@ -169,6 +169,11 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     }
 
     // Up to `burst` calls of step while wanted() and step makes progress.
+    // A REQ or REP socket sends and receives by turns, and the loop's
+    // ZMQ_EVENTS read vouches only for a burst's first step: a later one
+    // fails with EFSM (a REP whose callback queued the reply, a REQ with
+    // requests queued behind the one in flight). That is no error: the turn
+    // has passed, the burst ends, and a message to send stays queued.
     // False once the stream is closed.
     bool run_burst(bool (stream_state::*wanted)() const noexcept,
                    bool (stream_state::*step)() noexcept)
@@ -206,6 +211,8 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             if (!recv_multipart(ref, std::back_inserter(msg), recv_flags::dontwait))
                 return false; // nothing (more) to receive
         } catch (const zmq::error_t& e) {
+            if (e.num() == EFSM)
+                return false; // the turn has passed (run_burst)
             if (e.num() == ETERM || e.num() == ENOTSOCK) {
                 warn("the socket went away while a receive was pending; closing the stream");
                 close(std::nullopt);
@@ -253,6 +260,10 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
                 return false;
             }
         } catch (const zmq::error_t& e) {
+            if (e.num() == EFSM) {
+                queue.push_front(std::move(msg)); // the turn has passed (run_burst)
+                return false;
+            }
             status.error = e.num();
             if (e.num() == ETERM || e.num() == ENOTSOCK) {
                 // Tell the sender, then give up on the dead socket.

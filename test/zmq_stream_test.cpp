@@ -40,11 +40,20 @@ protected:
             guard_fired_ = true;
             loop.stop();
         });
+        // Tests that expect errors install their own handler.
+        loop.set_error_handler([this](std::exception_ptr e) {
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& ex) {
+                unexpected_errors_.emplace_back(ex.what());
+            }
+        });
     }
     void TearDown() override
     {
         loop.remove_timeout(guard_);
         EXPECT_FALSE(guard_fired_) << "the loop did not finish in time";
+        EXPECT_EQ(unexpected_errors_, std::vector<std::string>{});
         EXPECT_EQ(loop.stats().rescues, 0u);
         green_test::TearDown();
     }
@@ -52,6 +61,7 @@ protected:
     green::io_loop loop;
     green::timeout_handle guard_;
     bool guard_fired_ = false;
+    std::vector<std::string> unexpected_errors_;
 };
 
 // pyzmq push_pull fixture: the PUSH stream binds, the PULL stream connects.
@@ -148,6 +158,42 @@ TEST_F(zmq_stream, echo_server_answers_a_blocking_client_on_the_same_thread)
                       }});
     ASSERT_EQ(replies.size(), 50u);
     EXPECT_EQ(replies[49], "hello 49");
+}
+
+// REQ sends and receives by turns: the requests queued behind the first go
+// out one reply at a time, none lost to EFSM.
+TEST_F(zmq_stream, requests_queued_on_a_req_stream_go_out_one_per_reply)
+{
+    green::socket_t server(ctx, zmq::socket_type::rep);
+    server.set(zmq::sockopt::linger, 0);
+    server.bind("tcp://127.0.0.1:*");
+    green::zmq_stream client(green::socket_t(ctx, zmq::socket_type::req), loop);
+    client.set(zmq::sockopt::linger, 0);
+    client.connect(server.get(zmq::sockopt::last_endpoint));
+    std::vector<std::string> replies;
+    std::vector<int> statuses;
+    client.on_recv([&](message& msg) {
+        replies.push_back(msg.at(0).to_string());
+        if (replies.size() == 3)
+            loop.stop();
+    });
+    client.on_send([&](const message&, const green::send_status& s) { statuses.push_back(s.error); });
+    for (const char* r : {"a", "b", "c"})
+        client.send_string(r);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          server.set(zmq::sockopt::rcvtimeo, 5000);
+                          for (int i = 0; i < 3; ++i) {
+                              zmq::message_t m;
+                              if (!server.recv(m)) {
+                                  loop.stop();
+                                  FAIL() << "request " << i << " never came";
+                              }
+                              server.send(m, zmq::send_flags::none);
+                          }
+                      }});
+    EXPECT_EQ(replies, (std::vector<std::string>{"a", "b", "c"}));
+    EXPECT_EQ(statuses, (std::vector<int>{0, 0, 0}));
 }
 
 TEST_F(zmq_stream, hundred_streams_share_the_loop_fairly)
