@@ -64,16 +64,16 @@ struct loop_timer {
 
 struct loop_state;
 
-// A socket handler watches its socket: the loop reads the socket's level only
-// when the socket may have changed (or was ready last time), so an iteration
-// costs what is ready, not what is registered. An fd handler is polled on
-// every iteration.
-struct loop_handler final : socket_watch, std::enable_shared_from_this<loop_handler> {
+// A handler watches its socket or fd: the loop reads the level only when the
+// state may have changed (or was ready last time), so an iteration costs what
+// is ready, not what is registered.
+struct loop_handler final : change_watch, std::enable_shared_from_this<loop_handler> {
     void changed(bool lost_edge) noexcept override;
 
     loop_state* loop = nullptr;
     socket_core* core = nullptr; // retained while registered
     int fd = -1;
+    fd_watch* registration = nullptr; // an fd handler's, in the hub's epoll set
     io_loop::handler fn;
     short events = 0;
     bool active = true;
@@ -101,8 +101,8 @@ struct loop_state {
     bool sleeping = false;
 
     std::unordered_map<socket_core*, std::shared_ptr<loop_handler>> socket_handlers;
-    std::vector<std::shared_ptr<loop_handler>> fd_handlers;
-    due_list due_checks; // socket handlers whose level the next dispatch reads
+    std::unordered_map<int, std::shared_ptr<loop_handler>> fd_handlers;
+    due_list due_checks; // handlers whose level the next dispatch reads
     std::map<std::pair<clock::time_point, std::uint64_t>, std::shared_ptr<loop_timer>> timers;
     std::uint64_t timer_seq = 0;
     io_loop::error_handler on_error;
@@ -112,26 +112,45 @@ struct loop_state {
     std::chrono::milliseconds fallback{1000};
     io_loop_stats stats;
 
+    // wakefd stays registered: a write from another thread wakes the parked
+    // loop through it, and the loop reads it only after such a write.
+    struct wake_watch final : change_watch {
+        void changed(bool) noexcept override
+        {
+            loop->wake_signalled = true;
+            loop->wake_parked();
+        }
+        loop_state* loop = nullptr;
+    } wake_watcher;
+    fd_watch* wake_registration = nullptr;
+    bool wake_signalled = false;
+
     ~loop_state()
     {
         for (auto& [core, h] : socket_handlers)
             drop(*h);
-        for (auto& h : fd_handlers)
+        for (auto& [fd, h] : fd_handlers)
             drop(*h);
+        if (wake_registration != nullptr) {
+            wake_watcher.unlink();
+            owner->unwatch_fd(*wake_registration);
+        }
         if (wakefd >= 0)
             ::close(wakefd);
     }
 
-    static void drop(loop_handler& h) noexcept
+    void drop(loop_handler& h) noexcept
     {
         h.active = false;
-        h.socket_watch::unlink();
+        h.change_watch::unlink();
         h.due_hook.unlink();
         if (h.core != nullptr)
             std::exchange(h.core, nullptr)->release();
+        if (h.registration != nullptr)
+            owner->unwatch_fd(*std::exchange(h.registration, nullptr));
     }
 
-    // Queues h's socket for a level check, waking the loop if it sleeps.
+    // Queues h for a level check, waking the loop if it sleeps.
     void mark_due(loop_handler& h) noexcept
     {
         if (!h.active || h.due_hook.is_linked())
@@ -171,29 +190,26 @@ struct loop_state {
             const auto it = socket_handlers.find(core);
             return it != socket_handlers.end() ? it->second : nullptr;
         }
-        for (const auto& h : fd_handlers)
-            if (h->fd == fd)
-                return h;
-        return nullptr;
+        const auto it = fd_handlers.find(fd);
+        return it != fd_handlers.end() ? it->second : nullptr;
     }
 
     void remove(socket_core* core, int fd) noexcept
     {
-        if (core != nullptr) {
-            const auto it = socket_handlers.find(core);
-            if (it == socket_handlers.end())
-                return;
-            drop(*it->second);
-            socket_handlers.erase(it);
+        if (core != nullptr)
+            erase(socket_handlers, core);
+        else
+            erase(fd_handlers, fd);
+    }
+
+    template<class Map, class Key>
+    void erase(Map& handlers, const Key& key) noexcept
+    {
+        const auto it = handlers.find(key);
+        if (it == handlers.end())
             return;
-        }
-        for (auto it = fd_handlers.begin(); it != fd_handlers.end(); ++it) {
-            if ((*it)->fd == fd) {
-                drop(**it);
-                fd_handlers.erase(it);
-                return;
-            }
-        }
+        drop(*it->second);
+        handlers.erase(it);
     }
 
     void report(std::exception_ptr e) noexcept
@@ -260,24 +276,36 @@ struct loop_state {
         }
     }
 
-    // Reads the level of the sockets that may have changed and of every fd,
-    // and calls the ready handlers once. Returns whether any was ready.
+    // Reads the level of the handlers that may have changed and calls the
+    // ready ones once. Returns whether any was ready.
     bool dispatch(bool after_fallback)
     {
+        if (after_fallback) {
+            // Not every socket: only those whose fd holds a signal no edge
+            // announced are marked, as lost edges.
+            if (!socket_handlers.empty())
+                owner->recheck_sockets();
+            // Every fd: a poll() also finds those closed under their handler,
+            // which epoll drops without a word.
+            for (auto& [fd, h] : fd_handlers)
+                if (!h->due_hook.is_linked())
+                    h->changed(true);
+        }
         bool any = false;
-        // Not every socket: only those whose fd holds a signal no edge
-        // announced are marked, as lost edges.
-        if (after_fallback && !socket_handlers.empty())
-            owner->recheck_sockets();
+        std::vector<std::shared_ptr<loop_handler>> due_fds;
         due_list batch;
         batch.splice(batch.end(), due_checks);
         while (!batch.empty()) {
             loop_handler& h = batch.front();
             batch.pop_front();
             // A callback may remove it, or any other.
-            const std::shared_ptr<loop_handler> keep = h.shared_from_this();
+            std::shared_ptr<loop_handler> keep = h.shared_from_this();
             if (!h.active)
                 continue;
+            if (h.core == nullptr) {
+                due_fds.push_back(std::move(keep));
+                continue;
+            }
             const bool rescued = std::exchange(h.lost_edge, false);
             short ready = 0;
             bool gone = h.core->closed;
@@ -295,28 +323,32 @@ struct loop_state {
                 any = true;
                 continue;
             }
-            if (ready == 0)
-                continue;
-            any = true;
-            if (rescued)
-                ++stats.rescues;
-            guarded([&] { h.fn(ready); });
-            // Level-triggered: still ready unless the next read says otherwise.
-            mark_due(h);
+            if (ready != 0) {
+                call(h, ready, rescued);
+                any = true;
+            }
         }
-        if (fd_handlers.empty())
-            return any;
+        return dispatch_fds(due_fds) || any;
+    }
+
+    // One poll() for the due fd handlers.
+    bool dispatch_fds(const std::vector<std::shared_ptr<loop_handler>>& due)
+    {
+        if (due.empty())
+            return false;
         std::vector<pollfd> fds;
-        // A callback may remove handlers, or add some.
-        const auto fd_handlers_now = fd_handlers;
-        for (auto& h : fd_handlers_now)
+        fds.reserve(due.size());
+        for (auto& h : due)
             fds.push_back({h->fd, to_poll_events(h->events), 0});
         int rc;
         do {
             rc = ::poll(fds.data(), fds.size(), 0);
         } while (rc < 0 && errno == EINTR);
+        stats.level_checks += due.size();
+        bool any = false;
         for (std::size_t i = 0; rc > 0 && i < fds.size(); ++i) {
-            loop_handler& h = *fd_handlers_now[i];
+            loop_handler& h = *due[i];
+            const bool rescued = std::exchange(h.lost_edge, false);
             if (fds[i].revents == 0 || !h.active)
                 continue;
             short ready = 0;
@@ -334,9 +366,18 @@ struct loop_state {
                 guarded([&] { fn(ready); });
                 continue;
             }
-            guarded([&] { h.fn(ready); });
+            call(h, ready, rescued);
         }
         return any;
+    }
+
+    void call(loop_handler& h, short ready, bool rescued)
+    {
+        if (rescued)
+            ++stats.rescues;
+        guarded([&] { h.fn(ready); });
+        // Level-triggered: still ready unless the next check says otherwise.
+        mark_due(h);
     }
 
     // Parks the loop fiber until a handler's socket or fd signals, a callback
@@ -352,40 +393,31 @@ struct loop_state {
         }
         bool by_fallback = false;
         try {
-            by_fallback = watch_and_park();
+            by_fallback = park();
         } catch (...) {
             awake();
             throw;
         }
         awake();
-        std::uint64_t count;
-        while (::read(wakefd, &count, sizeof count) > 0) {
+        if (std::exchange(wake_signalled, false)) {
+            std::uint64_t count;
+            while (::read(wakefd, &count, sizeof count) > 0) {
+            }
         }
         return by_fallback;
     }
 
-    bool watch_and_park()
+    // Nothing to register: handlers and wakefd stay in the hub's epoll set,
+    // and their edges mark them due and wake this slot.
+    bool park()
     {
+        if (!due_checks.empty())
+            return false;
         park_slot slot;
         const clock::time_point timer_deadline =
             timers.empty() ? no_deadline : timers.begin()->first.first;
         slot.deadline = timer_deadline;
-        // Sockets need no registration here: their watches wake the loop.
-        interest watching(*owner, slot, fd_handlers.size() + 1);
-        std::vector<pollfd> check{{wakefd, POLLIN, 0}};
-        watching.add_fd(wakefd, ZMQ_POLLIN);
-        for (auto& h : fd_handlers) {
-            watching.add_fd(h->fd, static_cast<short>(h->events | ZMQ_POLLERR));
-            check.push_back({h->fd, to_poll_events(h->events), 0});
-        }
-        // Edge-triggered registrations miss what was ready before them.
-        int rc;
-        do {
-            rc = ::poll(check.data(), check.size(), 0);
-        } while (rc < 0 && errno == EINTR);
-        if (rc != 0 || !due_checks.empty())
-            return false;
-        if (!socket_handlers.empty() && fallback.count() > 0)
+        if ((!socket_handlers.empty() || !fd_handlers.empty()) && fallback.count() > 0)
             slot.deadline = std::min(slot.deadline, later_by(clock_ticks(fallback)));
         ++stats.parks;
         parked = &slot;
@@ -432,6 +464,8 @@ io_loop::io_loop() : s_(std::make_unique<detail::loop_state>())
     s_->wakefd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (s_->wakefd < 0)
         throw std::system_error(errno, std::generic_category(), "zmq::green::io_loop: eventfd");
+    s_->wake_watcher.loop = s_.get();
+    s_->wake_registration = &s_->owner->watch_fd(s_->wakefd, s_->wake_watcher);
 }
 
 io_loop::~io_loop() = default;
@@ -512,19 +546,19 @@ void io_loop::close(bool all_fds)
     if (s.running)
         throw std::logic_error("zmq::green::io_loop::close: stop the loop first");
     s.closed = true;
-    std::vector<std::shared_ptr<detail::loop_handler>> handlers = std::move(s.fd_handlers);
+    std::vector<std::shared_ptr<detail::loop_handler>> handlers;
+    for (auto& [fd, h] : s.fd_handlers)
+        handlers.push_back(std::move(h));
     s.fd_handlers.clear();
     for (auto& [core, h] : s.socket_handlers)
         handlers.push_back(std::move(h));
     s.socket_handlers.clear();
     for (auto& h : handlers) {
-        if (all_fds) {
-            if (h->core != nullptr)
-                h->core->close();
-            else
-                ::close(h->fd);
-        }
-        detail::loop_state::drop(*h);
+        if (all_fds && h->core != nullptr)
+            h->core->close();
+        s.drop(*h); // out of the epoll set before the fd closes
+        if (all_fds && h->fd >= 0)
+            ::close(h->fd);
     }
     s.timers.clear();
     std::lock_guard<std::mutex> lock(s.mutex);
@@ -631,8 +665,14 @@ void io_loop::add_handler(int fd, handler fn, short events)
     h->fd = fd;
     h->fn = std::move(fn);
     h->events = static_cast<short>(events | ZMQ_POLLERR);
-    s.fd_handlers.push_back(std::move(h));
-    s.wake();
+    const auto it = s.fd_handlers.emplace(fd, h).first;
+    try {
+        h->registration = &s.owner->watch_fd(fd, *h);
+    } catch (...) {
+        s.fd_handlers.erase(it);
+        throw;
+    }
+    s.mark_due(*h); // what was ready before it came has no edge to come
 }
 
 void io_loop::update_handler(socket_ref socket, short events)
@@ -657,7 +697,7 @@ void io_loop::update_handler(int fd, short events)
         throw std::invalid_argument("zmq::green::io_loop::update_handler: fd "
                                     + std::to_string(fd) + " has no handler");
     h->events = static_cast<short>(events | ZMQ_POLLERR);
-    s_->wake();
+    s_->mark_due(*h);
 }
 
 void io_loop::remove_handler(socket_ref socket) noexcept

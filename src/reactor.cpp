@@ -437,12 +437,21 @@ void reactor::notify() noexcept
     }
 }
 
+void tell(watch_list& list, const change_watch* except, bool lost_edge) noexcept
+{
+    for (change_watch& w : list)
+        if (&w != except)
+            w.changed(lost_edge);
+}
+
 void fd_watch::on_ready(std::uint32_t epoll_events) noexcept
 {
     owner.count_fd_wakeups(owner.wake_matching(waiters, poll_to_zmq(epoll_events)));
+    if (!watchers.empty())
+        tell(watchers, nullptr, false);
 }
 
-fd_watch& reactor::watch_fd(int fd, wait_node& node)
+fd_watch& reactor::register_fd(int fd)
 {
     auto& slot = fds_[fd];
     if (!slot) {
@@ -461,9 +470,22 @@ fd_watch& reactor::watch_fd(int fd, wait_node& node)
         }
         slot = std::move(watch);
     }
-    slot->waiters.push_back(node);
     ++slot->users;
     return *slot;
+}
+
+fd_watch& reactor::watch_fd(int fd, wait_node& node)
+{
+    fd_watch& watch = register_fd(fd);
+    watch.waiters.push_back(node);
+    return watch;
+}
+
+fd_watch& reactor::watch_fd(int fd, change_watch& w)
+{
+    fd_watch& watch = register_fd(fd);
+    watch.watchers.push_back(w);
+    return watch;
 }
 
 void reactor::unwatch_fd(fd_watch& watch) noexcept

@@ -60,6 +60,25 @@ struct wait_node : boost::intrusive::list_base_hook<auto_unlink> {
 
 using wait_list = boost::intrusive::list<wait_node, boost::intrusive::constant_time_size<false>>;
 
+// An io_loop handler's hold on a socket or fd. Unlike a parked fiber it does
+// not make operations read ZMQ_EVENTS: it is only told that the state may
+// have changed (an edge, an operation, a close), which costs no syscall, and
+// reads the level itself when the loop gets to it.
+class change_watch : public boost::intrusive::list_base_hook<auto_unlink> {
+public:
+    // lost_edge: the fallback re-check found a signal no edge announced.
+    virtual void changed(bool lost_edge) noexcept = 0;
+
+protected:
+    ~change_watch() = default;
+};
+
+using watch_list =
+    boost::intrusive::list<change_watch, boost::intrusive::constant_time_size<false>>;
+
+// Tells every watch in list but except that the state may have changed.
+void tell(watch_list& list, const change_watch* except, bool lost_edge) noexcept;
+
 // What a fiber carries from one green wait to the next: the earliest deadline
 // of its scoped timeouts and a kill nobody has delivered yet. Only fibers
 // that use scoped timeouts or run as tasks have one.
@@ -81,7 +100,8 @@ protected:
 
 class socket_core;
 
-// A raw fd some fibers wait on; registered only while they do.
+// A raw fd in the epoll set, registered while fibers wait on it or io_loop
+// handlers watch it.
 struct fd_watch final : io_source {
     explicit fd_watch(class reactor& r, int f) noexcept : owner(r), fd(f) {}
     void on_ready(std::uint32_t epoll_events) noexcept override;
@@ -89,6 +109,7 @@ struct fd_watch final : io_source {
     class reactor& owner;
     int fd;
     wait_list waiters;
+    watch_list watchers;
     // Registrations, not waiters: a woken waiter leaves the list before it
     // unregisters, and another fiber's registration may still be alive.
     int users = 0;
@@ -150,6 +171,8 @@ public:
     bool wait_fd(int fd, short events, clock::time_point deadline);
     // Registers node for events on raw fd; the caller then parks.
     fd_watch& watch_fd(int fd, wait_node& node);
+    // Tells w of every edge on raw fd until w unlinks and unwatch_fd.
+    fd_watch& watch_fd(int fd, change_watch& w);
     void unwatch_fd(fd_watch& watch) noexcept;
 
     void add_socket(socket_core& core);
@@ -186,6 +209,7 @@ private:
     void expire_deadlines() noexcept;
     void fallback_sweep() noexcept;
     int timeout_ms(clock::time_point until) const noexcept;
+    fd_watch& register_fd(int fd);
 
     hub* hub_;
     int epfd_ = -1;

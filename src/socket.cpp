@@ -25,14 +25,7 @@ void socket_core::on_ready(std::uint32_t) noexcept
         tell_watchers();
 }
 
-void socket_core::notify_watchers(const socket_watch* except, bool lost_edge) noexcept
-{
-    for (socket_watch& w : watchers)
-        if (&w != except)
-            w.changed(lost_edge);
-}
-
-refresh_result socket_core::refresh(const socket_watch* reader) noexcept
+refresh_result socket_core::refresh(const change_watch* reader) noexcept
 {
     tell_watchers(reader);
     refresh_result r;

@@ -26,22 +26,6 @@ struct direction {
     wait_list queue;
 };
 
-// An io_loop handler's hold on a socket. Unlike a parked fiber it does not
-// make operations read ZMQ_EVENTS: it is only told that the socket's state
-// may have changed (an edge, an operation, a close), and reads the level
-// itself when the loop gets to it.
-class socket_watch : public boost::intrusive::list_base_hook<auto_unlink> {
-public:
-    // lost_edge: the fallback re-check found a signal no edge announced.
-    virtual void changed(bool lost_edge) noexcept = 0;
-
-protected:
-    ~socket_watch() = default;
-};
-
-using watch_list =
-    boost::intrusive::list<socket_watch, boost::intrusive::constant_time_size<false>>;
-
 struct refresh_result {
     int events = 0; // ZMQ_POLLIN/ZMQ_POLLOUT, when error == 0
     int error = 0;  // errno of the failed ZMQ_EVENTS read (ETERM, ENOTSOCK)
@@ -62,7 +46,7 @@ public:
     // Call it after anything that may have consumed a signal: an operation,
     // a user's ZMQ_EVENTS read, bind/connect, an edge. Tells the watchers
     // too, except `reader`, the one reading.
-    refresh_result refresh(const socket_watch* reader = nullptr) noexcept;
+    refresh_result refresh(const change_watch* reader = nullptr) noexcept;
 
     // refresh() if anybody waits: the cheap form for after an operation.
     void after_op() noexcept
@@ -120,16 +104,14 @@ public:
     bool sent_last = false;
 
     // Tells the watchers, but except, that the state may have changed.
-    void tell_watchers(const socket_watch* except = nullptr, bool lost_edge = false) noexcept
+    void tell_watchers(const change_watch* except = nullptr, bool lost_edge = false) noexcept
     {
         if (!watchers.empty())
-            notify_watchers(except, lost_edge);
+            tell(watchers, except, lost_edge);
     }
 
 private:
     ~socket_core() = default;
-
-    void notify_watchers(const socket_watch* except, bool lost_edge) noexcept;
 
     // Queues for dir and parks until it is handed over. False on timeout.
     bool acquire(direction& dir, clock::time_point deadline);

@@ -3,7 +3,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 using namespace std::chrono_literals;
@@ -56,7 +58,30 @@ protected:
         return sockets;
     }
 
+    // n pipes nobody writes to, each read end with a handler; the fixture
+    // removes the handlers and closes the pipes.
+    void add_idle_fd_handlers(int n)
+    {
+        for (int i = 0; i < n; ++i) {
+            int fds[2];
+            ASSERT_EQ(::pipe(fds), 0);
+            pipes_.push_back(fds[0]);
+            pipes_.push_back(fds[1]);
+            loop.add_handler(
+                fds[0], [](short) { ADD_FAILURE() << "an idle fd was ready"; }, ZMQ_POLLIN);
+        }
+    }
+
+    ~io_loop() override
+    {
+        for (std::size_t i = 0; i < pipes_.size(); i += 2)
+            loop.remove_handler(pipes_[i]);
+        for (int fd : pipes_)
+            ::close(fd);
+    }
+
     green::io_loop loop;
+    std::vector<int> pipes_;
 };
 
 TEST_F(io_loop, callback_stops_the_loop)
@@ -317,6 +342,70 @@ TEST_F(io_loop, idle_socket_handlers_are_not_read_on_every_iteration)
     EXPECT_LE(after.level_checks - before.level_checks, idle + 2 * iterations);
 }
 
+// Fd handlers stay in the hub's epoll set, and an iteration polls only those
+// whose fd signalled (or were ready last time).
+TEST_F(io_loop, idle_fd_handlers_are_not_polled_on_every_iteration)
+{
+    constexpr int idle = 100, messages = 50;
+    add_idle_fd_handlers(idle);
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    pipes_.push_back(fds[0]);
+    pipes_.push_back(fds[1]);
+    int got = 0;
+    // One byte per call: the level brings the handler back once per iteration.
+    loop.add_handler(
+        fds[0],
+        [&](short) {
+            char c;
+            ASSERT_EQ(::read(fds[0], &c, 1), 1);
+            if (++got == messages)
+                loop.stop();
+        },
+        ZMQ_POLLIN);
+    watchdog guard(loop);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          // The loop is parked by now: the writes bring an edge.
+                          EXPECT_GT(loop.stats().parks, 0u);
+                          const std::string bytes(messages, 'x');
+                          ASSERT_EQ(::write(fds[1], bytes.data(), bytes.size()),
+                                    static_cast<ssize_t>(bytes.size()));
+                      }});
+    EXPECT_EQ(got, messages);
+    const auto s = loop.stats();
+    EXPECT_GE(s.iterations, static_cast<std::uint64_t>(messages));
+    // Each idle fd once (its first check), the busy one about once per iteration.
+    EXPECT_LE(s.level_checks, idle + 2 * s.iterations);
+}
+
+// epoll forgets a closed fd without a word; the fallback re-check polls every
+// fd handler, finds the fd gone and tells its handler once.
+TEST_F(io_loop, an_fd_closed_under_its_handler_gets_pollerr_once_and_is_removed)
+{
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    std::vector<short> seen;
+    loop.add_handler(
+        fds[0],
+        [&](short e) {
+            seen.push_back(e);
+            loop.call_later(5ms, [&] { loop.stop(); });
+        },
+        ZMQ_POLLIN);
+    loop.set_fallback_interval(1ms);
+    watchdog guard(loop);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          // The loop has checked the fd and parked: no edge will come.
+                          EXPECT_GT(loop.stats().parks, 0u);
+                          ::close(fds[0]);
+                      }});
+    ::close(fds[1]);
+    EXPECT_EQ(seen, (std::vector<short>{ZMQ_POLLERR}));
+    EXPECT_THROW(loop.update_handler(fds[0], ZMQ_POLLIN), std::invalid_argument); // removed
+}
+
 // The fallback re-check asks which sockets hold a signal no edge announced;
 // it does not read every idle socket's level each time it runs.
 TEST_F(io_loop, the_fallback_recheck_does_not_read_idle_sockets)
@@ -424,6 +513,36 @@ TEST_F(io_loop, fd_handlers_wake_on_a_write_from_another_fiber)
                       }});
     ::close(efd);
     EXPECT_EQ(seen, ZMQ_POLLIN);
+}
+
+// The loop's handler keeps the fd registered; a fiber's wait on the same fd
+// shares the registration, and both hear the write.
+TEST_F(io_loop, a_handler_and_a_fiber_wait_on_the_same_fd)
+{
+    const int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ASSERT_GE(efd, 0);
+    bool fiber_saw = false;
+    int handler_calls = 0;
+    // Nobody reads: the handler stays ready until the fiber has woken.
+    loop.add_handler(
+        efd,
+        [&](short) {
+            ++handler_calls;
+            if (fiber_saw)
+                loop.stop();
+        },
+        ZMQ_POLLIN);
+    watchdog guard(loop);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] { fiber_saw = green::wait_readable(efd, 5s); },
+                      [&] {
+                          const std::uint64_t one = 1;
+                          ASSERT_EQ(::write(efd, &one, sizeof one), static_cast<ssize_t>(sizeof one));
+                      }});
+    loop.remove_handler(efd);
+    ::close(efd);
+    EXPECT_TRUE(fiber_saw);
+    EXPECT_GE(handler_calls, 1);
 }
 
 TEST_F(io_loop, blocking_fibers_run_while_the_loop_waits)
@@ -550,6 +669,32 @@ TEST_F(io_loop, bad_input_is_rejected_clearly)
     EXPECT_THROW(loop.add_handler(s, [](short) {}, ZMQ_POLLIN), std::invalid_argument);
     EXPECT_THROW(loop.update_handler(s, 0x100), std::invalid_argument);
     EXPECT_THROW(loop.update_handler(42, ZMQ_POLLIN), std::invalid_argument);
+    // What epoll cannot watch is refused when the handler is added, and
+    // leaves no handler behind.
+    FILE* file = std::tmpfile();
+    ASSERT_NE(file, nullptr);
+    const int regular = ::fileno(file);
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        try {
+            loop.add_handler(regular, [](short) {}, ZMQ_POLLIN);
+            ADD_FAILURE() << "a regular file was accepted";
+        } catch (const std::system_error& e) {
+            EXPECT_EQ(e.code().value(), EPERM);
+            EXPECT_NE(std::string(e.what()).find(std::to_string(regular)), std::string::npos)
+                << e.what();
+        }
+    }
+    std::fclose(file);
+    int closed[2];
+    ASSERT_EQ(::pipe(closed), 0);
+    ::close(closed[0]);
+    ::close(closed[1]);
+    try {
+        loop.add_handler(closed[0], [](short) {}, ZMQ_POLLIN);
+        ADD_FAILURE() << "a closed fd was accepted";
+    } catch (const std::system_error& e) {
+        EXPECT_EQ(e.code().value(), EBADF);
+    }
     EXPECT_THROW(loop.add_callback(nullptr), std::invalid_argument);
     EXPECT_THROW(loop.call_later(1ms, nullptr), std::invalid_argument);
     EXPECT_THROW(loop.set_fallback_interval(-1ms), std::invalid_argument);

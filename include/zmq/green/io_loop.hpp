@@ -30,9 +30,9 @@ private:
 struct io_loop_stats {
     std::uint64_t iterations = 0;
     std::uint64_t parks = 0;   // times the loop fiber waited for something to happen
-    std::uint64_t rescues = 0; // sockets found ready by the fallback re-check, no edge seen
-    // ZMQ_EVENTS reads of handlers' sockets: only of those that may have
-    // changed since the last read, or were ready then.
+    std::uint64_t rescues = 0; // handlers found ready by the fallback re-check, no edge seen
+    // Level reads of handlers' sockets (ZMQ_EVENTS) and fds (poll): only of
+    // those that may have changed since the last read, or were ready then.
     std::uint64_t level_checks = 0;
 };
 
@@ -83,6 +83,9 @@ public:
     // removed. One handler per socket or fd (std::invalid_argument otherwise).
     void add_handler(socket_ref socket, handler fn, short events);
     // A raw fd handler is level-triggered too (ZMQ_POLLERR is always added).
+    // The fd joins the hub's epoll set until the handler goes: remove the
+    // handler before closing the fd. std::system_error if epoll refuses the
+    // fd (not open, a regular file, a green socket's fd).
     void add_handler(int fd, handler fn, short events);
     void update_handler(socket_ref socket, short events);
     void update_handler(int fd, short events);
