@@ -1,6 +1,7 @@
 #include <zmq/green/io_loop.hpp>
 #include <zmq/green/timeout.hpp>
 
+#include "loop_access.hpp"
 #include "socket_core.hpp"
 
 #include <boost/fiber/fiber.hpp>
@@ -78,6 +79,9 @@ struct loop_handler final : change_watch, std::enable_shared_from_this<loop_hand
     short events = 0;
     bool active = true;
     bool lost_edge = false; // due because the fallback re-check found a signal
+    // Events its owner's own calls just found ready (loop_access::presume_ready):
+    // the next dispatch calls the handler without reading the level.
+    short presumed = 0;
     // Linked while queued for the loop's next level check.
     boost::intrusive::list_member_hook<auto_unlink> due_hook;
 };
@@ -306,10 +310,12 @@ struct loop_state {
                 due_fds.push_back(std::move(keep));
                 continue;
             }
-            const bool rescued = std::exchange(h.lost_edge, false);
-            short ready = 0;
+            bool rescued = std::exchange(h.lost_edge, false);
+            short ready = static_cast<short>(std::exchange(h.presumed, 0) & h.events);
+            if (ready != 0)
+                rescued = false; // its owner's calls found it ready, not the re-check
             bool gone = h.core->closed;
-            if (!gone) {
+            if (!gone && ready == 0) {
                 // The one EVENTS read; it also wakes fibers waiting on the socket.
                 ++stats.level_checks;
                 const refresh_result r = h.core->refresh(&h);
@@ -438,6 +444,14 @@ void loop_handler::changed(bool lost) noexcept
 {
     lost_edge = lost_edge || lost;
     loop->mark_due(*this);
+}
+
+void loop_access::presume_ready(io_loop& loop, socket_core& core, short events) noexcept
+{
+    if (auto h = loop.s_->find(&core, -1)) {
+        h->presumed = static_cast<short>(h->presumed | events);
+        loop.s_->mark_due(*h);
+    }
 }
 
 namespace {

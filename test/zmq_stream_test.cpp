@@ -364,6 +364,52 @@ TEST_F(zmq_stream, queued_sends_go_out_in_bursts)
     EXPECT_GE(sends_per_iteration.size(), 4u);
 }
 
+// A burst cut short by its bound proves the socket ready: the loop calls the
+// stream again without a ZMQ_EVENTS read. Only the bursts that drain it end
+// with one.
+TEST_F(zmq_stream, a_busy_stream_is_called_again_without_a_level_read)
+{
+    constexpr int burst = 32, bursts = 10, n = bursts * burst;
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
+    for (int i = 0; i < n; ++i)
+        p.a.send(zmq::str_buffer("m"));
+    green::zmq_stream stream(std::move(p.b), loop);
+    int got = 0;
+    stream.on_recv([&](message&) {
+        if (++got == n)
+            loop.stop();
+    });
+    loop.start();
+    ASSERT_EQ(got, n);
+    EXPECT_GE(loop.stats().iterations, static_cast<std::uint64_t>(bursts));
+    EXPECT_LE(loop.stats().level_checks, 2u); // the first, and none between bursts
+}
+
+// A presumption that turns out wrong (the last burst took exactly the bound)
+// costs one empty call; the next message still arrives by its edge.
+TEST_F(zmq_stream, a_stream_drained_by_a_full_burst_still_gets_the_next_message)
+{
+    constexpr int burst = 32;
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
+    for (int i = 0; i < burst; ++i)
+        p.a.send(zmq::str_buffer("m"));
+    green::zmq_stream stream(std::move(p.b), loop);
+    int got = 0;
+    stream.on_recv([&](message&) {
+        if (++got == burst + 1)
+            loop.stop();
+    });
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          // Until the loop has tried again, found nothing and parked.
+                          while (loop.stats().parks == 0)
+                              boost::this_fiber::yield();
+                          EXPECT_EQ(got, burst);
+                          p.a.send(zmq::str_buffer("late"));
+                      }});
+    EXPECT_EQ(got, burst + 1);
+}
+
 TEST_F(zmq_stream, a_per_send_callback_replaces_on_send_for_good)
 {
     push_pull s(ctx, loop);

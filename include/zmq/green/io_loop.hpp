@@ -14,6 +14,7 @@ namespace zmq::green {
 namespace detail {
 struct loop_state;
 struct loop_timer;
+struct loop_access;
 } // namespace detail
 
 // Names a timeout for io_loop::remove_timeout. Keeps nothing alive.
@@ -119,6 +120,7 @@ public:
     io_loop_stats stats() const noexcept;
 
 private:
+    friend struct detail::loop_access;
     std::unique_ptr<detail::loop_state> s_;
 };
 

@@ -1,0 +1,19 @@
+// What zmq_stream needs from io_loop beyond its public API.
+#pragma once
+
+#include <zmq/green/io_loop.hpp>
+
+namespace zmq::green::detail {
+
+class socket_core;
+
+struct loop_access {
+    // The handler of core's socket will find events ready on its next call,
+    // as its owner's own calls have just shown: the loop then calls it
+    // without reading ZMQ_EVENTS, which costs two syscalls inside libzmq. A
+    // wrong guess costs one call that finds nothing, after which the loop
+    // reads the level as usual.
+    static void presume_ready(io_loop& loop, socket_core& core, short events) noexcept;
+};
+
+} // namespace zmq::green::detail
