@@ -9,7 +9,6 @@
 #include <iterator>
 #include <memory>
 #include <stdexcept>
-#include <tuple>
 #include <vector>
 
 namespace zmq::green {
@@ -164,17 +163,21 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
         // ready as far as anyone knows: the loop's next call comes without a
         // ZMQ_EVENTS read (a third of a busy stream's syscalls).
         short still_ready = 0;
-        for (auto [event, wanted, step] :
-             {std::tuple{ZMQ_POLLIN, &stream_state::receiving, &stream_state::handle_recv},
-              std::tuple{ZMQ_POLLOUT, &stream_state::sending, &stream_state::handle_send}}) {
-            if (!(events & event))
-                continue;
+        auto run = [&](short event, auto wanted, auto step) {
             const burst_end end = run_burst(wanted, step);
-            if (end == burst_end::closed)
-                return;
             if (end == burst_end::bound)
                 still_ready = static_cast<short>(still_ready | event);
-        }
+            return end != burst_end::closed;
+        };
+        if ((events & ZMQ_POLLIN)
+            && !run(ZMQ_POLLIN, &stream_state::receiving, &stream_state::handle_recv))
+            return;
+        // Whatever the level said of POLLOUT: the replies the receive
+        // callbacks just queued go out now. A send that fails costs no
+        // syscall; the level read that would come first costs two.
+        if (((events & ZMQ_POLLOUT) || sending())
+            && !run(ZMQ_POLLOUT, &stream_state::sending, &stream_state::handle_send))
+            return;
         rebuild_io_state();
         if (still_ready != 0)
             loop_access::presume_ready(loop, *core, still_ready);

@@ -196,6 +196,37 @@ TEST_F(zmq_stream, requests_queued_on_a_req_stream_go_out_one_per_reply)
     EXPECT_EQ(statuses, (std::vector<int>{0, 0, 0}));
 }
 
+// A reply queued by on_recv goes out in the same handler call, without a
+// level read to find POLLOUT first: per request, one read to find the
+// request and one to find nothing more.
+TEST_F(zmq_stream, a_reply_queued_by_on_recv_goes_out_without_another_level_read)
+{
+    constexpr int requests = 50;
+    green::zmq_stream server(green::socket_t(ctx, zmq::socket_type::rep), loop);
+    server.set(zmq::sockopt::linger, 0);
+    server.bind("tcp://127.0.0.1:*");
+    const std::string ep = server.get(zmq::sockopt::last_endpoint);
+    server.on_recv_stream([](green::zmq_stream& stream, message& msg) {
+        stream.send_multipart(std::move(msg));
+    });
+    int replies = 0;
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          green::socket_t client(ctx, zmq::socket_type::req);
+                          client.set(zmq::sockopt::linger, 0);
+                          client.connect(ep);
+                          for (int i = 0; i < requests; ++i) {
+                              client.send(zmq::str_buffer("ping"));
+                              zmq::message_t reply;
+                              ASSERT_TRUE(client.recv(reply));
+                              ++replies;
+                          }
+                          loop.stop();
+                      }});
+    EXPECT_EQ(replies, requests);
+    EXPECT_LE(loop.stats().level_checks, 2u * requests + 2);
+}
+
 TEST_F(zmq_stream, hundred_streams_share_the_loop_fairly)
 {
     // A stream receives at most 32 messages per loop iteration (docs/eventloop.md).
