@@ -2,6 +2,7 @@
 #include <zmq/green/hub.hpp>
 
 #include "context_core.hpp"
+#include "reactor.hpp"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -54,7 +55,11 @@ void term_in_helper(void* h) noexcept
     });
     if (done >= 0) {
         try {
-            wait_readable(done);
+            // Uninterruptible: close() is noexcept, so a scoped timeout or a
+            // kill ending this wait would only leave join() below to block
+            // the thread, every fiber on it, for the rest of the linger. They
+            // stay pending for the fiber's next green wait instead.
+            detail::reactor::current()->wait_fd(done, ZMQ_POLLIN, detail::no_deadline, false);
         } catch (...) {
             // The hub could not watch the fd: wait in join() instead.
         }

@@ -497,7 +497,7 @@ void reactor::unwatch_fd(fd_watch& watch) noexcept
     fds_.erase(watch.fd);
 }
 
-bool reactor::wait_fd(int fd, short events, clock::time_point deadline)
+bool reactor::wait_fd(int fd, short events, clock::time_point deadline, bool interruptible)
 {
     for (;;) {
         pollfd pfd{fd, to_poll_events(events), 0};
@@ -515,7 +515,7 @@ bool reactor::wait_fd(int fd, short events, clock::time_point deadline)
         slot.deadline = deadline;
         wait_node node(slot, static_cast<short>(events | ZMQ_POLLERR));
         fd_watch& watch = watch_fd(fd, node);
-        const wake_reason why = park(slot);
+        const wake_reason why = park(slot, interruptible);
         node.unlink();
         unwatch_fd(watch);
         throw_if_interrupted(why);

@@ -167,8 +167,8 @@ public:
     bool has_deferred() const noexcept { return !deferred_.empty(); }
 
     // Waits until the raw fd has one of events (ZMQ_POLLIN/ZMQ_POLLOUT) or
-    // the deadline passes. Returns false on timeout.
-    bool wait_fd(int fd, short events, clock::time_point deadline);
+    // the deadline passes. Returns false on timeout. Interruptible as park().
+    bool wait_fd(int fd, short events, clock::time_point deadline, bool interruptible = true);
     // Registers node for events on raw fd; the caller then parks.
     fd_watch& watch_fd(int fd, wait_node& node);
     // Tells w of every edge on raw fd until w unlinks and unwatch_fd.

@@ -1,5 +1,7 @@
 #include "support.hpp"
 
+#include <unistd.h>
+
 #include <thread>
 
 using namespace std::chrono_literals;
@@ -74,6 +76,45 @@ TEST(context, close_parks_only_the_caller_until_the_sockets_are_closed)
     EXPECT_TRUE(closed);
     EXPECT_GT(ticks_while_closing, 0);
     EXPECT_EQ(ctx->handle(), nullptr);
+}
+
+// close() is noexcept: a kill that comes while it waits for libzmq's linger
+// must neither end that wait (leaving the thread blocked, every fiber with
+// it, until the linger ends) nor get lost: it waits for the next green wait.
+TEST(context, a_kill_during_close_blocks_no_fiber_and_is_not_lost)
+{
+    green::context_t ctx;
+    {
+        green::socket_t s(ctx, zmq::socket_type::push);
+        s.set(zmq::sockopt::linger, 300);
+        s.connect("tcp://127.0.0.1:1"); // nobody listens: the message lingers
+        ASSERT_TRUE(s.send(zmq::str_buffer("x"), zmq::send_flags::dontwait));
+    }
+    int never[2];
+    ASSERT_EQ(::pipe(never), 0);
+    bool closing = false, closed = false, kill_delivered = false;
+    green::task closer = green::spawn([&] {
+        closing = true;
+        ctx.close();
+        closed = true;
+        try {
+            (void)green::wait_readable(never[0], 5s);
+        } catch (const green::fiber_cancelled&) {
+            kill_delivered = true;
+            throw;
+        }
+    });
+    while (!closing)
+        boost::this_fiber::yield();
+    closer.kill(false);
+    boost::this_fiber::yield();
+    EXPECT_FALSE(closed) << "the close ran to its end on the thread while another fiber waited";
+    EXPECT_TRUE(closer.join(10s));
+    EXPECT_TRUE(closed);
+    EXPECT_TRUE(kill_delivered);
+    EXPECT_TRUE(closer.killed());
+    ::close(never[0]);
+    ::close(never[1]);
 }
 
 TEST(context, socket_on_a_closed_context_is_an_error)

@@ -198,7 +198,7 @@ TEST_F(zmq_stream, requests_queued_on_a_req_stream_go_out_one_per_reply)
 
 // A reply queued by on_recv goes out in the same handler call, without a
 // level read to find POLLOUT first: per request, one read to find the
-// request and one to find nothing more.
+// request and one to find nothing more (it was three).
 TEST_F(zmq_stream, a_reply_queued_by_on_recv_goes_out_without_another_level_read)
 {
     constexpr int requests = 50;
@@ -224,7 +224,10 @@ TEST_F(zmq_stream, a_reply_queued_by_on_recv_goes_out_without_another_level_read
                           loop.stop();
                       }});
     EXPECT_EQ(replies, requests);
-    EXPECT_LE(loop.stats().level_checks, 2u * requests + 2);
+    // Commands of libzmq's I/O thread (the connection's setup, say) bring
+    // edges, and reads, of their own: some slack, short of a third read per
+    // request.
+    EXPECT_LE(loop.stats().level_checks, 2u * requests + requests / 2);
 }
 
 TEST_F(zmq_stream, hundred_streams_share_the_loop_fairly)
