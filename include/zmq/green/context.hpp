@@ -33,7 +33,8 @@ public:
     void shutdown() noexcept;
 
     // shutdown(), wait until every green socket of the context is closed,
-    // then terminate. Parks only the calling fiber.
+    // then terminate. Parks only the calling fiber, and to the end: a kill or
+    // scoped timeout meanwhile meets the fiber at its next green wait.
     void close() noexcept;
 
     void* handle() noexcept;
