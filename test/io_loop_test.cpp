@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <functional>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
@@ -70,6 +71,18 @@ protected:
             loop.add_handler(
                 fds[0], [](short) { ADD_FAILURE() << "an idle fd was ready"; }, ZMQ_POLLIN);
         }
+    }
+
+    // Runs the loop in one fiber and then() in another once the loop has
+    // parked: fibers start in order, and an idle loop parks before it yields.
+    void run_loop_then(const std::function<void()>& then)
+    {
+        watchdog guard(loop);
+        test::run_fibers({[&] { loop.start(); },
+                          [&] {
+                              EXPECT_GT(loop.stats().parks, 0u) << "the loop has not parked";
+                              then();
+                          }});
     }
 
     ~io_loop() override
@@ -363,15 +376,10 @@ TEST_F(io_loop, idle_fd_handlers_are_not_polled_on_every_iteration)
                 loop.stop();
         },
         ZMQ_POLLIN);
-    watchdog guard(loop);
-    test::run_fibers({[&] { loop.start(); },
-                      [&] {
-                          // The loop is parked by now: the writes bring an edge.
-                          EXPECT_GT(loop.stats().parks, 0u);
-                          const std::string bytes(messages, 'x');
-                          ASSERT_EQ(::write(fds[1], bytes.data(), bytes.size()),
-                                    static_cast<ssize_t>(bytes.size()));
-                      }});
+    run_loop_then([&] {
+        const std::string bytes(messages, 'x'); // one edge for them all
+        ASSERT_EQ(::write(fds[1], bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+    });
     EXPECT_EQ(got, messages);
     const auto s = loop.stats();
     EXPECT_GE(s.iterations, static_cast<std::uint64_t>(messages));
@@ -394,13 +402,7 @@ TEST_F(io_loop, an_fd_closed_under_its_handler_gets_pollerr_once_and_is_removed)
         },
         ZMQ_POLLIN);
     loop.set_fallback_interval(1ms);
-    watchdog guard(loop);
-    test::run_fibers({[&] { loop.start(); },
-                      [&] {
-                          // The loop has checked the fd and parked: no edge will come.
-                          EXPECT_GT(loop.stats().parks, 0u);
-                          ::close(fds[0]);
-                      }});
+    run_loop_then([&] { ::close(fds[0]); }); // checked already: no edge will come
     ::close(fds[1]);
     EXPECT_EQ(seen, (std::vector<short>{ZMQ_POLLERR}));
     EXPECT_THROW(loop.update_handler(fds[0], ZMQ_POLLIN), std::invalid_argument); // removed
@@ -442,14 +444,10 @@ TEST_F(io_loop, a_signal_another_fiber_consumed_still_reaches_the_handler)
             loop.stop();
         },
         ZMQ_POLLIN);
-    watchdog guard(loop);
-    test::run_fibers({[&] { loop.start(); },
-                      [&] {
-                          // The loop is parked by now: this fiber runs after it.
-                          EXPECT_GT(loop.stats().parks, 0u);
-                          p.a.send(zmq::str_buffer("taken"));
-                          EXPECT_EQ(p.b.get(zmq::sockopt::events) & ZMQ_POLLIN, ZMQ_POLLIN);
-                      }});
+    run_loop_then([&] {
+        p.a.send(zmq::str_buffer("taken"));
+        EXPECT_EQ(p.b.get(zmq::sockopt::events) & ZMQ_POLLIN, ZMQ_POLLIN);
+    });
     EXPECT_EQ(got, "taken");
 }
 
@@ -504,13 +502,10 @@ TEST_F(io_loop, fd_handlers_wake_on_a_write_from_another_fiber)
             loop.stop();
         },
         ZMQ_POLLIN);
-    watchdog guard(loop);
-    test::run_fibers({[&] { loop.start(); },
-                      [&] {
-                          // The loop is parked by now: this fiber runs after it.
-                          const std::uint64_t one = 1;
-                          ASSERT_EQ(::write(efd, &one, sizeof one), static_cast<ssize_t>(sizeof one));
-                      }});
+    run_loop_then([&] {
+        const std::uint64_t one = 1;
+        ASSERT_EQ(::write(efd, &one, sizeof one), static_cast<ssize_t>(sizeof one));
+    });
     ::close(efd);
     EXPECT_EQ(seen, ZMQ_POLLIN);
 }
