@@ -119,6 +119,7 @@ struct loop_state {
     // wakefd stays registered: a write from another thread wakes the parked
     // loop through it, and the loop reads it only after such a write.
     struct wake_watch final : change_watch {
+        wake_watch() noexcept { mask = ZMQ_POLLIN | ZMQ_POLLERR; }
         void changed(bool) noexcept override
         {
             loop->wake_signalled = true;
@@ -350,6 +351,12 @@ struct loop_state {
         do {
             rc = ::poll(fds.data(), fds.size(), 0);
         } while (rc < 0 && errno == EINTR);
+        if (rc < 0) {
+            // Out of memory: ask again next iteration rather than forget them.
+            for (auto& h : due)
+                mark_due(*h);
+            return false;
+        }
         stats.level_checks += due.size();
         bool any = false;
         for (std::size_t i = 0; rc > 0 && i < fds.size(); ++i) {
@@ -679,6 +686,7 @@ void io_loop::add_handler(int fd, handler fn, short events)
     h->fd = fd;
     h->fn = std::move(fn);
     h->events = static_cast<short>(events | ZMQ_POLLERR);
+    h->mask = h->events;
     const auto it = s.fd_handlers.emplace(fd, h).first;
     try {
         h->registration = &s.owner->watch_fd(fd, *h);
@@ -711,6 +719,7 @@ void io_loop::update_handler(int fd, short events)
         throw std::invalid_argument("zmq::green::io_loop::update_handler: fd "
                                     + std::to_string(fd) + " has no handler");
     h->events = static_cast<short>(events | ZMQ_POLLERR);
+    h->mask = h->events;
     s_->mark_due(*h);
 }
 

@@ -437,18 +437,19 @@ void reactor::notify() noexcept
     }
 }
 
-void tell(watch_list& list, const change_watch* except, bool lost_edge) noexcept
+void tell(watch_list& list, short events, const change_watch* except, bool lost_edge) noexcept
 {
     for (change_watch& w : list)
-        if (&w != except)
+        if (&w != except && (w.mask & events) != 0)
             w.changed(lost_edge);
 }
 
 void fd_watch::on_ready(std::uint32_t epoll_events) noexcept
 {
-    owner.count_fd_wakeups(owner.wake_matching(waiters, poll_to_zmq(epoll_events)));
+    const short events = poll_to_zmq(epoll_events);
+    owner.count_fd_wakeups(owner.wake_matching(waiters, events));
     if (!watchers.empty())
-        tell(watchers, nullptr, false);
+        tell(watchers, events, nullptr, false);
 }
 
 fd_watch& reactor::register_fd(int fd)
@@ -490,11 +491,30 @@ fd_watch& reactor::watch_fd(int fd, change_watch& w)
 
 void reactor::unwatch_fd(fd_watch& watch) noexcept
 {
-    if (--watch.users > 0)
+    if (--watch.users > 0 || watch.stale)
         return;
-    // The fd may already be closed: then the kernel dropped it from the set.
-    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, watch.fd, nullptr);
-    fds_.erase(watch.fd);
+    const auto it = fds_.find(watch.fd);
+    if (::epoll_ctl(epfd_, EPOLL_CTL_DEL, watch.fd, nullptr) == 0)
+        fds_.erase(it);
+    else
+        retire_fd(it); // the fd was closed under its watchers: see retire_fd
+}
+
+// Someone closed the fd while it was registered. Its epoll entry goes with
+// the file, which a dup or a forked child may keep open, and cannot be
+// removed without the fd: the watch must outlive any event of that entry.
+// Only misuse gets here (closing an fd before its handler or wait is gone),
+// so keeping a few empty watches is cheaper than tagging every event.
+void reactor::retire_fd(std::unordered_map<int, std::unique_ptr<fd_watch>>::iterator it) noexcept
+{
+    std::unique_ptr<fd_watch> watch = std::move(it->second);
+    fds_.erase(it);
+    watch->stale = true;
+    try {
+        retired_.push_back(std::move(watch));
+    } catch (...) {
+        (void)watch.release(); // leaked rather than freed under the kernel's entry
+    }
 }
 
 bool reactor::wait_fd(int fd, short events, clock::time_point deadline, bool interruptible)
@@ -524,6 +544,11 @@ bool reactor::wait_fd(int fd, short events, clock::time_point deadline, bool int
 
 void reactor::add_socket(socket_core& core)
 {
+    // A watch still filed under this fd number was left by a file closed
+    // under its watchers: the number is the socket's now, and removing that
+    // watch later must not remove the socket's entry.
+    if (const auto it = fds_.find(core.fd); it != fds_.end())
+        retire_fd(it);
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLET;
     ev.data.ptr = static_cast<io_source*>(&core);

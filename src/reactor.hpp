@@ -7,6 +7,8 @@
 #include <boost/intrusive/list.hpp>
 #include <boost/intrusive/set.hpp>
 
+#include <zmq.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -69,6 +71,11 @@ public:
     // lost_edge: the fallback re-check found a signal no edge announced.
     virtual void changed(bool lost_edge) noexcept = 0;
 
+    // The edges of a raw fd it is told of (ZMQ_POLLIN/ZMQ_POLLOUT/ZMQ_POLLERR):
+    // reading an eventfd, or a peer's ACK, brings a POLLOUT edge that a
+    // reader has no use for.
+    short mask = ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR;
+
 protected:
     ~change_watch() = default;
 };
@@ -76,8 +83,9 @@ protected:
 using watch_list =
     boost::intrusive::list<change_watch, boost::intrusive::constant_time_size<false>>;
 
-// Tells every watch in list but except that the state may have changed.
-void tell(watch_list& list, const change_watch* except, bool lost_edge) noexcept;
+// Tells every watch in list whose mask meets events, but except, that the
+// state may have changed.
+void tell(watch_list& list, short events, const change_watch* except, bool lost_edge) noexcept;
 
 // What a fiber carries from one green wait to the next: the earliest deadline
 // of its scoped timeouts and a kill nobody has delivered yet. Only fibers
@@ -113,6 +121,7 @@ struct fd_watch final : io_source {
     // Registrations, not waiters: a woken waiter leaves the list before it
     // unregisters, and another fiber's registration may still be alive.
     int users = 0;
+    bool stale = false; // its fd number names another file now (see retire_fd)
 };
 
 class reactor;
@@ -210,6 +219,7 @@ private:
     void fallback_sweep() noexcept;
     int timeout_ms(clock::time_point until) const noexcept;
     fd_watch& register_fd(int fd);
+    void retire_fd(std::unordered_map<int, std::unique_ptr<fd_watch>>::iterator it) noexcept;
 
     hub* hub_;
     int epfd_ = -1;
@@ -227,6 +237,9 @@ private:
         deadlines_;
     std::unordered_map<void*, socket_core*> sockets_;
     std::unordered_map<int, std::unique_ptr<fd_watch>> fds_;
+    // Watches whose epoll entry may outlive their fd: kept, empty, until the
+    // reactor goes, so that a late event never reaches freed memory.
+    std::vector<std::unique_ptr<fd_watch>> retired_;
     std::unordered_map<boost::fibers::context*, fiber_state> fiber_states_;
     wait_list deferred_;
     std::vector<::epoll_event> events_; // run()'s buffer

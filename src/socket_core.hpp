@@ -107,7 +107,7 @@ public:
     void tell_watchers(const change_watch* except = nullptr, bool lost_edge = false) noexcept
     {
         if (!watchers.empty())
-            tell(watchers, except, lost_edge);
+            tell(watchers, ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR, except, lost_edge);
     }
 
 private:

@@ -85,8 +85,11 @@ public:
     void add_handler(socket_ref socket, handler fn, short events);
     // A raw fd handler is level-triggered too (ZMQ_POLLERR is always added).
     // The fd joins the hub's epoll set until the handler goes: remove the
-    // handler before closing the fd. std::system_error if epoll refuses the
-    // fd (not open, a regular file, a green socket's fd).
+    // handler before closing the fd. (If not, the fallback re-check finds the
+    // fd gone and gives the handler ZMQ_POLLERR once; a number reused by a
+    // new file meanwhile defeats that.)
+    // std::system_error if epoll refuses the fd (not open, a regular file, a
+    // green socket's fd).
     void add_handler(int fd, handler fn, short events);
     void update_handler(socket_ref socket, short events);
     void update_handler(int fd, short events);
