@@ -352,10 +352,10 @@ struct loop_state {
             rc = ::poll(fds.data(), fds.size(), 0);
         } while (rc < 0 && errno == EINTR);
         if (rc < 0) {
-            // Out of memory: ask again next iteration rather than forget them.
+            // Out of memory: ask again after a yield rather than forget them.
             for (auto& h : due)
                 mark_due(*h);
-            return false;
+            return true;
         }
         stats.level_checks += due.size();
         bool any = false;
