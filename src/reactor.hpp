@@ -121,7 +121,7 @@ struct fd_watch final : io_source {
     // Registrations, not waiters: a woken waiter leaves the list before it
     // unregisters, and another fiber's registration may still be alive.
     int users = 0;
-    bool stale = false; // its fd number names another file now (see retire_fd)
+    bool stale = false; // retired: its fd was closed under it (see retire_fd)
 };
 
 class reactor;

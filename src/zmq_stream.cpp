@@ -191,7 +191,6 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     // fails with EFSM (a REP whose callback queued the reply, a REQ with
     // requests queued behind the one in flight). That is no error: the turn
     // has passed, the burst ends, and a message to send stays queued.
-    // False once the stream is closed.
     burst_end run_burst(bool (stream_state::*wanted)() const noexcept,
                         bool (stream_state::*step)() noexcept)
     {
