@@ -154,21 +154,23 @@ TEST_F(io_loop, a_callback_from_another_thread_costs_one_park)
 {
     constexpr int callbacks = 100;
     std::atomic<int> ran{0};
+    std::atomic<bool> loop_ended{false};
     std::thread poster;
     watchdog guard(loop);
     loop.add_callback([&] {
         poster = std::thread([&] {
-            for (int i = 0; i < callbacks; ++i) {
+            for (int i = 0; i < callbacks && !loop_ended; ++i) {
                 loop.add_callback([&] {
                     if (ran.fetch_add(1) + 1 == callbacks)
                         loop.stop();
                 });
-                while (ran.load() <= i) // each after the last has run
+                while (ran.load() <= i && !loop_ended) // each after the last has run
                     std::this_thread::yield();
             }
         });
     });
     loop.start();
+    loop_ended = true; // a watchdog stop must not leave the poster waiting
     poster.join();
     EXPECT_EQ(ran.load(), callbacks);
     EXPECT_LE(loop.stats().parks, callbacks + callbacks / 4u);

@@ -413,7 +413,7 @@ TEST_F(zmq_stream, a_stream_drained_by_a_full_burst_still_gets_the_next_message)
     test::run_fibers({[&] { loop.start(); },
                       [&] {
                           // Until the loop has tried again, found nothing and parked.
-                          while (loop.stats().parks == 0)
+                          while (loop.stats().parks == 0 && loop.running())
                               boost::this_fiber::yield();
                           EXPECT_EQ(got, burst);
                           p.a.send(zmq::str_buffer("late"));
