@@ -71,6 +71,13 @@ struct loop_state;
 struct loop_handler final : change_watch, std::enable_shared_from_this<loop_handler> {
     void changed(bool lost_edge) noexcept override;
 
+    // An fd handler hears of the edges it polls for, errors always included.
+    void set_fd_events(short e) noexcept
+    {
+        events = static_cast<short>(e | ZMQ_POLLERR);
+        mask = events;
+    }
+
     loop_state* loop = nullptr;
     socket_core* core = nullptr; // retained while registered
     int fd = -1;
@@ -324,9 +331,7 @@ struct loop_state {
                 ready = static_cast<short>(r.events & h.events);
             }
             if (gone) {
-                auto fn = h.fn;
-                remove(h.core, -1);
-                guarded([&] { fn(ZMQ_POLLERR); });
+                remove_gone(h, ZMQ_POLLERR);
                 any = true;
                 continue;
             }
@@ -374,14 +379,20 @@ struct loop_state {
             any = true;
             if (fds[i].revents & POLLNVAL) {
                 // Not an fd any more: it would be reported forever.
-                auto fn = h.fn;
-                remove(nullptr, h.fd);
-                guarded([&] { fn(ready); });
+                remove_gone(h, ready);
                 continue;
             }
             call(h, ready, rescued);
         }
         return any;
+    }
+
+    // Its socket or fd went away: the handler goes, then hears it once.
+    void remove_gone(loop_handler& h, short ready)
+    {
+        auto fn = h.fn;
+        remove(h.core, h.fd);
+        guarded([&] { fn(ready); });
     }
 
     void call(loop_handler& h, short ready, bool rescued)
@@ -685,8 +696,7 @@ void io_loop::add_handler(int fd, handler fn, short events)
     h->loop = &s;
     h->fd = fd;
     h->fn = std::move(fn);
-    h->events = static_cast<short>(events | ZMQ_POLLERR);
-    h->mask = h->events;
+    h->set_fd_events(events);
     const auto it = s.fd_handlers.emplace(fd, h).first;
     try {
         h->registration = &s.owner->watch_fd(fd, *h);
@@ -718,8 +728,7 @@ void io_loop::update_handler(int fd, short events)
     if (!h)
         throw std::invalid_argument("zmq::green::io_loop::update_handler: fd "
                                     + std::to_string(fd) + " has no handler");
-    h->events = static_cast<short>(events | ZMQ_POLLERR);
-    h->mask = h->events;
+    h->set_fd_events(events);
     s_->mark_due(*h);
 }
 
