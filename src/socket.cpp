@@ -2,6 +2,7 @@
 #include <zmq/green/socket.hpp>
 
 #include "socket_core.hpp"
+#include "system_stack.hpp"
 
 #include <cstdio>
 #include <cstring>
@@ -159,7 +160,8 @@ void* socket_base::handle() const noexcept { return core_ ? core_->handle : null
         void* h = checked_handle();                                                            \
         if (addr == nullptr) /* libzmq would assert */                                         \
             throw zmq::error_t(EINVAL);                                                        \
-        const int rc = zmq_##name(h, addr);                                                    \
+        int rc = -1;                                                                           \
+        on_system_stack([&] { rc = zmq_##name(h, addr); });                                    \
         /* Processing commands here can consume a signal fibers wait for. */                   \
         if (core_) {                                                                           \
             core_->after_op();                                                                 \

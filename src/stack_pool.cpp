@@ -20,6 +20,7 @@ public:
         : page_(static_cast<std::size_t>(::sysconf(_SC_PAGESIZE))),
           stack_size_((stack_size + page_ - 1) / page_ * page_), slot_(stack_size_ + page_)
     {
+        warm_.reserve(stack_pool::warm_stacks);
     }
 
     ~stack_storage()
@@ -34,20 +35,33 @@ public:
     boost::context::stack_context allocate()
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (free_.empty())
+        if (warm_.empty() && cold_.empty())
             grow();
+        auto& from = warm_.empty() ? cold_ : warm_;
         boost::context::stack_context sctx;
-        sctx.sp = free_.back();
+        sctx.sp = from.back();
         sctx.size = stack_size_;
-        free_.pop_back();
+        from.pop_back();
         return sctx;
     }
 
     void deallocate(boost::context::stack_context& sctx) noexcept
     {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            // Both lists are reserved: pushing back cannot allocate.
+            if (warm_.size() < stack_pool::warm_stacks) {
+                warm_.push_back(sctx.sp);
+                return;
+            }
+        }
+        // A fiber that ends has touched 6 KiB of its stack, in Boost.Fiber's
+        // terminate(): after a burst of thousands, free stacks would hold
+        // more than parked fibers do. Beyond the warm ones, one madvise gives
+        // a stack's pages back.
+        ::madvise(static_cast<char*>(sctx.sp) - stack_size_, stack_size_, MADV_DONTNEED);
         std::lock_guard<std::mutex> lock(mutex_);
-        // Reserved in grow(): pushing back cannot allocate.
-        free_.push_back(sctx.sp);
+        cold_.push_back(sctx.sp);
     }
 
     std::size_t stack_size() const noexcept { return stack_size_; }
@@ -64,7 +78,7 @@ private:
     void grow()
     {
         const std::size_t count = std::clamp<std::size_t>(capacity_, 16, 4096);
-        free_.reserve(capacity_ + count);
+        cold_.reserve(capacity_ + count);
         mappings_.reserve(mappings_.size() + 1);
         const std::size_t bytes = count * slot_;
         void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
@@ -79,7 +93,7 @@ private:
             // mappings (vm.max_map_count, some 30,000 stacks) mprotect fails
             // and the stack works on without one, rather than fail the fiber.
             ::mprotect(p, page_, PROT_NONE);
-            free_.push_back(p + slot_);
+            cold_.push_back(p + slot_);
         }
         capacity_ += count;
     }
@@ -88,7 +102,10 @@ private:
     const std::size_t stack_size_;
     const std::size_t slot_; // guard page + stack
     mutable std::mutex mutex_;
-    std::vector<void*> free_; // stack tops
+    // Free stacks, by their tops: the warm ones keep the pages their last
+    // fiber touched, the cold ones have none.
+    std::vector<void*> warm_;
+    std::vector<void*> cold_;
     std::vector<std::pair<void*, std::size_t>> mappings_;
     std::size_t capacity_ = 0;
 };

@@ -5,8 +5,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <fstream>
 #include <sstream>
+#include <string>
 #include <vector>
 
 namespace green = zmq::green;
@@ -102,6 +104,91 @@ TEST_F(stack_pool, a_fiber_parked_in_recv_touches_a_few_pages)
     pull.close();
     for (auto& f : parked)
         f.join();
+}
+
+// Pages the stacks of 100 fibers hold once each has run setup on a new PULL
+// socket and parked in recv.
+template<class Setup>
+std::size_t pages_of_parked_fibers(zmq::green::context_t& ctx, Setup setup)
+{
+    constexpr int fibers = 100;
+    std::vector<boost::context::stack_context> given;
+    recording_allocator salloc{green::stack_pool(64 * 1024), &given};
+    std::vector<green::socket_t> sockets(fibers);
+    std::vector<boost::fibers::fiber> parked;
+    for (auto& socket : sockets)
+        parked.emplace_back(std::allocator_arg, salloc, [&] {
+            socket = green::socket_t(ctx, zmq::socket_type::pull);
+            socket.set(zmq::sockopt::linger, 0);
+            setup(socket);
+            zmq::message_t m;
+            EXPECT_THROW((void)socket.recv(m), zmq::error_t); // closed below
+        });
+    boost::this_fiber::yield(); // all of them park
+    EXPECT_EQ(given.size(), static_cast<std::size_t>(fibers));
+    std::size_t touched = 0;
+    for (const auto& s : given)
+        touched += resident_pages(static_cast<char*>(s.sp) - s.size, s.size);
+    for (auto& socket : sockets)
+        socket.close();
+    for (auto& f : parked)
+        f.join();
+    return touched;
+}
+
+// libzmq's connect and bind reach 4 to 7 KiB deep: on the fiber's stack they
+// would keep a second page of it for the fiber's life.
+TEST_F(stack_pool, connect_and_bind_cost_a_parked_fiber_no_stack_page)
+{
+    green::socket_t push(ctx, zmq::socket_type::push);
+    push.set(zmq::sockopt::linger, 0);
+    push.bind("tcp://127.0.0.1:*");
+    const std::string ep = push.get(zmq::sockopt::last_endpoint);
+    const std::size_t idle = pages_of_parked_fibers(ctx, [](green::socket_t&) {});
+    const std::size_t wired = pages_of_parked_fibers(ctx, [&](green::socket_t& s) {
+        s.connect(ep);
+        s.bind("tcp://127.0.0.1:*");
+    });
+    // A few pages of slack: the first call of a library function through
+    // its PLT resolves it, deep in the dynamic linker.
+    EXPECT_LE(wired, idle + 3) << "100 fibers that connected and bound hold " << wired
+                               << " pages, 100 that did not " << idle;
+}
+
+TEST_F(stack_pool, only_the_warm_free_stacks_keep_their_pages)
+{
+    green::stack_pool pool(64 * 1024);
+    constexpr std::size_t count = 200;
+    std::vector<boost::context::stack_context> stacks;
+    for (std::size_t i = 0; i < count; ++i) {
+        stacks.push_back(pool.allocate());
+        auto* top = static_cast<char*>(stacks.back().sp);
+        top[-1] = 1; // two pages, as an ended fiber touches
+        top[-1 - static_cast<std::ptrdiff_t>(page)] = 1;
+    }
+    for (auto& s : stacks)
+        pool.deallocate(s);
+    std::size_t kept = 0;
+    std::size_t resident = 0;
+    for (const auto& s : stacks) {
+        const std::size_t n = resident_pages(static_cast<char*>(s.sp) - s.size, s.size);
+        kept += n > 0;
+        resident += n;
+    }
+    EXPECT_EQ(kept, green::stack_pool::warm_stacks);
+    EXPECT_EQ(resident, 2 * green::stack_pool::warm_stacks);
+    // The pool hands the warm stacks out first, then those that gave their
+    // pages back: zeroed, as new ones.
+    std::size_t zeroed = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        stacks[i] = pool.allocate();
+        auto* top = static_cast<char*>(stacks[i].sp);
+        zeroed += top[-1] == 0 && top[-1 - static_cast<std::ptrdiff_t>(page)] == 0;
+    }
+    EXPECT_EQ(zeroed, count - green::stack_pool::warm_stacks);
+    EXPECT_EQ(pool.capacity(), 256u) << "grew although stacks were free";
+    for (auto& s : stacks)
+        pool.deallocate(s);
 }
 
 TEST_F(stack_pool, stacks_return_to_the_pool_and_it_doubles_when_empty)
