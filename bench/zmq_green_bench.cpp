@@ -300,6 +300,11 @@ std::vector<double> s_green(int clients, int rounds)
     // connections is not part of the workload.
     std::vector<green::socket_t> sockets(static_cast<size_t>(clients));
     green::stack_pool stacks(64 * 1024);
+    // Every client stays, parked, until the figure is read: memory per
+    // client is what N live fibers hold, not what is left once they end.
+    int finished = 0;
+    green::event all_finished;
+    green::event release;
     for (auto& socket : sockets)
         fibers.emplace_back(std::allocator_arg, stacks, [&] {
             socket = green::socket_t(ctx, zmq::socket_type::req);
@@ -310,11 +315,16 @@ std::vector<double> s_green(int clients, int rounds)
                 socket.send(zmq::buffer(payload, sizeof payload));
                 (void)socket.recv(m);
             }
+            if (++finished == clients)
+                all_finished.set();
+            release.wait();
         });
-    for (auto& f : fibers)
-        f.join();
+    all_finished.wait();
     const double elapsed = seconds_since(t0);
     const double per_client = (peak_rss_kib() - rss_before) / clients;
+    release.set();
+    for (auto& f : fibers)
+        f.join();
     sockets.clear();
     router.close();
     echo.join();
