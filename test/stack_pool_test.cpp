@@ -48,6 +48,15 @@ std::string permissions_at(const void* addr)
     return "unmapped";
 }
 
+// Pages of the stacks that are resident.
+std::size_t resident_pages(const std::vector<boost::context::stack_context>& stacks)
+{
+    std::size_t n = 0;
+    for (const auto& s : stacks)
+        n += resident_pages(static_cast<char*>(s.sp) - s.size, s.size);
+    return n;
+}
+
 } // namespace
 
 class stack_pool : public green_test {};
@@ -96,9 +105,7 @@ TEST_F(stack_pool, a_fiber_parked_in_recv_touches_a_few_pages)
         });
     boost::this_fiber::yield(); // all of them park
     ASSERT_EQ(given.size(), static_cast<std::size_t>(fibers));
-    std::size_t touched = 0;
-    for (const auto& s : given)
-        touched += resident_pages(static_cast<char*>(s.sp) - s.size, s.size);
+    const std::size_t touched = resident_pages(given);
     EXPECT_LE(touched, static_cast<std::size_t>(fibers) * 4)
         << "pages touched by " << fibers << " parked fibers";
     pull.close();
@@ -126,9 +133,7 @@ std::size_t pages_of_parked_fibers(zmq::green::context_t& ctx, Setup setup)
         });
     boost::this_fiber::yield(); // all of them park
     EXPECT_EQ(given.size(), static_cast<std::size_t>(fibers));
-    std::size_t touched = 0;
-    for (const auto& s : given)
-        touched += resident_pages(static_cast<char*>(s.sp) - s.size, s.size);
+    const std::size_t touched = resident_pages(given);
     for (auto& socket : sockets)
         socket.close();
     for (auto& f : parked)
