@@ -6,7 +6,8 @@
 namespace zmq::green::detail {
 
 // Runs fn(arg) on this thread's system stack and returns to the caller's.
-// fn must not throw nor park its fiber: it runs outside of any fiber.
+// fn must not park its fiber: it runs outside of any fiber. What it throws
+// is rethrown on the caller's stack.
 void call_on_system_stack(void (*fn)(void*), void* arg);
 
 // zmq_connect and zmq_bind reach 4 to 7 KiB into libzmq (address parsing,

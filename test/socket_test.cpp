@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <memory>
 #include <thread>
 
 using namespace std::chrono_literals;
@@ -523,6 +524,38 @@ TEST_F(socket, use_from_a_foreign_thread_is_a_clear_error)
         EXPECT_THROW((void)static_cast<void*>(s), green::thread_error); // for a pollitem
     }).join();
     s.bind("inproc://owner"); // still usable by its own thread
+}
+
+// Green connect and bind run on a stack of the thread, made at the thread's
+// first connect, after Boost.Fiber's own per-thread state: at thread exit it
+// goes first, and the fibers Boost.Fiber then runs to their end still connect.
+TEST_F(socket, a_fiber_that_runs_on_after_its_thread_function_returns_can_still_connect)
+{
+    green::socket_t pull(ctx, zmq::socket_type::pull);
+    pull.set(zmq::sockopt::linger, 0);
+    pull.set(zmq::sockopt::rcvtimeo, 5000); // a failure must not hang
+    pull.bind("tcp://127.0.0.1:*");
+    const std::string ep = pull.get(zmq::sockopt::last_endpoint);
+    bool reconnected = false;
+    std::thread([&] {
+        auto push = std::make_shared<green::socket_t>(ctx, zmq::socket_type::push);
+        // Closed as the fiber ends: its message must still go out.
+        push->set(zmq::sockopt::linger, 5000);
+        push->connect(ep);
+        auto gate = std::make_shared<green::socket_t>(ctx, zmq::socket_type::pull);
+        boost::fibers::fiber([&, push, gate] {
+            zmq::message_t m;
+            EXPECT_THROW((void)gate->recv(m), zmq::error_t); // closed below
+            push->disconnect(ep); // after the thread function has returned
+            push->connect(ep);
+            push->send(zmq::str_buffer("after"));
+            reconnected = true;
+        }).detach();
+        boost::this_fiber::yield(); // it parks
+        gate->close();              // and runs once this function has returned
+    }).join();
+    EXPECT_TRUE(reconnected);
+    EXPECT_EQ(recv_str(pull), "after");
 }
 
 TEST_F(socket, reading_events_wakes_a_waiter_whose_signal_it_consumed)

@@ -11,6 +11,14 @@
 #include <string>
 #include <vector>
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED_BUILD
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SANITIZED_BUILD
+#endif
+#endif
+
 namespace green = zmq::green;
 using test::green_test;
 
@@ -52,8 +60,14 @@ std::string permissions_at(const void* addr)
 std::size_t resident_pages(const std::vector<boost::context::stack_context>& stacks)
 {
     std::size_t n = 0;
-    for (const auto& s : stacks)
-        n += resident_pages(static_cast<char*>(s.sp) - s.size, s.size);
+    for (const auto& s : stacks) {
+        const std::size_t pages = resident_pages(static_cast<char*>(s.sp) - s.size, s.size);
+        if (pages == SIZE_MAX) {
+            ADD_FAILURE() << "mincore failed";
+            return SIZE_MAX;
+        }
+        n += pages;
+    }
     return n;
 }
 
@@ -142,7 +156,8 @@ std::size_t pages_of_parked_fibers(zmq::green::context_t& ctx, Setup setup)
 }
 
 // libzmq's connect and bind reach 4 to 7 KiB deep: on the fiber's stack they
-// would keep a second page of it for the fiber's life.
+// would keep a second page of it for the fiber's life. disconnect and unbind
+// take the same way.
 TEST_F(stack_pool, connect_and_bind_cost_a_parked_fiber_no_stack_page)
 {
     green::socket_t push(ctx, zmq::socket_type::push);
@@ -153,11 +168,20 @@ TEST_F(stack_pool, connect_and_bind_cost_a_parked_fiber_no_stack_page)
     const std::size_t wired = pages_of_parked_fibers(ctx, [&](green::socket_t& s) {
         s.connect(ep);
         s.bind("tcp://127.0.0.1:*");
+        const std::string own = s.get(zmq::sockopt::last_endpoint);
+        s.disconnect(ep);
+        s.unbind(own);
+        s.connect(ep);
     });
     // A few pages of slack: the first call of a library function through
     // its PLT resolves it, deep in the dynamic linker.
     EXPECT_LE(wired, idle + 3) << "100 fibers that connected and bound hold " << wired
                                << " pages, 100 that did not " << idle;
+#if defined(NDEBUG) && !defined(SANITIZED_BUILD)
+    // One page each, as docs/green-sockets.md says; not so with the larger
+    // frames of a debug or sanitized build (three pages under ASan).
+    EXPECT_LE(wired, 100u + 3) << "pages held by 100 parked fibers that connected and bound";
+#endif
 }
 
 TEST_F(stack_pool, only_the_warm_free_stacks_keep_their_pages)
