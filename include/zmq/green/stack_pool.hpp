@@ -23,8 +23,8 @@ class stack_storage;
 // warm_stacks free stacks keep their pages for the next fibers; a stack
 // returned while that many are free gives its pages back to the system, so
 // that the stacks of a burst of thousands of fibers do not stay resident
-// after it. Copies share the pool, which lives until the last fiber using it has
-// ended; a pool may serve several threads.
+// after it. Copies share the pool, which lives until the last fiber using it
+// has ended; a pool may serve several threads.
 class stack_pool {
 public:
     static constexpr std::size_t warm_stacks = 64;
