@@ -23,20 +23,9 @@ public:
     system_stack()
     {
         try {
-            ctx_ = boost::context::fiber(std::allocator_arg,
-                                         boost::context::fixedsize_stack(256 * 1024),
-                                         [this](boost::context::fiber&& caller) {
-                                             for (;;) {
-                                                 caller = std::move(caller).resume();
-                                                 if (fn_ == nullptr)
-                                                     return std::move(caller);
-                                                 try {
-                                                     fn_(arg_);
-                                                 } catch (...) {
-                                                     error_ = std::current_exception();
-                                                 }
-                                             }
-                                         });
+            ctx_ = boost::context::fiber(
+                std::allocator_arg, boost::context::fixedsize_stack(256 * 1024),
+                [this](boost::context::fiber&& caller) { return serve(std::move(caller)); });
             ctx_ = std::move(ctx_).resume(); // to the loop's first resume
         } catch (const std::bad_alloc&) {
             // No stack: the calls run on the caller's, as they would anyway.
@@ -74,6 +63,21 @@ public:
     }
 
 private:
+    // Runs on the system stack: one call per resume, until fn_ is null.
+    boost::context::fiber serve(boost::context::fiber&& caller)
+    {
+        for (;;) {
+            caller = std::move(caller).resume();
+            if (fn_ == nullptr)
+                return std::move(caller);
+            try {
+                fn_(arg_);
+            } catch (...) {
+                error_ = std::current_exception();
+            }
+        }
+    }
+
     void (*fn_)(void*) = nullptr;
     void* arg_ = nullptr;
     bool running_ = false;
