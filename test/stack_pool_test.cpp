@@ -127,15 +127,16 @@ TEST_F(stack_pool, a_fiber_parked_in_recv_touches_a_few_pages)
         f.join();
 }
 
-// Pages the stacks of 100 fibers hold once each has run setup on a new PULL
-// socket and parked in recv.
+constexpr int parked_fibers = 100;
+
+// Pages the stacks of parked_fibers fibers hold once each has run setup on a
+// new PULL socket and parked in recv.
 template<class Setup>
 std::size_t pages_of_parked_fibers(zmq::green::context_t& ctx, Setup setup)
 {
-    constexpr int fibers = 100;
     std::vector<boost::context::stack_context> given;
     recording_allocator salloc{green::stack_pool(64 * 1024), &given};
-    std::vector<green::socket_t> sockets(fibers);
+    std::vector<green::socket_t> sockets(parked_fibers);
     std::vector<boost::fibers::fiber> parked;
     for (auto& socket : sockets)
         parked.emplace_back(std::allocator_arg, salloc, [&] {
@@ -146,7 +147,7 @@ std::size_t pages_of_parked_fibers(zmq::green::context_t& ctx, Setup setup)
             EXPECT_THROW((void)socket.recv(m), zmq::error_t); // closed below
         });
     boost::this_fiber::yield(); // all of them park
-    EXPECT_EQ(given.size(), static_cast<std::size_t>(fibers));
+    EXPECT_EQ(given.size(), static_cast<std::size_t>(parked_fibers));
     const std::size_t touched = resident_pages(given);
     for (auto& socket : sockets)
         socket.close();
@@ -175,12 +176,13 @@ TEST_F(stack_pool, connect_and_bind_cost_a_parked_fiber_no_stack_page)
     });
     // A few pages of slack: the first call of a library function through
     // its PLT resolves it, deep in the dynamic linker.
-    EXPECT_LE(wired, idle + 3) << "100 fibers that connected and bound hold " << wired
-                               << " pages, 100 that did not " << idle;
+    EXPECT_LE(wired, idle + 3) << parked_fibers << " fibers that connected and bound hold "
+                               << wired << " pages, as many that did not " << idle;
 #if defined(NDEBUG) && !defined(SANITIZED_BUILD)
     // One page each, as docs/green-sockets.md says; not so with the larger
     // frames of a debug or sanitized build (three pages under ASan).
-    EXPECT_LE(wired, 100u + 3) << "pages held by 100 parked fibers that connected and bound";
+    EXPECT_LE(wired, parked_fibers + 3u)
+        << "pages held by " << parked_fibers << " parked fibers that connected and bound";
 #endif
 }
 
