@@ -110,6 +110,7 @@ struct background_device::state {
     std::array<std::vector<std::string>, role_count> binds;
     std::array<std::vector<std::string>, role_count> connects;
     std::set<int> reserved_ports;
+    runner run; // made by start()
 
     // Shared memory, so that a device process's counters are visible too.
     detail::device_counters* counters = nullptr;
@@ -325,10 +326,10 @@ int background_device::add_random_bind(role r, const std::string& addr, int min_
 
 // Creates and configures the sockets, reports the setup through on_setup,
 // then runs the device. Returns false if setup failed (already reported).
-bool background_device::work(void* ctx_ptr, const std::function<void(const std::string&)>& on_setup)
+bool background_device::work(state& st, void* ctx_ptr,
+                             const std::function<void(const std::string&)>& on_setup)
 {
     auto& ctx = *static_cast<context_t*>(ctx_ptr);
-    auto& st = *state_;
     std::array<socket_t, role_count> sockets;
     auto target = [&](size_t r) -> socket_t& {
         return r == 1 && st.types[1] < 0 ? sockets[0] : sockets[r];
@@ -371,7 +372,7 @@ bool background_device::work(void* ctx_ptr, const std::function<void(const std::
         return false;
     }
     on_setup(report + "ok\n");
-    run_device(sockets[0], target(1), sockets[2], sockets[3], st.counters);
+    st.run(sockets[0], target(1), sockets[2], sockets[3], st.counters);
     return true;
 }
 
@@ -397,6 +398,7 @@ void background_device::start()
     auto& st = *state_;
     if (st.started)
         throw std::logic_error("zmq::green::devices: device already started");
+    st.run = make_runner();
     st.started = true;
     hub::current(); // the owner's waits below park its fiber, not its thread
 
@@ -426,7 +428,7 @@ void background_device::start()
             ::close(stop[1]);
             const int report_fd = status[1];
             const int stop_fd = stop[0];
-            std::thread worker([this, report_fd, stop_fd] {
+            std::thread worker([&st, report_fd, stop_fd] {
                 context_t ctx;
                 // The owner closes its end of the stop pipe to stop the
                 // device, and so does its death.
@@ -435,7 +437,7 @@ void background_device::start()
                     ctx.shutdown();
                 }).detach();
                 const auto end = end_line_of([&] {
-                    work(&ctx, [report_fd](const std::string& s) { write_all(report_fd, s); });
+                    work(st, &ctx, [report_fd](const std::string& s) { write_all(report_fd, s); });
                 });
                 ctx.close();
                 write_all(report_fd, is_error(end) ? end : end + "\n");
@@ -472,10 +474,11 @@ void background_device::start()
 
     st.ctx = std::make_unique<context_t>();
     auto setup = st.setup_promise.get_future();
-    auto body = [this] {
-        auto& s = *state_;
+    // The worker uses the state only: the device's derived parts may be
+    // destroyed while it runs.
+    auto body = [&s = st] {
         const auto end = end_line_of([&] {
-            work(s.ctx.get(), [&s](const std::string& report) { s.setup_promise.set_value(report); });
+            work(s, s.ctx.get(), [&s](const std::string& report) { s.setup_promise.set_value(report); });
         });
         s.end_promise.set_value(end);
     };
@@ -598,12 +601,15 @@ device_base::device_base(run_mode mode, int type, int in_type, int out_type)
                 type == ZMQ_QUEUE, in_type, out_type, -1, -1);
 }
 
-void device_base::run_device(socket_ref in, socket_ref out, socket_ref, socket_ref, void* counters)
+background_device::runner device_base::make_runner() const
 {
-    detail::device_loop_options opts;
-    opts.back_to_front = type_ == ZMQ_QUEUE;
-    opts.counters = static_cast<detail::device_counters*>(counters);
-    detail::run_device_loop(in, out, opts);
+    return [back_to_front = type_ == ZMQ_QUEUE](socket_ref in, socket_ref out, socket_ref, socket_ref,
+                                                void* counters) {
+        detail::device_loop_options opts;
+        opts.back_to_front = back_to_front;
+        opts.counters = static_cast<detail::device_counters*>(counters);
+        detail::run_device_loop(in, out, opts);
+    };
 }
 
 proxy_base::proxy_base(run_mode mode, int in_type, int out_type, int mon_type)
@@ -612,12 +618,14 @@ proxy_base::proxy_base(run_mode mode, int in_type, int out_type, int mon_type)
     check_roles("devices::proxy", true, in_type, out_type, mon_type, -1);
 }
 
-void proxy_base::run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref, void* counters)
+background_device::runner proxy_base::make_runner() const
 {
-    detail::device_loop_options opts;
-    opts.capture = mon;
-    opts.counters = static_cast<detail::device_counters*>(counters);
-    detail::run_device_loop(in, out, opts);
+    return [](socket_ref in, socket_ref out, socket_ref mon, socket_ref, void* counters) {
+        detail::device_loop_options opts;
+        opts.capture = mon;
+        opts.counters = static_cast<detail::device_counters*>(counters);
+        detail::run_device_loop(in, out, opts);
+    };
 }
 
 proxy_steerable_base::proxy_steerable_base(run_mode mode, int in_type, int out_type, int mon_type,
@@ -627,14 +635,15 @@ proxy_steerable_base::proxy_steerable_base(run_mode mode, int in_type, int out_t
     check_roles("devices::proxy_steerable", true, in_type, out_type, mon_type, ctrl_type);
 }
 
-void proxy_steerable_base::run_device(socket_ref in, socket_ref out, socket_ref mon,
-                                      socket_ref ctrl, void* counters)
+background_device::runner proxy_steerable_base::make_runner() const
 {
-    detail::device_loop_options opts;
-    opts.capture = mon;
-    opts.control = ctrl;
-    opts.counters = static_cast<detail::device_counters*>(counters);
-    detail::run_device_loop(in, out, opts);
+    return [](socket_ref in, socket_ref out, socket_ref mon, socket_ref ctrl, void* counters) {
+        detail::device_loop_options opts;
+        opts.capture = mon;
+        opts.control = ctrl;
+        opts.counters = static_cast<detail::device_counters*>(counters);
+        detail::run_device_loop(in, out, opts);
+    };
 }
 
 monitored_queue_base::monitored_queue_base(run_mode mode, int in_type, int out_type, int mon_type,
@@ -649,12 +658,15 @@ monitored_queue_base::monitored_queue_base(run_mode mode, int in_type, int out_t
     check_roles("devices::monitored_queue", true, in_type, out_type, mon_type, -1);
 }
 
-void monitored_queue_base::run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref,
-                                      void* counters)
+background_device::runner monitored_queue_base::make_runner() const
 {
-    auto opts = detail::monitored_queue_options(in, out, mon, in_prefix_, out_prefix_);
-    opts.counters = static_cast<detail::device_counters*>(counters);
-    detail::run_device_loop(in, out, opts);
+    return [in_prefix = in_prefix_, out_prefix = out_prefix_](socket_ref in, socket_ref out,
+                                                             socket_ref mon, socket_ref,
+                                                             void* counters) {
+        auto opts = detail::monitored_queue_options(in, out, mon, in_prefix, out_prefix);
+        opts.counters = static_cast<detail::device_counters*>(counters);
+        detail::run_device_loop(in, out, opts);
+    };
 }
 
 } // namespace zmq::green::devices

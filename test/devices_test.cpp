@@ -378,6 +378,20 @@ TEST_F(devices_test, join_times_out_while_running_and_destructor_stops)
     // Both destructors stop their device.
 }
 
+// The destructor stops the worker only after the derived parts (the type,
+// the prefixes) are gone: the worker must not need them. A worker that had
+// not yet started forwarding called into the destroyed object.
+TEST_F(devices_test, destroying_a_started_device_is_safe)
+{
+    for (int i = 0; i < 200; ++i) {
+        devices::thread_device dev(ZMQ_QUEUE, ZMQ_PAIR, ZMQ_PAIR);
+        dev.start();
+        devices::thread_monitored_queue mq(ZMQ_PAIR, ZMQ_PAIR, ZMQ_PUB,
+                                           "a prefix longer than a short string's buffer");
+        mq.start();
+    }
+}
+
 // --- bad input -----------------------------------------------------------------
 
 using test::expect_error;

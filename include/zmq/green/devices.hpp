@@ -133,13 +133,17 @@ protected:
     void add_connect(role r, const std::string& addr);
     int add_random_bind(role r, const std::string& addr, int min_port, int max_port, int max_tries);
 
-    // Runs the device in the worker. Sockets of absent roles are empty.
-    virtual void run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref ctrl,
-                            void* counters) = 0;
+    // What the worker runs: its sockets (empty for absent roles) and the
+    // counters. start() makes it, and it owns copies of what it needs: when
+    // a device is destroyed, its derived parts are gone before the base
+    // stops the worker.
+    using runner = std::function<void(socket_ref in, socket_ref out, socket_ref mon, socket_ref ctrl,
+                                      void* counters)>;
+    virtual runner make_runner() const = 0;
 
 private:
     struct state;
-    bool work(void* ctx, const std::function<void(const std::string&)>& on_setup);
+    static bool work(state& st, void* ctx, const std::function<void(const std::string&)>& on_setup);
     std::unique_ptr<state> state_;
 };
 
@@ -202,8 +206,7 @@ public:
 
 protected:
     device_base(run_mode mode, int type, int in_type, int out_type);
-    void run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref ctrl,
-                    void* counters) override;
+    runner make_runner() const override;
 
 private:
     int type_;
@@ -213,16 +216,14 @@ private:
 class proxy_base : public with_monitor {
 protected:
     proxy_base(run_mode mode, int in_type, int out_type, int mon_type);
-    void run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref ctrl,
-                    void* counters) override;
+    runner make_runner() const override;
 };
 
 // zmq::green::proxy_steerable(in, out, mon, ctrl).
 class proxy_steerable_base : public with_control {
 protected:
     proxy_steerable_base(run_mode mode, int in_type, int out_type, int mon_type, int ctrl_type);
-    void run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref ctrl,
-                    void* counters) override;
+    runner make_runner() const override;
 };
 
 // zmq::green::monitored_queue(in, out, mon, in_prefix, out_prefix).
@@ -234,8 +235,7 @@ public:
 protected:
     monitored_queue_base(run_mode mode, int in_type, int out_type, int mon_type,
                          std::string in_prefix, std::string out_prefix);
-    void run_device(socket_ref in, socket_ref out, socket_ref mon, socket_ref ctrl,
-                    void* counters) override;
+    runner make_runner() const override;
 
 private:
     std::string in_prefix_;
