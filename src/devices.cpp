@@ -12,8 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
+#include <climits>
 #include <new>
 #include <random>
 #include <set>
@@ -94,6 +96,28 @@ void write_all(int fd, const std::string& text) noexcept
         p += n;
         left -= static_cast<size_t>(n);
     }
+}
+
+// Closes the fds in [from, to] (from at least 3).
+void close_fds(int from, int to) noexcept
+{
+    from = std::max(from, 3);
+    if (from > to || ::close_range(static_cast<unsigned>(from), static_cast<unsigned>(to), 0) == 0)
+        return;
+    const int open_max = static_cast<int>(std::min<long>(::sysconf(_SC_OPEN_MAX), INT_MAX));
+    for (int fd = from; fd <= std::min(to, open_max - 1); ++fd)
+        ::close(fd);
+}
+
+// A forked child keeps every fd of its parent, O_CLOEXEC or not (there is
+// no exec): another device's stop pipe, whose child then never sees it
+// close, and the owner's listening sockets, whose ports stay bound.
+void close_fds_but(int a, int b) noexcept
+{
+    const auto [low, high] = std::minmax(a, b);
+    close_fds(3, low - 1);
+    close_fds(low + 1, high - 1);
+    close_fds(high + 1, INT_MAX);
 }
 
 int port_of(const std::string& endpoint)
@@ -424,8 +448,7 @@ void background_device::start()
             // The child: only this thread survived the fork, and the parent's
             // hub and contexts belong to the parent. A new thread gets a
             // fresh hub; the device gets a fresh context.
-            ::close(status[0]);
-            ::close(stop[1]);
+            close_fds_but(status[1], stop[0]);
             const int report_fd = status[1];
             const int stop_fd = stop[0];
             std::thread worker([&st, report_fd, stop_fd] {

@@ -2,6 +2,9 @@
 
 #include <zmq/green/devices.hpp>
 
+#include <fcntl.h>
+#include <poll.h>
+
 #include <cstring>
 #include <functional>
 #include <type_traits>
@@ -390,6 +393,36 @@ TEST_F(devices_test, destroying_a_started_device_is_safe)
                                            "a prefix longer than a short string's buffer");
         mq.start();
     }
+}
+
+// A device process keeps no fd of its owner but its own pipe ends: not the
+// owner's sockets, and not another device's stop pipe, which would then
+// never close.
+TEST_F(devices_test, a_device_process_keeps_no_fd_of_its_owner)
+{
+    SKIP_FORK_UNDER_ASAN();
+    int fds[2];
+    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+    devices::process_device dev(ZMQ_QUEUE, ZMQ_PAIR, ZMQ_PAIR);
+    dev.start();
+    ::close(fds[1]);
+    // At its end only if no process holds the write end any more.
+    pollfd p{fds[0], POLLIN, 0};
+    EXPECT_EQ(::poll(&p, 1, 0), 1);
+    ::close(fds[0]);
+    dev.stop();
+}
+
+TEST_F(devices_test, a_device_process_stops_while_a_later_one_runs)
+{
+    SKIP_FORK_UNDER_ASAN();
+    devices::process_device a(ZMQ_QUEUE, ZMQ_PULL, ZMQ_PUSH);
+    a.start();
+    devices::process_device b(ZMQ_QUEUE, ZMQ_PULL, ZMQ_PUSH);
+    b.start();
+    a.stop();
+    EXPECT_TRUE(a.done());
+    EXPECT_FALSE(b.done());
 }
 
 // --- bad input -----------------------------------------------------------------
