@@ -8,6 +8,7 @@
 #include <boost/fiber/future.hpp>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -449,6 +450,11 @@ void background_device::start()
             // hub and contexts belong to the parent. A new thread gets a
             // fresh hub; the device gets a fresh context.
             close_fds_but(status[1], stop[0]);
+            // The owner may block signals to read them from a signalfd
+            // (zmq-green-device does): its device must still die of SIGTERM.
+            sigset_t none;
+            sigemptyset(&none);
+            ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
             const int report_fd = status[1];
             const int stop_fd = stop[0];
             std::thread worker([&st, report_fd, stop_fd] {

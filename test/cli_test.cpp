@@ -1,9 +1,11 @@
 #include "support.hpp"
 
+#include <dirent.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <map>
 #include <sstream>
 
@@ -102,6 +104,41 @@ std::string recv_str(green::socket_t& s)
     return m.to_string();
 }
 
+// The first child process of parent found in /proc, -1 if none.
+pid_t child_of(pid_t parent)
+{
+    DIR* proc = ::opendir("/proc");
+    pid_t found = -1;
+    while (dirent* e = proc ? ::readdir(proc) : nullptr) {
+        std::ifstream stat(std::string("/proc/") + e->d_name + "/stat");
+        std::string text;
+        if (!std::getline(stat, text) || text.rfind(')') == std::string::npos)
+            continue;
+        // "PID (COMM) STATE PPID ...": COMM may hold anything, even ')'.
+        std::istringstream rest(text.substr(text.rfind(')') + 1));
+        std::string state;
+        pid_t ppid = -1;
+        if (rest >> state >> ppid && ppid == parent) {
+            found = static_cast<pid_t>(std::stol(e->d_name));
+            break;
+        }
+    }
+    if (proc)
+        ::closedir(proc);
+    return found;
+}
+
+// A field of /proc/PID/status, e.g. SigBlk.
+std::string status_field(pid_t pid, const std::string& name)
+{
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(status, line))
+        if (line.rfind(name + ":", 0) == 0)
+            return line.substr(line.find_first_not_of(" \t", name.size() + 1));
+    return {};
+}
+
 } // namespace
 
 class cli : public test::green_test {};
@@ -188,6 +225,22 @@ TEST_F(cli, unusable_endpoint_exits_1)
     child d({"queue", "--in", "PULL=>tcp://no such host:1", "--out", "PUSH=@tcp://127.0.0.1:*",
              "--run", "process"});
     EXPECT_EQ(d.wait(), 1);
+}
+
+// The tool blocks SIGINT and SIGTERM to read them from a signalfd; its device
+// process must not inherit the mask, or it would ignore SIGTERM.
+TEST_F(cli, a_device_process_dies_of_sigterm)
+{
+    child c({"queue", "--in", "PULL=@tcp://127.0.0.1:*", "--out", "PUSH=@tcp://127.0.0.1:*",
+             "--run", "process"});
+    ASSERT_EQ(c.line().rfind("bound in ", 0), 0u);
+    const pid_t device = child_of(c.pid);
+    ASSERT_GT(device, 0);
+    ASSERT_EQ(status_field(device, "SigBlk"), "0000000000000000");
+    ::kill(device, SIGTERM);
+    const auto text = c.errors();
+    EXPECT_EQ(c.wait(), 1);
+    EXPECT_NE(text.find("status 143"), std::string::npos) << text;
 }
 
 // --- bad input -----------------------------------------------------------------
