@@ -8,6 +8,7 @@
 #include <boost/fiber/future.hpp>
 
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -17,6 +18,7 @@
 #include <array>
 #include <cerrno>
 #include <climits>
+#include <cstdint>
 #include <new>
 #include <random>
 #include <set>
@@ -121,6 +123,41 @@ void close_fds_but(int a, int b) noexcept
     close_fds(high + 1, INT_MAX);
 }
 
+// An eventfd that stays readable once signalled.
+struct event_fd {
+    int fd;
+
+    event_fd() : fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK))
+    {
+        if (fd < 0)
+            throw std::system_error(errno, std::generic_category(), "eventfd");
+    }
+    ~event_fd() { ::close(fd); }
+    event_fd(const event_fd&) = delete;
+    event_fd& operator=(const event_fd&) = delete;
+
+    void signal() const noexcept
+    {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const auto rc = ::write(fd, &one, sizeof one);
+    }
+};
+
+// Terminating a context waits for its sockets' ZMQ_LINGER, forever for a
+// message whose peer never comes. A thread of its own waits for it, so that
+// join() can time out and stop() can leave it: the thread owns all it uses.
+void terminate_detached(context_t ctx, std::shared_ptr<event_fd> done)
+{
+    try {
+        std::thread([ctx = std::move(ctx), done]() mutable {
+            ctx.close();
+            done->signal();
+        }).detach();
+    } catch (const std::system_error&) {
+        done->signal(); // the context closed with the thread's function, here
+    }
+}
+
 int port_of(const std::string& endpoint)
 {
     return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
@@ -148,6 +185,9 @@ struct background_device::state {
 
     // caller, fiber and thread modes
     std::unique_ptr<context_t> ctx;
+    std::unique_ptr<event_fd> stop_event;    // the owner asks the worker to stop
+    bool dropped = false;                    // the worker closed its sockets without linger
+    std::shared_ptr<event_fd> terminated;    // the worker's context has terminated
     boost::fibers::promise<std::string> setup_promise;
     boost::fibers::promise<std::string> end_promise;
     boost::fibers::shared_future<std::string> end_future;
@@ -160,6 +200,7 @@ struct background_device::state {
     int stop_fd = -1;
     std::string buffer;
     bool eof = false;
+    bool end_read = false;
 
     state(run_mode m, std::array<int, role_count> t) : mode(m), types(t)
     {
@@ -226,6 +267,75 @@ struct background_device::state {
             else
                 buffer.append(chunk, static_cast<size_t>(n));
         }
+    }
+
+    // Waits up to timeout for the worker's end line (or the end of its
+    // process). True once the device has stopped forwarding.
+    bool forwarding_ended(std::chrono::milliseconds timeout)
+    {
+        if (finished)
+            return true;
+        if (mode != run_mode::process) {
+            if (timeout.count() < 0)
+                end_future.wait();
+            return end_future.wait_for(std::max(timeout, 0ms)) == boost::fibers::future_status::ready;
+        }
+        std::string line;
+        while (!end_read) {
+            const auto got = read_line(line, timeout);
+            if (got == read_result::timeout)
+                return false;
+            if (got == read_result::eof)
+                return true;
+            end_read = true;
+            end_report = line;
+        }
+        return true;
+    }
+
+    // Waits up to timeout for the device to end: it has stopped forwarding
+    // and delivered what it forwarded (its context has terminated, its
+    // process has exited). True if so.
+    bool wait_end(std::chrono::milliseconds timeout)
+    {
+        if (finished)
+            return true;
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        const auto left = [&] {
+            if (timeout.count() < 0)
+                return timeout;
+            return std::max(0ms, std::chrono::ceil<std::chrono::milliseconds>(
+                                     deadline - std::chrono::steady_clock::now()));
+        };
+        if (!forwarding_ended(left()))
+            return false;
+        if (mode == run_mode::process) {
+            std::string line;
+            for (;;) {
+                const auto got = read_line(line, left());
+                if (got == read_result::timeout)
+                    return false;
+                if (got == read_result::eof)
+                    break;
+            }
+            finished = true;
+            const auto status = reap_child();
+            if (!end_read)
+                end_report = error_line(0, "device process ended without a report (status " + status
+                                               + ")");
+            return true;
+        }
+        if (!wait_readable(terminated->fd, left()))
+            return false;
+        if (finished) // another fiber completed the wait meanwhile
+            return true;
+        finished = true;
+        end_report = end_future.get();
+        if (thread.joinable())
+            thread.join();
+        if (fiber.joinable())
+            fiber.join();
+        return true;
     }
 
     std::string reap_child()
@@ -397,7 +507,40 @@ bool background_device::work(state& st, void* ctx_ptr,
         return false;
     }
     on_setup(report + "ok\n");
-    st.run(sockets[0], target(1), sockets[2], sockets[3], st.counters);
+    if (!st.stop_event) { // a process: its main thread ends it
+        st.run(sockets[0], target(1), sockets[2], sockets[3], st.counters);
+        return true;
+    }
+    // stop() drops what the sockets still hold: with libzmq's default
+    // infinite linger, a peer that never comes would keep the context from
+    // terminating. A socket takes no option once it has seen ETERM, so the
+    // linger goes first.
+    bool ended = false;
+    boost::fibers::fiber watcher([&] {
+        wait_readable(st.stop_event->fd);
+        if (ended)
+            return;
+        try {
+            for (auto& s : sockets)
+                if (s.handle() != nullptr)
+                    s.set(zmq::sockopt::linger, 0);
+            st.dropped = true;
+        } catch (const zmq::error_t&) {
+        }
+        ctx.shutdown();
+    });
+    const auto end_watch = [&] {
+        ended = true;
+        st.stop_event->signal();
+        watcher.join();
+    };
+    try {
+        st.run(sockets[0], target(1), sockets[2], sockets[3], st.counters);
+    } catch (...) {
+        end_watch();
+        throw;
+    }
+    end_watch();
     return true;
 }
 
@@ -457,22 +600,24 @@ void background_device::start()
             ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
             const int report_fd = status[1];
             const int stop_fd = stop[0];
-            std::thread worker([&st, report_fd, stop_fd] {
+            std::thread([&st, report_fd] {
                 context_t ctx;
-                // The owner closes its end of the stop pipe to stop the
-                // device, and so does its death.
-                boost::fibers::fiber([&ctx, stop_fd] {
-                    wait_readable(stop_fd);
-                    ctx.shutdown();
-                }).detach();
                 const auto end = end_line_of([&] {
                     work(st, &ctx, [report_fd](const std::string& s) { write_all(report_fd, s); });
                 });
-                ctx.close();
                 write_all(report_fd, is_error(end) ? end : end + "\n");
+                // Delivers what the device forwarded, within each socket's
+                // ZMQ_LINGER, unless the owner stops it or dies first.
+                ctx.close();
                 ::_exit(0);
-            });
-            worker.join();
+            }).detach();
+            // The owner closes its end of the stop pipe to stop the device,
+            // and so does its death: the process ends at once, dropping what
+            // its sockets still hold. (No green wait: this thread's hub is
+            // the parent's.)
+            char byte;
+            while (::read(stop_fd, &byte, 1) < 0 && errno == EINTR) {
+            }
             ::_exit(0);
         }
         ::close(status[1]);
@@ -492,6 +637,8 @@ void background_device::start()
             if (is_error(line)) {
                 st.finished = true;
                 st.end_reported = true;
+                ::close(st.stop_fd); // the child exits at once
+                st.stop_fd = -1;
                 st.reap_child();
                 throw_error_line(line);
             }
@@ -502,6 +649,8 @@ void background_device::start()
     }
 
     st.ctx = std::make_unique<context_t>();
+    st.stop_event = std::make_unique<event_fd>();
+    st.terminated = std::make_shared<event_fd>();
     auto setup = st.setup_promise.get_future();
     // The worker uses the state only: the device's derived parts may be
     // destroyed while it runs.
@@ -509,6 +658,7 @@ void background_device::start()
         const auto end = end_line_of([&] {
             work(s, s.ctx.get(), [&s](const std::string& report) { s.setup_promise.set_value(report); });
         });
+        terminate_detached(std::move(*s.ctx), s.terminated);
         s.end_promise.set_value(end);
     };
     if (st.mode == run_mode::thread)
@@ -532,34 +682,8 @@ bool background_device::join(std::chrono::milliseconds timeout)
     auto& st = *state_;
     if (!st.started)
         return true;
-    if (!st.finished) {
-        if (st.mode == run_mode::process) {
-            std::string line;
-            const auto got = st.read_line(line, timeout);
-            if (got == state::read_result::timeout)
-                return false;
-            st.finished = true;
-            const auto status = st.reap_child();
-            st.end_report = got == state::read_result::eof
-                                ? error_line(0, "device process ended without a report (status "
-                                                    + status + ")")
-                                : line;
-        } else {
-            if (timeout.count() >= 0
-                && st.end_future.wait_for(timeout) != boost::fibers::future_status::ready)
-                return false;
-            const std::string end = st.end_future.get();
-            if (st.finished) // another fiber completed the join meanwhile
-                return true;
-            st.finished = true;
-            st.end_report = end;
-            if (st.thread.joinable())
-                st.thread.join();
-            if (st.fiber.joinable())
-                st.fiber.join();
-            st.ctx->close();
-        }
-    }
+    if (!st.wait_end(timeout))
+        return false;
     if (!st.end_reported) {
         st.end_reported = true;
         if (is_error(st.end_report))
@@ -571,17 +695,7 @@ bool background_device::join(std::chrono::milliseconds timeout)
 bool background_device::done()
 {
     auto& st = *state_;
-    if (!st.started)
-        return false;
-    if (st.finished)
-        return true;
-    if (st.mode == run_mode::process) {
-        // Without consuming the report: join() reads it.
-        return st.buffer.find('\n') != std::string::npos
-               || wait_readable(st.status_fd, std::chrono::milliseconds{0});
-    }
-    return st.end_future.wait_for(std::chrono::milliseconds{0})
-           == boost::fibers::future_status::ready;
+    return st.started && st.forwarding_ended(0ms); // join() throws what it recorded
 }
 
 void background_device::stop() noexcept
@@ -589,14 +703,19 @@ void background_device::stop() noexcept
     auto& st = *state_;
     if (!st.started || st.finished)
         return;
-    if (st.mode == run_mode::process) {
-        ::close(st.stop_fd);
-        st.stop_fd = -1;
-    } else {
-        st.ctx->shutdown();
-    }
     st.end_reported = true; // stop() is the owner's decision: no error to report
     try {
+        if (st.mode == run_mode::process) {
+            ::close(st.stop_fd);
+            st.stop_fd = -1;
+        } else {
+            st.stop_event->signal();
+            st.end_future.wait();
+            // A worker that ended by itself may still be delivering what it
+            // forwarded, for as long as its sockets' linger: not waited for.
+            if (!st.dropped)
+                st.terminated->signal();
+        }
         join();
     } catch (...) {
     }

@@ -1,7 +1,9 @@
 #include "support.hpp"
 
 #include <dirent.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -241,6 +243,38 @@ TEST_F(cli, a_device_process_dies_of_sigterm)
     const auto text = c.errors();
     EXPECT_EQ(c.wait(), 1);
     EXPECT_NE(text.find("status 143"), std::string::npos) << text;
+}
+
+// A device process whose owner dies ends, even while its out socket holds a
+// message for a peer that never comes (--linger -1 would keep it for ever).
+TEST_F(cli, an_orphaned_device_process_ends)
+{
+    child c({"queue", "--in", "PULL=@tcp://127.0.0.1:*", "--out", "PUSH=>tcp://127.0.0.1:1",
+             "--run", "process", "--linger", "-1", "--stats", "0.001"});
+    const auto bound = c.line();
+    ASSERT_EQ(bound.rfind("bound in ", 0), 0u) << bound;
+    green::socket_t push(ctx, zmq::socket_type::push);
+    push.set(zmq::sockopt::linger, 0);
+    push.connect(bound.substr(9));
+    ASSERT_TRUE(push.send(zmq::str_buffer("hello")));
+    for (;;) { // until the device has sent it on
+        const auto stats = c.line();
+        ASSERT_FALSE(stats.empty());
+        if (stats.find("\"msgs_out\":1,\"bytes_out\":5}}") != std::string::npos)
+            break;
+    }
+    const pid_t device = child_of(c.pid);
+    ASSERT_GT(device, 0);
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, device, 0));
+    ASSERT_GE(pidfd, 0);
+    ::kill(c.pid, SIGKILL);
+    c.wait();
+    pollfd ended{pidfd, POLLIN, 0};
+    const int n = ::poll(&ended, 1, 10000); // a hang guard: it ends at once
+    if (n != 1)
+        ::kill(device, SIGKILL);
+    EXPECT_EQ(n, 1);
+    ::close(pidfd);
 }
 
 // --- bad input -----------------------------------------------------------------

@@ -2,9 +2,13 @@
 
 #include <zmq/green/devices.hpp>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <type_traits>
@@ -423,6 +427,116 @@ TEST_F(devices_test, a_device_process_stops_while_a_later_one_runs)
     a.stop();
     EXPECT_TRUE(a.done());
     EXPECT_FALSE(b.done());
+}
+
+namespace {
+
+// A port of 127.0.0.1 that nothing listens on.
+int unused_port()
+{
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
+    EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    ::close(fd);
+    return ntohs(addr.sin_port);
+}
+
+// A steerable PULL -> PUSH device whose PUSH has forwarded one message to
+// out_port, where nothing listens: with libzmq's default linger it holds
+// the message for ever.
+template<class Steerable>
+struct holding_device {
+    Steerable dev{ZMQ_PULL, ZMQ_PUSH, ZMQ_PUB, ZMQ_PAIR};
+    green::socket_t push;
+    green::socket_t ctrl;
+
+    holding_device(green::context_t& ctx, int out_port)
+        : push(make(ctx, zmq::socket_type::push)), ctrl(make(ctx, zmq::socket_type::pair))
+    {
+        const int in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+        const int ctl = dev.bind_ctrl_to_random_port("tcp://127.0.0.1");
+        dev.connect_out(local(out_port));
+        dev.start();
+        push.connect(local(in));
+        ctrl.connect(local(ctl));
+        send_strs(push, {"hello"});
+        for (std::uint64_t sent = 0; sent == 0;) {
+            send_strs(ctrl, {"STATISTICS"});
+            const auto frames = recv_strs(ctrl);
+            std::memcpy(&sent, frames.at(6).data(), sizeof sent); // backend messages out
+        }
+    }
+
+    void terminate()
+    {
+        send_strs(ctrl, {"TERMINATE"});
+        while (!dev.done())
+            EXPECT_FALSE(dev.join(20ms));
+    }
+};
+
+} // namespace
+
+// The device has stopped forwarding, and its socket still holds a message:
+// join(timeout) says so in time, and join() waits until the peer takes it.
+template<class Steerable>
+void join_times_out_while_a_forwarded_message_waits(green::context_t& ctx)
+{
+    const int port = unused_port();
+    holding_device<Steerable> h(ctx, port);
+    h.terminate();
+    EXPECT_FALSE(h.dev.join(50ms));
+    auto pull = make(ctx, zmq::socket_type::pull);
+    pull.bind(local(port));
+    EXPECT_TRUE(h.dev.join());
+    EXPECT_EQ(recv_strs(pull), strings{"hello"});
+}
+
+TEST_F(devices_test, join_times_out_while_a_forwarded_message_waits_thread)
+{
+    join_times_out_while_a_forwarded_message_waits<devices::thread_proxy_steerable>(ctx);
+}
+TEST_F(devices_test, join_times_out_while_a_forwarded_message_waits_fiber)
+{
+    join_times_out_while_a_forwarded_message_waits<devices::fiber_proxy_steerable>(ctx);
+}
+TEST_F(devices_test, join_times_out_while_a_forwarded_message_waits_process)
+{
+    SKIP_FORK_UNDER_ASAN();
+    join_times_out_while_a_forwarded_message_waits<devices::process_proxy_steerable>(ctx);
+}
+
+// stop() ends the device even when a socket holds a message its peer never
+// takes, while forwarding or after TERMINATE: the message is dropped.
+template<class Steerable>
+void stop_drops_what_the_sockets_hold(green::context_t& ctx)
+{
+    const int port = unused_port();
+    holding_device<Steerable> running(ctx, port);
+    running.dev.stop();
+    EXPECT_TRUE(running.dev.join(0ms));
+    holding_device<Steerable> ended(ctx, port);
+    ended.terminate();
+    ended.dev.stop();
+    EXPECT_TRUE(ended.dev.join(0ms));
+}
+
+TEST_F(devices_test, stop_drops_what_the_sockets_hold_thread)
+{
+    stop_drops_what_the_sockets_hold<devices::thread_proxy_steerable>(ctx);
+}
+TEST_F(devices_test, stop_drops_what_the_sockets_hold_fiber)
+{
+    stop_drops_what_the_sockets_hold<devices::fiber_proxy_steerable>(ctx);
+}
+TEST_F(devices_test, stop_drops_what_the_sockets_hold_process)
+{
+    SKIP_FORK_UNDER_ASAN();
+    stop_drops_what_the_sockets_hold<devices::process_proxy_steerable>(ctx);
 }
 
 // --- bad input -----------------------------------------------------------------

@@ -71,10 +71,11 @@ int run(int argc, char** argv)
                 dev->stop();
                 break;
             }
-            if (dev->done()) {
-                dev->join();
+            // Not done() and join(): after TERMINATE the device may still be
+            // delivering what it forwarded (--linger), and a signal must
+            // still stop it.
+            if (dev->join(std::chrono::milliseconds{0}))
                 break;
-            }
             if (stats_seconds > 0 && clock::now() >= next_stats) {
                 print_stats(dev->statistics());
                 next_stats += interval;

@@ -91,14 +91,19 @@ public:
     // caller mode so are the device's own errors. Throws std::logic_error
     // if already started.
     void start();
-    // Waits up to timeout (-1: forever) for the device to end; true if it
+    // Waits up to timeout (-1: forever) for the device to end: to stop
+    // forwarding, then to deliver what it forwarded, within its sockets'
+    // ZMQ_LINGER (libzmq's default: until the peer takes it). True if it
     // has. The first call that sees a failed device throws its device_error.
     bool join(std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
-    // True once the device has ended (never throws).
+    // True once the device has stopped forwarding, even if it is still
+    // delivering (never throws).
     bool done();
-    // Ends the device from the owner: its context is shut down (its process
-    // told to do so), its sockets are closed and the worker is joined.
-    // Errors of the device are not thrown here. A no-op if not running.
+    // Ends the device from the owner and joins its worker. What its sockets
+    // still hold is dropped; a device that ended by itself and is still
+    // delivering is not waited for (a thread or fiber device goes on
+    // delivering in the background, a process device exits). Errors of
+    // the device are not thrown here. A no-op once the device has ended.
     void stop() noexcept;
 
     // The endpoints bound by the worker, known once start() has returned.
