@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <array>
+#include <map>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
@@ -81,6 +82,52 @@ std::string error_line(int errnum, const std::string& message)
     std::string message;
     std::getline(in >> std::ws, message);
     throw device_error(errnum, message);
+}
+
+// libzmq's socket options that take 64 bits.
+bool is_64_bit(int option)
+{
+    return option == ZMQ_AFFINITY || option == ZMQ_MAXMSGSIZE || option == ZMQ_VMCI_BUFFER_SIZE
+           || option == ZMQ_VMCI_BUFFER_MIN_SIZE || option == ZMQ_VMCI_BUFFER_MAX_SIZE;
+}
+
+// "ZMQ_SNDHWM (23)", or the number alone for an option libzmq 4.3 has not.
+std::string option_name(int option)
+{
+#define ZG_OPTION(name) {name, #name}
+    static const std::map<int, const char*> names = {
+        ZG_OPTION(ZMQ_AFFINITY), ZG_OPTION(ZMQ_ROUTING_ID), ZG_OPTION(ZMQ_SUBSCRIBE),
+        ZG_OPTION(ZMQ_UNSUBSCRIBE), ZG_OPTION(ZMQ_RATE), ZG_OPTION(ZMQ_RECOVERY_IVL),
+        ZG_OPTION(ZMQ_SNDBUF), ZG_OPTION(ZMQ_RCVBUF), ZG_OPTION(ZMQ_LINGER),
+        ZG_OPTION(ZMQ_RECONNECT_IVL), ZG_OPTION(ZMQ_BACKLOG), ZG_OPTION(ZMQ_RECONNECT_IVL_MAX),
+        ZG_OPTION(ZMQ_MAXMSGSIZE), ZG_OPTION(ZMQ_SNDHWM), ZG_OPTION(ZMQ_RCVHWM),
+        ZG_OPTION(ZMQ_MULTICAST_HOPS), ZG_OPTION(ZMQ_RCVTIMEO), ZG_OPTION(ZMQ_SNDTIMEO),
+        ZG_OPTION(ZMQ_ROUTER_MANDATORY), ZG_OPTION(ZMQ_TCP_KEEPALIVE),
+        ZG_OPTION(ZMQ_TCP_KEEPALIVE_CNT), ZG_OPTION(ZMQ_TCP_KEEPALIVE_IDLE),
+        ZG_OPTION(ZMQ_TCP_KEEPALIVE_INTVL), ZG_OPTION(ZMQ_IMMEDIATE), ZG_OPTION(ZMQ_XPUB_VERBOSE),
+        ZG_OPTION(ZMQ_ROUTER_RAW), ZG_OPTION(ZMQ_PLAIN_SERVER), ZG_OPTION(ZMQ_PLAIN_USERNAME),
+        ZG_OPTION(ZMQ_PLAIN_PASSWORD), ZG_OPTION(ZMQ_CURVE_SERVER), ZG_OPTION(ZMQ_CURVE_PUBLICKEY),
+        ZG_OPTION(ZMQ_CURVE_SECRETKEY), ZG_OPTION(ZMQ_CURVE_SERVERKEY), ZG_OPTION(ZMQ_PROBE_ROUTER),
+        ZG_OPTION(ZMQ_REQ_CORRELATE), ZG_OPTION(ZMQ_REQ_RELAXED), ZG_OPTION(ZMQ_CONFLATE),
+        ZG_OPTION(ZMQ_ZAP_DOMAIN), ZG_OPTION(ZMQ_ROUTER_HANDOVER), ZG_OPTION(ZMQ_TOS),
+        ZG_OPTION(ZMQ_CONNECT_ROUTING_ID), ZG_OPTION(ZMQ_GSSAPI_SERVER),
+        ZG_OPTION(ZMQ_GSSAPI_PRINCIPAL), ZG_OPTION(ZMQ_GSSAPI_SERVICE_PRINCIPAL),
+        ZG_OPTION(ZMQ_GSSAPI_PLAINTEXT), ZG_OPTION(ZMQ_HANDSHAKE_IVL), ZG_OPTION(ZMQ_SOCKS_PROXY),
+        ZG_OPTION(ZMQ_XPUB_NODROP), ZG_OPTION(ZMQ_XPUB_MANUAL), ZG_OPTION(ZMQ_XPUB_WELCOME_MSG),
+        ZG_OPTION(ZMQ_STREAM_NOTIFY), ZG_OPTION(ZMQ_INVERT_MATCHING), ZG_OPTION(ZMQ_HEARTBEAT_IVL),
+        ZG_OPTION(ZMQ_HEARTBEAT_TTL), ZG_OPTION(ZMQ_HEARTBEAT_TIMEOUT),
+        ZG_OPTION(ZMQ_XPUB_VERBOSER), ZG_OPTION(ZMQ_CONNECT_TIMEOUT), ZG_OPTION(ZMQ_TCP_MAXRT),
+        ZG_OPTION(ZMQ_MULTICAST_MAXTPDU), ZG_OPTION(ZMQ_VMCI_BUFFER_SIZE),
+        ZG_OPTION(ZMQ_VMCI_BUFFER_MIN_SIZE), ZG_OPTION(ZMQ_VMCI_BUFFER_MAX_SIZE),
+        ZG_OPTION(ZMQ_VMCI_CONNECT_TIMEOUT), ZG_OPTION(ZMQ_USE_FD),
+        ZG_OPTION(ZMQ_GSSAPI_PRINCIPAL_NAMETYPE), ZG_OPTION(ZMQ_GSSAPI_SERVICE_PRINCIPAL_NAMETYPE),
+        ZG_OPTION(ZMQ_BINDTODEVICE), ZG_OPTION(ZMQ_TCP_ACCEPT_FILTER),
+        ZG_OPTION(ZMQ_IPC_FILTER_PID), ZG_OPTION(ZMQ_IPC_FILTER_UID), ZG_OPTION(ZMQ_IPC_FILTER_GID),
+    };
+#undef ZG_OPTION
+    const auto it = names.find(option);
+    return it == names.end() ? std::to_string(option)
+                             : std::string(it->second) + " (" + std::to_string(option) + ")";
 }
 
 bool is_error(const std::string& line) { return line.rfind("err ", 0) == 0; }
@@ -168,7 +215,12 @@ int port_of(const std::string& endpoint)
 struct background_device::state {
     run_mode mode;
     std::array<int, role_count> types;
-    std::array<std::vector<sockopt_fn>, role_count> options;
+    struct option {
+        int number;
+        std::string shown;
+        sockopt_fn set;
+    };
+    std::array<std::vector<option>, role_count> options;
     std::array<std::vector<std::string>, role_count> binds;
     std::array<std::vector<std::string>, role_count> connects;
     std::set<int> reserved_ports;
@@ -364,20 +416,45 @@ background_device::background_device(run_mode mode, int in_type, int out_type, i
 
 background_device::~background_device() { stop(); }
 
-background_device::sockopt_fn background_device::raw_option(int option, int value)
+void background_device::add_raw_option(role r, int option, int value)
 {
-    return [option, value](socket_t& s) {
-        if (zmq_setsockopt(s.handle(), option, &value, sizeof value) != 0)
+    add_sockopt(r, option, std::to_string(value), [option, value](socket_t& s) {
+        const std::int64_t wide = value;
+        const int rc = is_64_bit(option) ? zmq_setsockopt(s.handle(), option, &wide, sizeof wide)
+                                         : zmq_setsockopt(s.handle(), option, &value, sizeof value);
+        if (rc != 0)
             throw zmq::error_t();
-    };
+    });
 }
 
-background_device::sockopt_fn background_device::raw_option(int option, const std::string& value)
+void background_device::add_raw_option(role r, int option, const std::string& value)
 {
-    return [option, value](socket_t& s) {
+    add_sockopt(r, option, shown_bytes(option, value), [option, value](socket_t& s) {
         if (zmq_setsockopt(s.handle(), option, value.data(), value.size()) != 0)
             throw zmq::error_t();
-    };
+    });
+}
+
+std::string background_device::shown_bytes(int option, std::string_view value)
+{
+    if (option == ZMQ_CURVE_SECRETKEY || option == ZMQ_PLAIN_PASSWORD)
+        return std::to_string(value.size()) + " bytes, not shown";
+    std::string text = "\"";
+    for (const char ch : value) {
+        const auto byte = static_cast<unsigned char>(ch);
+        if (ch == '"' || ch == '\\') {
+            text += '\\';
+            text += ch;
+        } else if (byte >= 0x20 && byte < 0x7f) {
+            text += ch;
+        } else {
+            const char hex[] = "0123456789abcdef";
+            text += "\\x";
+            text += hex[byte >> 4];
+            text += hex[byte & 0xf];
+        }
+    }
+    return text + "\"";
 }
 
 namespace {
@@ -388,10 +465,10 @@ void check_not_started(bool started)
 }
 } // namespace
 
-void background_device::add_sockopt(role r, sockopt_fn fn)
+void background_device::add_sockopt(role r, int option, std::string shown, sockopt_fn fn)
 {
     check_not_started(state_->started);
-    state_->options[static_cast<size_t>(r)].push_back(std::move(fn));
+    state_->options[static_cast<size_t>(r)].push_back({option, std::move(shown), std::move(fn)});
 }
 
 void background_device::add_bind(role r, const std::string& addr)
@@ -482,9 +559,10 @@ bool background_device::work(state& st, void* ctx_ptr,
         const std::vector<std::vector<size_t>> groups = {{0, 1}, {2}, {3}};
         for (const auto& group : groups) {
             for (size_t r : group)
-                for (const auto& fn : st.options[r]) {
-                    doing = std::string("set an option on ") + role_names[r];
-                    fn(target(r));
+                for (const auto& opt : st.options[r]) {
+                    doing = "set option " + option_name(opt.number) + " to " + opt.shown + " on "
+                            + role_names[r];
+                    opt.set(target(r));
                 }
             for (size_t r : group)
                 for (const auto& addr : st.binds[r]) {

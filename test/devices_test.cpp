@@ -646,6 +646,26 @@ TEST_F(devices_test, BadInput_random_port_arguments)
     dev.stop();
 }
 
+// As pyzmq's setsockopt(zmq.MAXMSGSIZE, 1000): libzmq's 64-bit options take
+// an int too.
+TEST_F(devices_test, int_values_for_64_bit_options)
+{
+    devices::thread_device dev(ZMQ_STREAMER, ZMQ_PULL, ZMQ_PUSH);
+    dev.setsockopt_in(ZMQ_MAXMSGSIZE, 1000);
+    dev.setsockopt_out(ZMQ_AFFINITY, 1);
+    dev.setsockopt_in(ZMQ_LINGER, 0);
+    dev.setsockopt_out(ZMQ_LINGER, 0);
+    const int in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+    const int out = dev.bind_out_to_random_port("tcp://127.0.0.1");
+    dev.start();
+    auto push = make(ctx, zmq::socket_type::push), pull = make(ctx, zmq::socket_type::pull);
+    push.connect(local(in));
+    pull.connect(local(out));
+    send_strs(push, {"within the limit"});
+    EXPECT_EQ(recv_strs(pull), strings{"within the limit"});
+    dev.stop();
+}
+
 // Bad endpoints and options surface from start() as device_error naming the
 // socket and what was done; the next device is unaffected.
 template<class Device>
@@ -659,9 +679,15 @@ void bad_setup(green::context_t& ctx)
         {[](Device& d) { d.bind_in("bogus://x"); }, EPROTONOSUPPORT, "bind in bogus://x"},
         {[](Device& d) { d.bind_out("tcp://127.0.0.1"); }, EINVAL, "bind out tcp://127.0.0.1"},
         {[](Device& d) { d.connect_in(""); }, EINVAL, "connect in"},
-        {[](Device& d) { d.setsockopt_out(9999, 1); }, EINVAL, "set an option on out"},
-        {[](Device& d) { d.setsockopt_in(ZMQ_SNDHWM, std::string("x")); }, EINVAL,
-         "set an option on in"},
+        {[](Device& d) { d.setsockopt_out(9999, 1); }, EINVAL, "set option 9999 to 1 on out"},
+        {[](Device& d) { d.setsockopt_in(ZMQ_SNDHWM, -5); }, EINVAL,
+         "set option ZMQ_SNDHWM (23) to -5 on in"},
+        {[](Device& d) { d.setsockopt_in(ZMQ_SNDHWM, std::string("x\n")); }, EINVAL,
+         "set option ZMQ_SNDHWM (23) to \"x\\x0a\" on in"},
+        {[](Device& d) { d.setsockopt_out(zmq::sockopt::routing_id, std::string(256, 'r')); },
+         EINVAL, "set option ZMQ_ROUTING_ID (5) to \"rrr"},
+        {[](Device& d) { d.setsockopt_in(ZMQ_CURVE_SECRETKEY, std::string("secret")); }, EINVAL,
+         "ZMQ_CURVE_SECRETKEY (49) to 6 bytes, not shown on in"},
     };
     for (const auto& c : cases) {
         Device dev(ZMQ_STREAMER, ZMQ_PULL, ZMQ_PUSH);

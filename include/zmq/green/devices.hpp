@@ -11,6 +11,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -61,9 +62,9 @@ public:
     background_device& operator=(const background_device&) = delete;
 
     template<class Opt, class T, class = std::enable_if_t<!std::is_integral_v<Opt>>>
-    void setsockopt_in(Opt opt, T value) { add_sockopt(role::in, typed_option(opt, std::move(value))); }
-    void setsockopt_in(int option, int value) { add_sockopt(role::in, raw_option(option, value)); }
-    void setsockopt_in(int option, const std::string& value) { add_sockopt(role::in, raw_option(option, value)); }
+    void setsockopt_in(Opt opt, T value) { add_typed_option(role::in, opt, std::move(value)); }
+    void setsockopt_in(int option, int value) { add_raw_option(role::in, option, value); }
+    void setsockopt_in(int option, const std::string& value) { add_raw_option(role::in, option, value); }
     void bind_in(const std::string& addr) { add_bind(role::in, addr); }
     void connect_in(const std::string& addr) { add_connect(role::in, addr); }
     // The bind_*_to_random_port calls reserve a port of addr, "tcp://HOST", at once and
@@ -76,9 +77,9 @@ public:
     }
 
     template<class Opt, class T, class = std::enable_if_t<!std::is_integral_v<Opt>>>
-    void setsockopt_out(Opt opt, T value) { add_sockopt(role::out, typed_option(opt, std::move(value))); }
-    void setsockopt_out(int option, int value) { add_sockopt(role::out, raw_option(option, value)); }
-    void setsockopt_out(int option, const std::string& value) { add_sockopt(role::out, raw_option(option, value)); }
+    void setsockopt_out(Opt opt, T value) { add_typed_option(role::out, opt, std::move(value)); }
+    void setsockopt_out(int option, int value) { add_raw_option(role::out, option, value); }
+    void setsockopt_out(int option, const std::string& value) { add_raw_option(role::out, option, value); }
     void bind_out(const std::string& addr) { add_bind(role::out, addr); }
     void connect_out(const std::string& addr) { add_connect(role::out, addr); }
     int bind_out_to_random_port(const std::string& addr, int min_port = 49152, int max_port = 65536,
@@ -121,19 +122,35 @@ protected:
 
     background_device(run_mode mode, int in_type, int out_type, int mon_type, int ctrl_type);
 
+    // shown: the value as an error that names the option shows it.
+    void add_sockopt(role r, int option, std::string shown, sockopt_fn fn);
     template<class Opt, class T>
-    static sockopt_fn typed_option(Opt opt, T value)
+    void add_typed_option(role r, Opt opt, T value)
     {
-        if constexpr (std::is_convertible_v<T, const char*>) {
-            return [opt, v = std::string(value)](socket_t& s) { s.set(opt, v); };
-        } else {
-            return [opt, v = std::move(value)](socket_t& s) { s.set(opt, v); };
-        }
+        const int number = option_number(opt);
+        std::string shown;
+        if constexpr (std::is_convertible_v<const T&, std::string_view>)
+            shown = shown_bytes(number, value);
+        else if constexpr (std::is_same_v<T, bool>)
+            shown = value ? "true" : "false";
+        else if constexpr (std::is_arithmetic_v<T>)
+            shown = std::to_string(value);
+        if constexpr (std::is_convertible_v<T, const char*>)
+            add_sockopt(r, number, shown, [opt, v = std::string(value)](socket_t& s) { s.set(opt, v); });
+        else
+            add_sockopt(r, number, shown, [opt, v = std::move(value)](socket_t& s) { s.set(opt, v); });
     }
-    static sockopt_fn raw_option(int option, int value);
-    static sockopt_fn raw_option(int option, const std::string& value);
+    template<int Opt, class T, bool BoolUnit>
+    static constexpr int option_number(zmq::sockopt::integral_option<Opt, T, BoolUnit>) { return Opt; }
+    template<int Opt, int NullTerm>
+    static constexpr int option_number(zmq::sockopt::array_option<Opt, NullTerm>) { return Opt; }
+    // libzmq reads some options as 64-bit (ZMQ_MAXMSGSIZE, ZMQ_AFFINITY):
+    // their value is widened.
+    void add_raw_option(role r, int option, int value);
+    void add_raw_option(role r, int option, const std::string& value);
+    // Quoted and escaped; keys and passwords are not shown.
+    static std::string shown_bytes(int option, std::string_view value);
 
-    void add_sockopt(role r, sockopt_fn fn);
     void add_bind(role r, const std::string& addr);
     void add_connect(role r, const std::string& addr);
     int add_random_bind(role r, const std::string& addr, int min_port, int max_port, int max_tries);
@@ -156,9 +173,9 @@ private:
 class with_monitor : public background_device {
 public:
     template<class Opt, class T, class = std::enable_if_t<!std::is_integral_v<Opt>>>
-    void setsockopt_mon(Opt opt, T value) { add_sockopt(role::mon, typed_option(opt, std::move(value))); }
-    void setsockopt_mon(int option, int value) { add_sockopt(role::mon, raw_option(option, value)); }
-    void setsockopt_mon(int option, const std::string& value) { add_sockopt(role::mon, raw_option(option, value)); }
+    void setsockopt_mon(Opt opt, T value) { add_typed_option(role::mon, opt, std::move(value)); }
+    void setsockopt_mon(int option, int value) { add_raw_option(role::mon, option, value); }
+    void setsockopt_mon(int option, const std::string& value) { add_raw_option(role::mon, option, value); }
     void bind_mon(const std::string& addr) { add_bind(role::mon, addr); }
     void connect_mon(const std::string& addr) { add_connect(role::mon, addr); }
     int bind_mon_to_random_port(const std::string& addr, int min_port = 49152, int max_port = 65536,
@@ -182,9 +199,9 @@ private:
 class with_control : public with_monitor {
 public:
     template<class Opt, class T, class = std::enable_if_t<!std::is_integral_v<Opt>>>
-    void setsockopt_ctrl(Opt opt, T value) { add_sockopt(role::ctrl, typed_option(opt, std::move(value))); }
-    void setsockopt_ctrl(int option, int value) { add_sockopt(role::ctrl, raw_option(option, value)); }
-    void setsockopt_ctrl(int option, const std::string& value) { add_sockopt(role::ctrl, raw_option(option, value)); }
+    void setsockopt_ctrl(Opt opt, T value) { add_typed_option(role::ctrl, opt, std::move(value)); }
+    void setsockopt_ctrl(int option, int value) { add_raw_option(role::ctrl, option, value); }
+    void setsockopt_ctrl(int option, const std::string& value) { add_raw_option(role::ctrl, option, value); }
     void bind_ctrl(const std::string& addr) { add_bind(role::ctrl, addr); }
     void connect_ctrl(const std::string& addr) { add_connect(role::ctrl, addr); }
     int bind_ctrl_to_random_port(const std::string& addr, int min_port = 49152, int max_port = 65536,
