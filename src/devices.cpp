@@ -330,7 +330,8 @@ struct background_device::state {
         if (mode != run_mode::process) {
             if (timeout.count() < 0)
                 end_future.wait();
-            return end_future.wait_for(std::max(timeout, 0ms)) == boost::fibers::future_status::ready;
+            return end_future.wait_for(std::max(timeout, 0ms))
+                   == boost::fibers::future_status::ready;
         }
         std::string line;
         while (!end_read) {
@@ -734,7 +735,8 @@ void background_device::start()
     // destroyed while it runs.
     auto body = [&s = st] {
         const auto end = end_line_of([&] {
-            work(s, s.ctx.get(), [&s](const std::string& report) { s.setup_promise.set_value(report); });
+            work(s, s.ctx.get(),
+                 [&s](const std::string& report) { s.setup_promise.set_value(report); });
         });
         terminate_detached(std::move(*s.ctx), s.terminated);
         s.end_promise.set_value(end);
@@ -829,8 +831,8 @@ device_base::device_base(run_mode mode, int type, int in_type, int out_type)
 
 background_device::runner device_base::make_runner() const
 {
-    return [back_to_front = type_ == ZMQ_QUEUE](socket_ref in, socket_ref out, socket_ref, socket_ref,
-                                                void* counters) {
+    const bool back_to_front = type_ == ZMQ_QUEUE;
+    return [back_to_front](socket_ref in, socket_ref out, socket_ref, socket_ref, void* counters) {
         detail::device_loop_options opts;
         opts.back_to_front = back_to_front;
         opts.counters = static_cast<detail::device_counters*>(counters);

@@ -136,12 +136,17 @@ protected:
         else if constexpr (std::is_arithmetic_v<T>)
             shown = std::to_string(value);
         if constexpr (std::is_convertible_v<T, const char*>)
-            add_sockopt(r, number, shown, [opt, v = std::string(value)](socket_t& s) { s.set(opt, v); });
+            add_sockopt(r, number, std::move(shown),
+                        [opt, v = std::string(value)](socket_t& s) { s.set(opt, v); });
         else
-            add_sockopt(r, number, shown, [opt, v = std::move(value)](socket_t& s) { s.set(opt, v); });
+            add_sockopt(r, number, std::move(shown),
+                        [opt, v = std::move(value)](socket_t& s) { s.set(opt, v); });
     }
     template<int Opt, class T, bool BoolUnit>
-    static constexpr int option_number(zmq::sockopt::integral_option<Opt, T, BoolUnit>) { return Opt; }
+    static constexpr int option_number(zmq::sockopt::integral_option<Opt, T, BoolUnit>)
+    {
+        return Opt;
+    }
     template<int Opt, int NullTerm>
     static constexpr int option_number(zmq::sockopt::array_option<Opt, NullTerm>) { return Opt; }
     // libzmq reads some options as 64-bit (ZMQ_MAXMSGSIZE, ZMQ_AFFINITY):
@@ -159,8 +164,8 @@ protected:
     // counters. start() makes it, and it owns copies of what it needs: when
     // a device is destroyed, its derived parts are gone before the base
     // stops the worker.
-    using runner = std::function<void(socket_ref in, socket_ref out, socket_ref mon, socket_ref ctrl,
-                                      void* counters)>;
+    using runner = std::function<void(socket_ref in, socket_ref out, socket_ref mon,
+                                      socket_ref ctrl, void* counters)>;
     virtual runner make_runner() const = 0;
 
 private:
