@@ -277,6 +277,25 @@ TEST_F(cli, an_orphaned_device_process_ends)
     ::close(pidfd);
 }
 
+// The tool waits for signals in slices of 100 ms; the counters must still
+// come at the interval asked for, not at most ten a second.
+TEST_F(cli, stats_come_at_the_requested_interval)
+{
+    child c({"queue", "--in", "PULL=@tcp://127.0.0.1:*", "--out", "PUSH=@tcp://127.0.0.1:*",
+             "--stats", "0.001"});
+    ASSERT_EQ(c.line().rfind("bound in ", 0), 0u);
+    ASSERT_EQ(c.line().rfind("bound out ", 0), 0u);
+    // 200 lines take 0.2 s; ten a second would take 20 s. The deadline is
+    // only a hang guard, 50 times what is due.
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    int lines = 0;
+    while (lines < 200 && std::chrono::steady_clock::now() < deadline) {
+        ASSERT_EQ(c.line().rfind("{\"frontend\":", 0), 0u);
+        ++lines;
+    }
+    EXPECT_EQ(lines, 200);
+}
+
 // --- bad input -----------------------------------------------------------------
 
 namespace {

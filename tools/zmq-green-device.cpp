@@ -7,6 +7,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -64,8 +65,14 @@ int run(int argc, char** argv)
             std::chrono::duration<double>(stats_seconds));
         auto next_stats = clock::now() + interval;
         for (;;) {
-            // Short slices: the device may also end by itself (TERMINATE).
-            if (zmq::green::wait_readable(sfd, std::chrono::milliseconds{100})) {
+            // Short slices: the device may also end by itself (TERMINATE),
+            // and the next counters may be due sooner.
+            using std::chrono::milliseconds;
+            auto slice = milliseconds{100};
+            if (stats_seconds > 0)
+                slice = std::clamp(std::chrono::ceil<milliseconds>(next_stats - clock::now()),
+                                   milliseconds{0}, slice);
+            if (zmq::green::wait_readable(sfd, slice)) {
                 signalfd_siginfo info;
                 (void)!::read(sfd, &info, sizeof info);
                 dev->stop();
@@ -76,9 +83,13 @@ int run(int argc, char** argv)
             // still stop it.
             if (dev->join(std::chrono::milliseconds{0}))
                 break;
-            if (stats_seconds > 0 && clock::now() >= next_stats) {
+            const auto now = clock::now();
+            if (stats_seconds > 0 && now >= next_stats) {
                 print_stats(dev->statistics());
-                next_stats += interval;
+                // Ticks missed while the output blocked are skipped, not
+                // printed in a burst (as pyzmq's PeriodicCallback does).
+                while (next_stats <= now)
+                    next_stats += interval;
             }
         }
         if (stats_seconds > 0)
