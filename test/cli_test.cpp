@@ -369,6 +369,10 @@ TEST_F(cli, BadInput_bad_flags_exit_2_with_one_line_naming_the_problem)
         {args({{"queue"}, good_in, good_out, {"--hwm", "-3"}}), "--hwm"},
         {args({{"queue"}, good_in, good_out, {"--linger", "-5"}}), "--linger"},
         {args({{"queue"}, good_in, good_out, {"--maxmsgsize", "-5"}}), "--maxmsgsize"},
+        {args({{"queue"}, good_in, good_out, {"--maxmsgsize", "99999999999999999999"}}),
+         "--maxmsgsize: BYTES must be a whole number from 0 to 9223372036854775807, got "
+         "'99999999999999999999'"},
+        {args({{"queue"}, good_in, good_out, {"--hwm", "99999999999"}}), "--hwm"},
         {args({{"queue"}, good_in, good_out, {"--stats", "nan"}}), "SECONDS"},
         {args({{"queue"}, good_in, good_out, {"--stats", "1e300"}}), "SECONDS"},
         {args({{"queue"}, good_in, good_out, {"--stats", "0"}}), "SECONDS"},

@@ -3,6 +3,9 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
+#include <limits>
 #include <map>
 #include <ostream>
 #include <sstream>
@@ -115,7 +118,18 @@ std::optional<device_config> parse_command_line(int argc, const char* const* arg
     app.add_option("--maxmsgsize", c.max_message_size,
                    "ZMQ_MAXMSGSIZE of every socket, bytes: a peer sending more is dropped "
                    "(default: no limit)")
-        ->check(CLI::NonNegativeNumber);
+        ->check(CLI::Validator(
+            [](std::string& s) -> std::string {
+                // CLI11 would turn a number past INT64_MAX into INT64_MAX.
+                std::int64_t v = -1;
+                const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+                if (ec != std::errc() || end != s.data() + s.size() || v < 0)
+                    return "BYTES must be a whole number from 0 to "
+                           + std::to_string(std::numeric_limits<std::int64_t>::max()) + ", got '"
+                           + s + "'";
+                return {};
+            },
+            "BYTES"));
     // Written out: CLI11's range checks let NaN through, and a count of
     // nanoseconds must hold the interval.
     app.add_option("--stats", c.stats_seconds, "print JSON counters every SECONDS (0.001 to 1e9)")
