@@ -192,16 +192,17 @@ struct event_fd {
 
 // Terminating a context waits for its sockets' ZMQ_LINGER, forever for a
 // message whose peer never comes. A thread of its own waits for it, so that
-// join() can time out and stop() can leave it: the thread owns all it uses.
-void terminate_detached(context_t ctx, std::shared_ptr<event_fd> done)
+// join() can time out and stop() can detach it: the thread owns all it uses.
+std::thread start_terminator(context_t ctx, std::shared_ptr<event_fd> done)
 {
     try {
-        std::thread([ctx = std::move(ctx), done]() mutable {
+        return std::thread([ctx = std::move(ctx), done]() mutable {
             ctx.close();
             done->signal();
-        }).detach();
+        });
     } catch (const std::system_error&) {
         done->signal(); // the context closed with the thread's function, here
+        return {};
     }
 }
 
@@ -240,6 +241,7 @@ struct background_device::state {
     std::unique_ptr<event_fd> stop_event;    // the owner asks the worker to stop
     bool dropped = false;                    // the worker closed its sockets without linger
     std::shared_ptr<event_fd> terminated;    // the worker's context has terminated
+    std::thread terminator;                  // the thread that terminates it
     boost::fibers::promise<std::string> setup_promise;
     boost::fibers::promise<std::string> end_promise;
     boost::fibers::shared_future<std::string> end_future;
@@ -384,6 +386,8 @@ struct background_device::state {
             return true;
         finished = true;
         end_report = end_future.get();
+        if (terminator.joinable())
+            terminator.join();
         if (thread.joinable())
             thread.join();
         if (fiber.joinable())
@@ -738,7 +742,7 @@ void background_device::start()
             work(s, s.ctx.get(),
                  [&s](const std::string& report) { s.setup_promise.set_value(report); });
         });
-        terminate_detached(std::move(*s.ctx), s.terminated);
+        s.terminator = start_terminator(std::move(*s.ctx), s.terminated);
         s.end_promise.set_value(end);
     };
     if (st.mode == run_mode::thread)
@@ -793,8 +797,11 @@ void background_device::stop() noexcept
             st.end_future.wait();
             // A worker that ended by itself may still be delivering what it
             // forwarded, for as long as its sockets' linger: not waited for.
-            if (!st.dropped)
+            if (!st.dropped) {
+                if (st.terminator.joinable())
+                    st.terminator.detach();
                 st.terminated->signal();
+            }
         }
         join();
     } catch (...) {
