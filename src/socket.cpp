@@ -161,7 +161,11 @@ void* socket_base::handle() const noexcept { return core_ ? core_->handle : null
         if (addr == nullptr) /* libzmq would assert */                                         \
             throw zmq::error_t(EINVAL);                                                        \
         int rc = -1;                                                                           \
-        on_system_stack([&] { rc = zmq_##name(h, addr); });                                    \
+        int err = 0; /* after_op's ZMQ_EVENTS read would overwrite errno */                    \
+        on_system_stack([&] {                                                                  \
+            rc = zmq_##name(h, addr);                                                          \
+            err = errno;                                                                       \
+        });                                                                                    \
         /* Processing commands here can consume a signal fibers wait for. */                   \
         if (core_) {                                                                           \
             core_->after_op();                                                                 \
@@ -169,7 +173,7 @@ void* socket_base::handle() const noexcept { return core_ ? core_->handle : null
                 core_->lockstep_inproc = false;                                                \
         }                                                                                      \
         if (rc != 0)                                                                           \
-            throw zmq::error_t();                                                              \
+            throw zmq::error_t(err);                                                           \
     }
 
 ZMQ_GREEN_ENDPOINT_CALL(bind)

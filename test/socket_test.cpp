@@ -690,6 +690,28 @@ TEST_F(socket, BadInput_invalid_endpoints_keep_the_socket_usable)
     expect_usable(ctx, s);
 }
 
+// With a fiber waiting, each call reads ZMQ_EVENTS afterwards for it: that
+// read must not replace the call's errno.
+TEST_F(socket, BadInput_endpoint_errors_keep_their_errno_while_a_fiber_waits)
+{
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    int waiter_errno = 0;
+    boost::fibers::fiber waiter([&] {
+        waiter_errno = errno_of([&] {
+            zmq::message_t m;
+            (void)s.recv(m);
+        });
+    });
+    boost::this_fiber::yield(); // it finds nothing and parks
+    EXPECT_EQ(errno_of([&] { s.bind("nonsense://x"); }), EPROTONOSUPPORT);
+    EXPECT_EQ(errno_of([&] { s.connect("tcp://"); }), EINVAL);
+    EXPECT_EQ(errno_of([&] { s.unbind("tcp://127.0.0.1:1"); }), ENOENT);
+    EXPECT_EQ(errno_of([&] { s.disconnect("inproc://never-connected"); }), ENOENT);
+    s.close();
+    waiter.join();
+    EXPECT_EQ(waiter_errno, ENOTSOCK);
+}
+
 TEST_F(socket, BadInput_null_endpoint_is_einval)
 {
     green::socket_t s(ctx, zmq::socket_type::pair);
