@@ -218,7 +218,14 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
         dir.owner = self;
     }
 
-    for (int ready_but_again = 0;;) {
+    // Set once ZMQ_EVENTS said ready and the retry failed all the same: the
+    // level is about any pipe (ROUTER_MANDATORY sends to one peer; XPUB_NODROP
+    // always says POLLOUT), so only a command can change the answer. A failed
+    // call has processed the commands that came before it, and the next one
+    // brings an edge: from then on the fiber waits for edges, as a blocking
+    // libzmq call waits for commands, and reads the level only for others.
+    bool level_disagrees = false;
+    for (;;) {
         if (closed)
             throw_closed();
         const int rc = std::exchange(just_tried, false) ? (errno = EAGAIN, -1) : op(more);
@@ -244,7 +251,7 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
         // command (unthrottled, unlike send), so the fd holds no signal and
         // the next command brings a new edge. The ZMQ_EVENTS read is then
         // needed only to wake other waiters the call may have made ready.
-        if (event == ZMQ_POLLIN && waiters.empty()) {
+        if ((event == ZMQ_POLLIN || level_disagrees) && waiters.empty()) {
             tell_watchers();
         } else {
             const refresh_result state = refresh();
@@ -252,13 +259,9 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
                 release(dir);
                 throw zmq::error_t(state.error);
             }
-            if (state.events & event) {
-                // EVENTS says ready but the call disagreed: retry, yielding
-                // now and then so that a disagreement cannot starve others.
-                if (++ready_but_again % 16 == 0)
-                    boost::this_fiber::yield();
+            // The read may have processed the command the call was missing.
+            if ((state.events & event) && !std::exchange(level_disagrees, true))
                 continue;
-            }
         }
         if (passed(get_deadline())) {
             release(dir);

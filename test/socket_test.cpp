@@ -229,6 +229,78 @@ TEST_F(socket, sender_parked_at_hwm_resumes_when_the_peer_reads)
     EXPECT_GT(parked_while_full, 0);
 }
 
+// ZMQ_EVENTS says POLLOUT while any peer has room, yet a ROUTER_MANDATORY
+// send to a full peer fails: the sender parks until that peer reads, or
+// until ZMQ_SNDTIMEO, rather than retrying while the level disagrees.
+TEST_F(socket, router_mandatory_send_to_a_full_peer_parks_until_it_reads)
+{
+    green::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::router_mandatory, 1);
+    router.set(zmq::sockopt::sndhwm, 1);
+    const auto ep = test::unique_inproc();
+    router.bind(ep);
+    green::socket_t full(ctx, zmq::socket_type::dealer);
+    green::socket_t idle(ctx, zmq::socket_type::dealer);
+    full.set(zmq::sockopt::routing_id, "full");
+    full.set(zmq::sockopt::rcvhwm, 1);
+    for (auto* dealer : {&full, &idle}) {
+        dealer->connect(ep);
+        dealer->send(zmq::str_buffer("hello")); // the router learns its routing id
+        EXPECT_EQ(test::recv_strs(router).size(), 2u);
+    }
+    const std::array<zmq::const_buffer, 2> to_full{zmq::str_buffer("full"), zmq::str_buffer("x")};
+    int queued = 0;
+    while (green::send_multipart(router, to_full, zmq::send_flags::dontwait))
+        ++queued;
+    ASSERT_TRUE(router.get(zmq::sockopt::events) & ZMQ_POLLOUT);
+
+    test::close_guard guard(router);
+    router.set(zmq::sockopt::sndtimeo, 20);
+    const green::hub_stats before = green::hub::current().stats();
+    EXPECT_FALSE(green::send_multipart(router, to_full));
+    // It ended by its deadline, parked.
+    EXPECT_EQ(green::hub::current().stats().timer_wakeups - before.timer_wakeups, 1u);
+
+    router.set(zmq::sockopt::sndtimeo, -1);
+    test::run_fibers({[&] { EXPECT_TRUE(green::send_multipart(router, to_full)); },
+                      [&] {
+                          for (int i = 0; i <= queued; ++i)
+                              EXPECT_EQ(test::recv_strs(full), test::strings{"x"});
+                      }});
+}
+
+// XPUB_NODROP: ZMQ_EVENTS always says POLLOUT, and a send to a full
+// subscriber fails until it reads.
+TEST_F(socket, xpub_nodrop_send_to_a_full_subscriber_honours_sndtimeo)
+{
+    green::socket_t pub(ctx, zmq::socket_type::xpub);
+    pub.set(zmq::sockopt::xpub_nodrop, 1);
+    pub.set(zmq::sockopt::sndhwm, 1);
+    const auto ep = test::unique_inproc();
+    pub.bind(ep);
+    green::socket_t sub(ctx, zmq::socket_type::sub);
+    sub.set(zmq::sockopt::rcvhwm, 1);
+    sub.set(zmq::sockopt::subscribe, "");
+    sub.connect(ep);
+    EXPECT_EQ(recv_str(pub), std::string(1, '\1')); // the subscription has arrived
+    int queued = 0;
+    while (pub.send(zmq::str_buffer("x"), zmq::send_flags::dontwait))
+        ++queued;
+
+    test::close_guard guard(pub);
+    pub.set(zmq::sockopt::sndtimeo, 20);
+    const green::hub_stats before = green::hub::current().stats();
+    EXPECT_FALSE(pub.send(zmq::str_buffer("x")));
+    EXPECT_EQ(green::hub::current().stats().timer_wakeups - before.timer_wakeups, 1u);
+
+    pub.set(zmq::sockopt::sndtimeo, -1);
+    test::run_fibers({[&] { EXPECT_TRUE(pub.send(zmq::str_buffer("x"))); },
+                      [&] {
+                          for (int i = 0; i <= queued; ++i)
+                              EXPECT_EQ(recv_str(sub), "x");
+                      }});
+}
+
 TEST_F(socket, close_wakes_waiters_with_enotsock)
 {
     green::socket_t pull(ctx, zmq::socket_type::pull);

@@ -14,11 +14,13 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <functional>
 #include <initializer_list>
 #include <iterator>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -192,6 +194,39 @@ void expect_error(const std::function<void()>& fn, std::initializer_list<const c
                 << "'" << needle << "' not in: " << e.what();
     }
 }
+
+// Closes s unless the scope ends within limit: a call that would never
+// return then fails its test with ENOTSOCK instead of hanging it. Only a
+// guard: a passing test never gets near the limit.
+class close_guard {
+public:
+    explicit close_guard(zmq::green::socket_t& s,
+                         std::chrono::milliseconds limit = std::chrono::seconds{10})
+        : fiber_([this, &s, limit] {
+              std::unique_lock<boost::fibers::mutex> lock(mutex_);
+              if (!ended_.wait_for(lock, limit, [this] { return done_; }))
+                  s.close();
+          })
+    {
+    }
+    ~close_guard()
+    {
+        {
+            std::lock_guard<boost::fibers::mutex> lock(mutex_);
+            done_ = true;
+        }
+        ended_.notify_all();
+        fiber_.join();
+    }
+    close_guard(const close_guard&) = delete;
+    close_guard& operator=(const close_guard&) = delete;
+
+private:
+    boost::fibers::mutex mutex_;
+    boost::fibers::condition_variable ended_;
+    bool done_ = false;
+    boost::fibers::fiber fiber_;
+};
 
 // Every test ends with the fallback re-check having rescued nothing: a rescue
 // means an edge was missed.
