@@ -100,6 +100,28 @@ clock::time_point socket_core::deadline_from_option(int timeo_option) const noex
     return deadline_after(std::chrono::milliseconds{ms});
 }
 
+void socket_core::abandon(boost::fibers::context* caller) noexcept
+{
+    if (recv_dir.owner == caller) {
+        // libzmq delivers messages whole, so the rest is here: drop it
+        // rather than hand it to the next receiver as a message of its own.
+        zmq_msg_t rest;
+        zmq_msg_init(&rest);
+        while (zmq_msg_recv(&rest, handle, ZMQ_DONTWAIT) >= 0 && zmq_msg_more(&rest)) {
+        }
+        zmq_msg_close(&rest);
+        release(recv_dir);
+        completed(ZMQ_POLLIN);
+    }
+    if (send_dir.owner == caller) {
+        // Queued frames cannot be taken back; without a last frame the next
+        // sender's frames would join them.
+        zmq_send(handle, nullptr, 0, ZMQ_DONTWAIT);
+        release(send_dir);
+        completed(ZMQ_POLLOUT);
+    }
+}
+
 void socket_core::throw_closed() const { throw zmq::error_t(ENOTSOCK); }
 
 void socket_core::close() noexcept
@@ -151,6 +173,12 @@ void* socket_base::checked_handle() const
 }
 
 void socket_base::events_read() const noexcept { core_->after_op(); }
+
+void socket_base::end_message(boost::fibers::context* caller) noexcept
+{
+    if (core_ != nullptr && reactor::current() == &core_->owner)
+        core_->abandon(caller);
+}
 
 void* socket_base::handle() const noexcept { return core_ ? core_->handle : nullptr; }
 
@@ -245,7 +273,8 @@ ZMQ_GREEN_INLINE send_result_t send_message(socket_core& core, boost::fibers::co
 
 ZMQ_GREEN_INLINE recv_buffer_result_t recv_buffer(socket_core& core,
                                                   boost::fibers::context*& caller,
-                                                  mutable_buffer buf, recv_flags flags)
+                                                  mutable_buffer buf, recv_flags flags,
+                                                  bool& more_frames)
 {
     const int rc = green_recv(core, caller, flags, [&](int f, bool& more) {
         const int n = zmq_recv(core.handle, buf.data(), buf.size(), f);
@@ -253,7 +282,7 @@ ZMQ_GREEN_INLINE recv_buffer_result_t recv_buffer(socket_core& core,
             int rcvmore = 0;
             size_t size = sizeof rcvmore;
             zmq_getsockopt(core.handle, ZMQ_RCVMORE, &rcvmore, &size);
-            more = rcvmore != 0;
+            more = more_frames = rcvmore != 0;
         }
         return n;
     });
@@ -295,7 +324,8 @@ send_result_t socket_base::send(message_t& msg, send_flags flags)
 recv_buffer_result_t socket_base::recv(mutable_buffer buf, recv_flags flags)
 {
     boost::fibers::context* caller = nullptr;
-    return recv_buffer(checked_core(), caller, buf, flags);
+    bool more = false;
+    return recv_buffer(checked_core(), caller, buf, flags, more);
 }
 
 recv_result_t socket_base::recv(message_t& msg, recv_flags flags)
@@ -306,22 +336,35 @@ recv_result_t socket_base::recv(message_t& msg, recv_flags flags)
 
 send_result_t message_frames::send(const_buffer buf, send_flags flags)
 {
-    return send_buffer(socket_.checked_core(), caller_, buf, flags);
+    open_ = false;
+    const auto r = send_buffer(socket_.checked_core(), caller_, buf, flags);
+    open_ = r && (flags & send_flags::sndmore) != send_flags::none;
+    return r;
 }
 
 send_result_t message_frames::send(message_t& msg, send_flags flags)
 {
-    return send_message(socket_.checked_core(), caller_, msg, flags);
+    open_ = false;
+    const auto r = send_message(socket_.checked_core(), caller_, msg, flags);
+    open_ = r && (flags & send_flags::sndmore) != send_flags::none;
+    return r;
 }
 
 recv_buffer_result_t message_frames::recv(mutable_buffer buf, recv_flags flags)
 {
-    return recv_buffer(socket_.checked_core(), caller_, buf, flags);
+    open_ = false;
+    bool more = false;
+    const auto r = recv_buffer(socket_.checked_core(), caller_, buf, flags, more);
+    open_ = r && more;
+    return r;
 }
 
 recv_result_t message_frames::recv(message_t& msg, recv_flags flags)
 {
-    return recv_message(socket_.checked_core(), caller_, msg, flags);
+    open_ = false;
+    const auto r = recv_message(socket_.checked_core(), caller_, msg, flags);
+    open_ = r && msg.more();
+    return r;
 }
 
 short socket_base::poll(short events, std::chrono::milliseconds timeout)

@@ -75,6 +75,10 @@ public:
     int perform(direction& dir, short event, bool dontwait, int timeo_option,
                 boost::fibers::context*& caller, Op&& op);
 
+    // Ends the messages the fiber caller owns a direction for, and hands
+    // the directions on (see message_frames).
+    void abandon(boost::fibers::context* caller) noexcept;
+
     // Wakes every waiter with ENOTSOCK and closes the libzmq socket.
     void close() noexcept;
 

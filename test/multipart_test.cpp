@@ -1,7 +1,10 @@
 #include "support.hpp"
 
 #include <array>
+#include <cstddef>
 #include <iterator>
+#include <stdexcept>
+#include <vector>
 
 namespace green = zmq::green;
 using test::green_test;
@@ -55,6 +58,112 @@ TEST_F(multipart, recv_multipart_n_rejects_longer_messages)
     std::vector<zmq::message_t> in;
     EXPECT_THROW((void)green::recv_multipart_n(p.b, std::back_inserter(in), 2), std::runtime_error);
     EXPECT_EQ(in.size(), 2u);
+}
+
+namespace {
+
+// Receives one message on a fiber of its own, so that a direction still
+// owned by the calling fiber cannot serve it. RCVTIMEO guards the test.
+test::strings recv_on_another_fiber(green::socket_t& s)
+{
+    s.set(zmq::sockopt::rcvtimeo, 10000);
+    test::strings got;
+    boost::fibers::fiber([&] { got = test::recv_strs(s); }).join();
+    return got;
+}
+
+// An output iterator that throws at the frame numbered fail_at.
+struct throwing_output {
+    using iterator_category = std::output_iterator_tag;
+    using value_type = void;
+    using difference_type = std::ptrdiff_t;
+    using pointer = void;
+    using reference = void;
+
+    throwing_output& operator*() { return *this; }
+    throwing_output& operator++() { return *this; }
+    throwing_output& operator++(int) { return *this; }
+    throwing_output& operator=(zmq::message_t&&)
+    {
+        if ((*frames)++ == fail_at)
+            throw std::length_error("no room");
+        return *this;
+    }
+    int* frames;
+    int fail_at;
+};
+
+// Buffers whose iterator throws when it steps past the frame numbered fail_at.
+struct throwing_range {
+    struct iterator {
+        using iterator_category = std::forward_iterator_tag;
+        using value_type = zmq::const_buffer;
+        using difference_type = std::ptrdiff_t;
+        using pointer = const zmq::const_buffer*;
+        using reference = const zmq::const_buffer&;
+
+        reference operator*() const { return range->frames[i]; }
+        iterator& operator++()
+        {
+            if (i == range->fail_at)
+                throw std::length_error("no next frame");
+            ++i;
+            return *this;
+        }
+        bool operator==(const iterator& other) const { return i == other.i; }
+        bool operator!=(const iterator& other) const { return i != other.i; }
+        const throwing_range* range;
+        std::size_t i;
+    };
+    iterator begin() const { return {this, 0}; }
+    iterator end() const { return {this, frames.size()}; }
+    std::vector<zmq::const_buffer> frames;
+    std::size_t fail_at;
+};
+
+} // namespace
+
+// Past n frames recv_multipart_n throws, holding the first n. The rest of
+// that message is dropped, not handed to the next receiver as a message of
+// its own, and the next receiver (on any fiber) gets the next message.
+TEST_F(multipart, recv_multipart_n_that_throws_leaves_the_socket_to_the_next_message)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    test::send_strs(p.a, {"a", "b", "c"});
+    test::send_strs(p.a, {"next", "one"});
+    std::vector<zmq::message_t> in;
+    boost::fibers::fiber([&] {
+        EXPECT_THROW((void)green::recv_multipart_n(p.b, std::back_inserter(in), 1),
+                     std::runtime_error);
+    }).join();
+    EXPECT_EQ(in.size(), 1u);
+    EXPECT_EQ(recv_on_another_fiber(p.b), (test::strings{"next", "one"}));
+}
+
+TEST_F(multipart, an_output_iterator_that_throws_leaves_the_socket_to_the_next_message)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    test::send_strs(p.a, {"a", "b", "c"});
+    test::send_strs(p.a, {"next"});
+    int frames = 0;
+    EXPECT_THROW((void)green::recv_multipart(p.b, throwing_output{&frames, 1}), std::length_error);
+    EXPECT_EQ(frames, 2);
+    EXPECT_EQ(recv_on_another_fiber(p.b), test::strings{"next"});
+}
+
+// The frames already queued cannot be taken back: the message ends with an
+// empty frame, and the next sender's message arrives whole after it.
+TEST_F(multipart, a_range_that_throws_mid_message_leaves_the_socket_to_the_next_sender)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    const throwing_range frames{{zmq::str_buffer("a"), zmq::str_buffer("b"), zmq::str_buffer("c")},
+                                1};
+    EXPECT_THROW((void)green::send_multipart(p.a, frames), std::length_error);
+    p.a.set(zmq::sockopt::sndtimeo, 10000);
+    p.b.set(zmq::sockopt::rcvtimeo, 10000);
+    boost::fibers::fiber([&] { test::send_strs(p.a, {"next"}); }).join();
+    EXPECT_EQ(test::recv_strs(p.b), (test::strings{"a", ""}));
+    EXPECT_EQ(test::recv_strs(p.b), test::strings{"next"});
 }
 
 TEST_F(multipart, dontwait_with_nothing_queued_is_empty)

@@ -32,7 +32,8 @@ ZMQ_NODISCARD recv_result_t recv_multipart(socket_ref s, OutputIt out,
 }
 
 // As recv_multipart, but throws std::runtime_error (after writing n frames)
-// when the message has more than n frames.
+// when the message has more than n frames. The rest of that message is
+// dropped (cppzmq leaves it for the next receive): see message_frames.
 template<class OutputIt>
 ZMQ_NODISCARD recv_result_t recv_multipart_n(socket_ref s, OutputIt out, size_t n,
                                              recv_flags flags = recv_flags::none)

@@ -100,15 +100,29 @@ private:
     friend class message_frames;
 
     void events_read() const noexcept;
+    // Ends the message the fiber caller left unfinished, if it did.
+    void end_message(boost::fibers::context* caller) noexcept;
 };
 
 // The frames of one message, sent or received one after the other by the
 // same fiber (send_multipart, recv_multipart): the fiber is looked up once
 // for the message instead of once per frame. Otherwise as socket_base's
-// send and recv.
+// send and recv, except that a message left unfinished when it goes is
+// ended: the rest of a received message is dropped, and a message being sent
+// gets an empty last frame, so that the next fiber's message stays whole.
 class message_frames {
 public:
     explicit message_frames(socket_base& socket) noexcept : socket_(socket) {}
+    // An exception between two frames (a throwing output iterator or range,
+    // recv_multipart_n's "too many parts") must not leave the direction
+    // owned by a fiber that will never send or receive its last frame.
+    ~message_frames()
+    {
+        if (open_)
+            socket_.end_message(caller_);
+    }
+    message_frames(const message_frames&) = delete;
+    message_frames& operator=(const message_frames&) = delete;
 
     send_result_t send(const_buffer buf, send_flags flags);
     send_result_t send(message_t& msg, send_flags flags);
@@ -118,6 +132,9 @@ public:
 private:
     socket_base& socket_;
     boost::fibers::context* caller_ = nullptr;
+    // The last frame left the message open. False after a frame that threw:
+    // that call gave up the direction, or found the socket closed.
+    bool open_ = false;
 };
 
 } // namespace detail
