@@ -82,7 +82,9 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
         if (why == detail::wake_reason::closed)
             throw zmq::error_t(ENOTSOCK);
         rc = poll_now(r, items, nitems);
-        if (rc > 0 || why == detail::wake_reason::timeout)
+        // Woken by an event that poll_now does not report (a plain socket's
+        // fd, an error condition), the loop must still end at the deadline.
+        if (rc > 0 || why == detail::wake_reason::timeout || detail::passed(deadline))
             return rc;
     }
 }

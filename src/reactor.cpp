@@ -46,8 +46,12 @@ int checked(int rc, const char* what)
 short poll_to_zmq(std::uint32_t ev) noexcept
 {
     short mask = 0;
-    if (ev & (EPOLLIN | EPOLLPRI | EPOLLRDHUP))
+    if (ev & (EPOLLIN | EPOLLRDHUP))
         mask |= ZMQ_POLLIN;
+    // Urgent data does not make an fd readable: taken for ZMQ_POLLIN, it
+    // would wake a reader whose poll then finds nothing, again and again.
+    if (ev & EPOLLPRI)
+        mask |= ZMQ_POLLPRI;
     if (ev & EPOLLOUT)
         mask |= ZMQ_POLLOUT;
     if (ev & (EPOLLERR | EPOLLHUP))

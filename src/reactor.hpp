@@ -52,8 +52,9 @@ struct by_deadline {
     }
 };
 
-// One fiber's interest (mask of ZMQ_POLLIN/ZMQ_POLLOUT/ZMQ_POLLERR) in one
-// socket or fd. Lives on the waiting fiber's stack; unlinks itself.
+// One fiber's interest (mask of ZMQ_POLLIN/ZMQ_POLLOUT/ZMQ_POLLERR, and
+// ZMQ_POLLPRI for a raw fd) in one socket or fd. Lives on the waiting fiber's
+// stack; unlinks itself.
 struct wait_node : boost::intrusive::list_base_hook<auto_unlink> {
     wait_node(park_slot& s, short m) noexcept : slot(&s), mask(m) {}
     park_slot* slot;

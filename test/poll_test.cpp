@@ -1,5 +1,9 @@
 #include "support.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <thread>
@@ -63,6 +67,86 @@ TEST_F(poll, raw_fd_reports_readability)
     EXPECT_EQ(items[0].revents, ZMQ_POLLIN);
     ::close(fds[0]);
     ::close(fds[1]);
+}
+
+namespace {
+
+// A connected loopback tcp pair: tcp carries urgent (out-of-band) data.
+struct tcp_pair {
+    tcp_pair()
+    {
+        const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof addr;
+        auto* sa = reinterpret_cast<sockaddr*>(&addr);
+        EXPECT_EQ(::bind(listener, sa, len), 0);
+        EXPECT_EQ(::getsockname(listener, sa, &len), 0);
+        EXPECT_EQ(::listen(listener, 1), 0);
+        sender = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        EXPECT_EQ(::connect(sender, sa, len), 0);
+        receiver = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+        ::close(listener);
+    }
+    ~tcp_pair()
+    {
+        ::close(sender);
+        ::close(receiver);
+    }
+    tcp_pair(const tcp_pair&) = delete;
+    tcp_pair& operator=(const tcp_pair&) = delete;
+
+    void send_urgent() const { EXPECT_EQ(::send(sender, "!", 1, MSG_OOB), 1); }
+
+    int sender = -1;
+    int receiver = -1;
+};
+
+} // namespace
+
+TEST_F(poll, raw_fd_reports_urgent_data_as_pollpri)
+{
+    tcp_pair tcp;
+    green::hub& h = green::hub::current();
+    const green::hub_stats before = h.stats();
+    int rc = -1;
+    short revents = 0;
+    test::run_fibers({[&] {
+                          zmq_pollitem_t item{nullptr, tcp.receiver, ZMQ_POLLPRI, 0};
+                          rc = green::poll(&item, 1, 10000ms);
+                          revents = item.revents;
+                      },
+                      [&] { tcp.send_urgent(); }});
+    EXPECT_EQ(rc, 1);
+    EXPECT_EQ(revents, ZMQ_POLLPRI);
+    // The urgent data woke it, not its timeout.
+    EXPECT_EQ(h.stats().timer_wakeups, before.timer_wakeups);
+}
+
+// Urgent data does not make the fd readable: a reader is not woken for it,
+// and its wait ends at its timeout.
+TEST_F(poll, pending_urgent_data_does_not_wake_a_reader)
+{
+    tcp_pair tcp;
+    tcp.send_urgent();
+    pollfd arrived{tcp.receiver, POLLPRI, 0};
+    ASSERT_EQ(::poll(&arrived, 1, 10000), 1);
+    green::hub& h = green::hub::current();
+    const green::hub_stats before = h.stats();
+    int rc = -1;
+    bool readable = true;
+    const green::task reader = green::spawn([&] {
+        zmq_pollitem_t item{nullptr, tcp.receiver, ZMQ_POLLIN, 0};
+        rc = green::poll(&item, 1, 20ms);
+        readable = green::wait_readable(tcp.receiver, 20ms);
+    });
+    // A wait that never ends fails the test instead of hanging it.
+    if (!reader.join(10s))
+        reader.kill();
+    EXPECT_EQ(rc, 0);
+    EXPECT_FALSE(readable);
+    EXPECT_EQ(h.stats().fd_wakeups, before.fd_wakeups);
 }
 
 TEST_F(poll, timeout_is_in_milliseconds_and_other_fibers_run)
