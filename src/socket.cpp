@@ -50,18 +50,39 @@ refresh_result socket_core::refresh(const change_watch* reader) noexcept
 
 bool socket_core::acquire(direction& dir, clock::time_point deadline)
 {
-    park_slot slot;
-    slot.deadline = deadline;
-    wake_reason why;
-    {
-        wait_node node(slot, 0);
-        dir.queue.push_back(node);
-        why = owner.park(slot);
+    for (;;) {
+        // The owner may be busy elsewhere in the middle of a message, and a
+        // context shutdown must still reach this fiber: it waits on the
+        // socket for an error too. Its stop command brings an edge only if
+        // no signal is pending: with nobody else waiting, consume it here.
+        if (waiters.empty()) {
+            const refresh_result state = refresh();
+            if (state.error != 0)
+                throw zmq::error_t(state.error);
+        }
+        park_slot slot;
+        slot.deadline = deadline;
+        wake_reason why;
+        {
+            wait_node turn(slot, 0);
+            wait_node error(slot, ZMQ_POLLERR);
+            dir.queue.push_back(turn);
+            waiters.push_back(error);
+            why = owner.park(slot);
+        }
+        if (why == wake_reason::closed)
+            throw_closed();
+        throw_if_interrupted(why);
+        if (why != wake_reason::event)
+            return false;
+        if (dir.owner == slot.ctx)
+            return true;
+        // Not handed the direction: a ZMQ_EVENTS read failed. The owner
+        // finishes or fails its own message.
+        const refresh_result state = refresh();
+        if (state.error != 0)
+            throw zmq::error_t(state.error);
     }
-    if (why == wake_reason::closed)
-        throw_closed();
-    throw_if_interrupted(why);
-    return why == wake_reason::event;
 }
 
 void socket_core::release(direction& dir) noexcept

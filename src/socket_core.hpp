@@ -94,7 +94,7 @@ public:
     std::shared_ptr<context_core> ctx;
     void* handle;
     int fd;
-    wait_list waiters;     // parked until ZMQ_EVENTS intersects their mask
+    wait_list waiters;     // parked until ZMQ_EVENTS meets their mask (ZMQ_POLLERR: fails)
     watch_list watchers;   // io_loop handlers
     direction send_dir;
     direction recv_dir;
@@ -117,7 +117,8 @@ public:
 private:
     ~socket_core() = default;
 
-    // Queues for dir and parks until it is handed over. False on timeout.
+    // Queues for dir and parks until it is handed over. False on timeout;
+    // throws when the socket fails meanwhile (ETERM: context shutdown).
     bool acquire(direction& dir, clock::time_point deadline);
     void release(direction& dir) noexcept;
     wake_reason wait_ready(boost::fibers::context* self, short event,

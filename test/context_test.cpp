@@ -46,6 +46,34 @@ TEST(context, shutdown_from_another_thread_releases_a_thousand_parked_fibers)
     pull.close();
 }
 
+// A fiber queued for a direction behind another fiber's unfinished message
+// is parked on the socket too, though the owner is busy elsewhere. The owner
+// meets ETERM at its next frame.
+TEST(context, shutdown_wakes_a_fiber_queued_behind_an_unfinished_message)
+{
+    green::context_t ctx;
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
+    p.a.set(zmq::sockopt::sndtimeo, 10000); // a queued fiber nothing wakes fails, not hangs
+    green::event body_ready;
+    int owner_errno = 0;
+    int queued_errno = 0;
+    boost::fibers::fiber owner([&] {
+        p.a.send(zmq::str_buffer("head"), zmq::send_flags::sndmore);
+        body_ready.wait();
+        owner_errno = test::errno_of([&] { p.a.send(zmq::str_buffer("body")); });
+    });
+    boost::fibers::fiber queued([&] {
+        queued_errno = test::errno_of([&] { EXPECT_FALSE(p.a.send(zmq::str_buffer("other"))); });
+    });
+    boost::this_fiber::yield(); // the owner waits for its body, the other for the owner
+    ctx.shutdown();
+    queued.join();
+    EXPECT_EQ(queued_errno, ETERM);
+    body_ready.set();
+    owner.join();
+    EXPECT_EQ(owner_errno, ETERM);
+}
+
 TEST(context, close_parks_only_the_caller_until_the_sockets_are_closed)
 {
     auto ctx = std::make_unique<green::context_t>();
