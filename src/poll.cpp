@@ -2,6 +2,8 @@
 
 #include "socket_core.hpp"
 
+#include <algorithm>
+#include <chrono>
 
 namespace zmq::green {
 
@@ -25,23 +27,33 @@ int poll_now(detail::reactor& r, zmq_pollitem_t* items, size_t nitems)
     return rc;
 }
 
-// Registers the fiber's interest in one item.
-void add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem_t& item)
+// How often a poll re-reads the level of the plain (non-green) sockets it
+// waits on. The hub does not see their operations: one made by another fiber
+// can consume the signal, and with it the edge, that the poll waits for.
+constexpr std::chrono::milliseconds plain_socket_recheck{10};
+
+// Registers the fiber's interest in one item. True for a plain socket.
+bool add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem_t& item)
 {
     const auto events =
         static_cast<short>(item.events & (ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR | ZMQ_POLLPRI));
     if (events == 0)
-        return;
-    if (item.socket == nullptr)
-        return watching.add_fd(item.fd, events);
-    if (auto* core = r.find_socket(item.socket))
-        return watching.add_socket(*core, events);
+        return false;
+    if (item.socket == nullptr) {
+        watching.add_fd(item.fd, events);
+        return false;
+    }
+    if (auto* core = r.find_socket(item.socket)) {
+        watching.add_socket(*core, events);
+        return false;
+    }
     // Not a green socket of this thread: wait for its fd's edge.
     zmq::fd_t fd = -1;
     size_t size = sizeof fd;
     if (zmq_getsockopt(item.socket, ZMQ_FD, &fd, &size) != 0)
         throw zmq::error_t();
     watching.add_fd(fd, ZMQ_POLLIN);
+    return true;
 }
 
 } // namespace
@@ -73,8 +85,11 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
             detail::park_slot slot;
             slot.deadline = deadline;
             detail::interest watching(r, slot, nitems);
+            bool plain = false;
             for (size_t i = 0; i < nitems; ++i)
-                add_item(r, watching, items[i]);
+                plain |= add_item(r, watching, items[i]);
+            if (plain)
+                slot.deadline = std::min(deadline, detail::clock::now() + plain_socket_recheck);
             why = r.park(slot);
         }
         detail::throw_if_interrupted(why);
@@ -82,9 +97,9 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
         if (why == detail::wake_reason::closed)
             throw zmq::error_t(ENOTSOCK);
         rc = poll_now(r, items, nitems);
-        // Woken by an event that poll_now does not report (a plain socket's
-        // fd, an error condition), the loop must still end at the deadline.
-        if (rc > 0 || why == detail::wake_reason::timeout || detail::passed(deadline))
+        // Whatever woke it (an event poll_now does not report, the plain
+        // sockets' re-check), the loop ends at the deadline.
+        if (rc > 0 || detail::passed(deadline))
             return rc;
     }
 }

@@ -209,6 +209,29 @@ TEST_F(poll, plain_cppzmq_sockets_can_be_polled_too)
                       [&] { a.send(zmq::str_buffer("x"), zmq::send_flags::dontwait); }});
 }
 
+// The hub cannot see calls on a plain socket: another fiber's can consume
+// the signal of a message the poll waits for. The poll still finds it.
+TEST_F(poll, a_plain_socket_signal_another_fiber_consumed_still_ends_the_poll)
+{
+    zmq::context_t plain_ctx;
+    zmq::socket_t a(plain_ctx, zmq::socket_type::pair);
+    zmq::socket_t b(plain_ctx, zmq::socket_type::pair);
+    a.bind("inproc://plain-consumed");
+    b.connect("inproc://plain-consumed");
+    int rc = -1;
+    const green::task poller = green::spawn([&] {
+        zmq_pollitem_t item{b, 0, ZMQ_POLLIN, 0};
+        rc = green::poll(&item, 1, -1ms);
+    });
+    boost::this_fiber::yield(); // it parks
+    a.send(zmq::str_buffer("x"), zmq::send_flags::dontwait);
+    EXPECT_TRUE(b.get(zmq::sockopt::events) & ZMQ_POLLIN); // consumes the signal
+    // A poll that never ends fails the test instead of hanging it.
+    if (!poller.join(10s))
+        poller.kill();
+    EXPECT_EQ(rc, 1);
+}
+
 TEST_F(poll, signals_without_events_do_not_wake_the_poller)
 {
     green::socket_t router(ctx, zmq::socket_type::router);
