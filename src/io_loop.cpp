@@ -108,7 +108,9 @@ struct loop_state {
     // loop sleeps (then they must write wakefd).
     std::mutex mutex;
     std::vector<io_loop::callback> callbacks;
-    bool stop_requested = false;
+    // Written under the mutex; read without it where a stale answer only
+    // costs one more message (a stream's burst).
+    std::atomic<bool> stop_requested{false};
     bool sleeping = false;
 
     std::unordered_map<socket_core*, std::shared_ptr<loop_handler>> socket_handlers;
@@ -228,7 +230,9 @@ struct loop_state {
     {
         try {
             if (on_error) {
-                on_error(e);
+                // A copy: the handler may replace itself while it runs.
+                const io_loop::error_handler fn = on_error;
+                fn(e);
                 return;
             }
         } catch (...) {
@@ -268,16 +272,24 @@ struct loop_state {
         }
     }
 
-    void run_timers()
+    // Taken before the iteration's callbacks run, as tornado does: a timeout
+    // that a callback or timeout adds, even one already due, waits for the
+    // next iteration.
+    std::vector<std::shared_ptr<loop_timer>> due_timers()
     {
-        if (timers.empty())
-            return;
-        const auto now = clock::now();
         std::vector<std::shared_ptr<loop_timer>> due;
+        if (timers.empty())
+            return due;
+        const auto now = clock::now();
         while (!timers.empty() && timers.begin()->first.first <= now) {
             due.push_back(std::move(timers.begin()->second));
             timers.erase(timers.begin());
         }
+        return due;
+    }
+
+    void run_timers(const std::vector<std::shared_ptr<loop_timer>>& due)
+    {
         for (auto& t : due) {
             // An earlier timeout of this batch may have removed it.
             if (t->cancelled || closed)
@@ -472,10 +484,22 @@ void loop_access::presume_ready(io_loop& loop, socket_core& core, short events) 
     }
 }
 
+bool loop_access::stopping(const io_loop& loop) noexcept
+{
+    return loop.s_->stop_requested.load(std::memory_order_relaxed);
+}
+
 namespace {
 
 thread_local std::unique_ptr<io_loop> default_loop;
-thread_local io_loop* running_loop = nullptr;
+
+// The loops running in this thread, in the order they started. Each runs in
+// the fiber that called start(), and fibers need not stop them in reverse.
+struct running_loop {
+    io_loop* loop;
+    boost::fibers::fiber::id fiber;
+};
+thread_local std::vector<running_loop> running_loops;
 
 short checked_events(short events, const char* what)
 {
@@ -504,8 +528,14 @@ io_loop::~io_loop() = default;
 
 io_loop& io_loop::current()
 {
-    if (detail::running_loop != nullptr)
-        return *detail::running_loop;
+    const auto& running = detail::running_loops;
+    if (!running.empty()) {
+        const auto self = boost::this_fiber::get_id();
+        for (auto it = running.rbegin(); it != running.rend(); ++it)
+            if (it->fiber == self)
+                return *it->loop;
+        return *running.back().loop;
+    }
     if (!detail::default_loop)
         detail::default_loop = std::make_unique<io_loop>();
     return *detail::default_loop;
@@ -520,32 +550,37 @@ void io_loop::start()
     if (s.running)
         throw std::logic_error("zmq::green::io_loop::start: the loop is already running");
     s.running = true;
-    {
-        std::lock_guard<std::mutex> lock(s.mutex);
-        s.stop_requested = false;
-    }
-    io_loop* outer = std::exchange(detail::running_loop, this);
+    detail::running_loops.push_back({this, boost::this_fiber::get_id()});
     struct restore {
-        detail::loop_state& s;
-        io_loop* outer;
+        io_loop* loop;
         ~restore()
         {
+            auto& running = detail::running_loops;
+            running.erase(std::find_if(running.begin(), running.end(),
+                                       [this](const auto& r) { return r.loop == loop; }));
+            auto& s = *loop->s_;
             s.running = false;
-            detail::running_loop = outer;
+            // A stop() is consumed by the run it ended; one made while the
+            // loop was not running ends the next run after one iteration.
+            std::lock_guard<std::mutex> lock(s.mutex);
+            s.stop_requested = false;
         }
-    } on_exit{s, outer};
+    } on_exit{this};
 
     bool after_fallback = false;
     for (;;) {
         ++s.stats.iterations;
+        const auto due = s.due_timers();
         s.run_callbacks();
-        s.run_timers();
-        const bool busy = s.dispatch(std::exchange(after_fallback, false));
+        s.run_timers(due);
         {
+            // As tornado: what a handler's stop() leaves runs first, the
+            // callbacks and timeouts it added.
             std::lock_guard<std::mutex> lock(s.mutex);
             if (s.stop_requested || s.closed)
                 break;
         }
+        const bool busy = s.dispatch(std::exchange(after_fallback, false));
         if (busy) {
             // Level-triggered work remains: let the thread's other fibers in first.
             boost::this_fiber::yield();
@@ -577,7 +612,10 @@ void io_loop::close(bool all_fds)
     s.check_thread("close");
     if (s.running)
         throw std::logic_error("zmq::green::io_loop::close: stop the loop first");
-    s.closed = true;
+    {
+        std::lock_guard<std::mutex> lock(s.mutex); // add_callback reads it from any thread
+        s.closed = true;
+    }
     std::vector<std::shared_ptr<detail::loop_handler>> handlers;
     for (auto& [fd, h] : s.fd_handlers)
         handlers.push_back(std::move(h));
@@ -732,13 +770,18 @@ void io_loop::update_handler(int fd, short events)
     s_->mark_due(*h);
 }
 
-void io_loop::remove_handler(socket_ref socket) noexcept
+void io_loop::remove_handler(socket_ref socket)
 {
+    s_->check_thread("remove_handler");
     if (socket.core() != nullptr)
         s_->remove(socket.core(), -1);
 }
 
-void io_loop::remove_handler(int fd) noexcept { s_->remove(nullptr, fd); }
+void io_loop::remove_handler(int fd)
+{
+    s_->check_thread("remove_handler");
+    s_->remove(nullptr, fd);
+}
 
 void io_loop::add_callback(callback fn)
 {
@@ -777,8 +820,9 @@ timeout_handle io_loop::call_at(clock::time_point when, callback fn)
     return timeout_handle(t);
 }
 
-void io_loop::remove_timeout(const timeout_handle& handle) noexcept
+void io_loop::remove_timeout(const timeout_handle& handle)
 {
+    s_->check_thread("remove_timeout");
     auto t = handle.timer_.lock();
     if (!t || t->cancelled)
         return;
@@ -797,6 +841,7 @@ void io_loop::handle_exception(std::exception_ptr e) noexcept { s_->report(std::
 
 void io_loop::set_fallback_interval(std::chrono::milliseconds interval)
 {
+    s_->check_thread("set_fallback_interval");
     if (interval.count() < 0)
         throw std::invalid_argument("zmq::green::io_loop::set_fallback_interval: negative interval");
     s_->fallback = interval;
@@ -823,48 +868,72 @@ io_loop::clock::duration checked_period(std::chrono::milliseconds period)
 
 } // namespace
 
+namespace detail {
+
+// Shared with the pending timeout, which keeps it (and fn) alive while fn
+// runs: fn may destroy its periodic_callback.
+struct periodic_state : std::enable_shared_from_this<periodic_state> {
+    periodic_state(io_loop& l, std::function<void()> f, io_loop::clock::duration p)
+        : loop(l), fn(std::move(f)), period(p)
+    {
+    }
+
+    void run()
+    {
+        if (!running)
+            return;
+        try {
+            fn();
+        } catch (...) {
+            loop.handle_exception(std::current_exception());
+        }
+        if (running) // fn may have stopped it
+            schedule_next();
+    }
+
+    void schedule_next()
+    {
+        const auto now = io_loop::clock::now();
+        if (next <= now)
+            next += ((now - next) / period + 1) * period;
+        timeout = loop.call_at(next, [self = shared_from_this()] { self->run(); });
+    }
+
+    io_loop& loop;
+    std::function<void()> fn;
+    io_loop::clock::duration period;
+    io_loop::clock::time_point next{};
+    timeout_handle timeout;
+    bool running = false;
+};
+
+} // namespace detail
+
 periodic_callback::periodic_callback(io_loop& loop, std::function<void()> fn,
                                      std::chrono::milliseconds period)
-    : loop_(loop), fn_(std::move(fn)), period_(checked_period(period))
+    : s_(std::make_shared<detail::periodic_state>(loop, std::move(fn), checked_period(period)))
 {
-    if (!fn_)
+    if (!s_->fn)
         throw std::invalid_argument("zmq::green::periodic_callback: empty function");
 }
 
+periodic_callback::~periodic_callback() { stop(); }
+
 void periodic_callback::start()
 {
-    if (running_)
+    if (s_->running)
         return;
-    running_ = true;
-    next_ = io_loop::clock::now();
-    schedule_next();
+    s_->next = io_loop::clock::now();
+    s_->schedule_next(); // first: if it throws, the callback has not started
+    s_->running = true;
 }
 
-void periodic_callback::stop() noexcept
+void periodic_callback::stop()
 {
-    running_ = false;
-    loop_.remove_timeout(timeout_);
+    s_->loop.remove_timeout(s_->timeout); // first: a foreign thread changes nothing
+    s_->running = false;
 }
 
-void periodic_callback::run()
-{
-    if (!running_)
-        return;
-    try {
-        fn_();
-    } catch (...) {
-        loop_.handle_exception(std::current_exception());
-    }
-    if (running_) // fn may have stopped it
-        schedule_next();
-}
-
-void periodic_callback::schedule_next()
-{
-    const auto now = io_loop::clock::now();
-    if (next_ <= now)
-        next_ += ((now - next_) / period_ + 1) * period_;
-    timeout_ = loop_.call_at(next_, [this] { run(); });
-}
+bool periodic_callback::is_running() const noexcept { return s_->running; }
 
 } // namespace zmq::green

@@ -14,6 +14,9 @@ struct loop_access {
     // wrong guess costs one call that finds nothing, after which the loop
     // reads the level as usual.
     static void presume_ready(io_loop& loop, socket_core& core, short events) noexcept;
+    // stop() was called: a stream ends its burst, so that no message comes
+    // after the one whose callback stopped the loop.
+    static bool stopping(const io_loop& loop) noexcept;
 };
 
 } // namespace zmq::green::detail

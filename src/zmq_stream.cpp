@@ -98,8 +98,16 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             0);
     }
 
+    void check_thread(const char* what) const
+    {
+        if (reactor::current() != &core->owner)
+            throw thread_error(std::string("zmq::green::zmq_stream::") + what
+                               + ": called from a thread that does not own the stream");
+    }
+
     void check_open(const char* what) const
     {
+        check_thread(what);
         if (is_closed)
             throw std::logic_error(std::string("zmq::green::zmq_stream::") + what
                                    + ": the stream is closed");
@@ -195,7 +203,8 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
                         bool (stream_state::*step)() noexcept)
     {
         for (int i = 0; i < burst; ++i)
-            if (is_closed || !(this->*wanted)() || !(this->*step)())
+            if (is_closed || (i > 0 && loop_access::stopping(loop)) || !(this->*wanted)()
+                || !(this->*step)())
                 return is_closed ? burst_end::closed : burst_end::done;
         return is_closed ? burst_end::closed : burst_end::bound;
     }
@@ -421,6 +430,9 @@ zmq_stream::zmq_stream(socket_ref socket, io_loop& loop)
 
 zmq_stream::~zmq_stream()
 {
+    // On another thread this terminates, naming the thread_error: what the
+    // stream holds belongs to its own thread.
+    s_->check_thread("~zmq_stream");
     s_->facade = nullptr;
     s_->close(std::nullopt);
 }
@@ -501,18 +513,28 @@ void zmq_stream::send_string(const std::string& str, send_callback fn)
 
 std::size_t zmq_stream::flush(short events, std::size_t limit)
 {
+    s_->check_thread("flush");
     if (events & ~(ZMQ_POLLIN | ZMQ_POLLOUT))
         throw std::invalid_argument("zmq::green::zmq_stream::flush: events must be ZMQ_POLLIN "
                                     "and/or ZMQ_POLLOUT");
     return s_->flush(events, limit);
 }
 
-void zmq_stream::set_close_callback(close_callback fn) { s_->close_cb = std::move(fn); }
+void zmq_stream::set_close_callback(close_callback fn)
+{
+    s_->check_thread("set_close_callback");
+    s_->close_cb = std::move(fn);
+}
 
-void zmq_stream::close(std::optional<int> linger) noexcept { s_->close(linger); }
+void zmq_stream::close(std::optional<int> linger)
+{
+    s_->check_thread("close");
+    s_->close(linger);
+}
 
 bool zmq_stream::closed()
 {
+    s_->check_thread("closed");
     if (!s_->is_closed && s_->core->closed) {
         detail::stream_state::warn("socket closed behind the stream's back; closing the stream");
         s_->close(std::nullopt);

@@ -186,6 +186,54 @@ TEST_F(io_loop, stop_from_another_thread)
     stopper.join();
 }
 
+// As tornado: the due timeouts are taken before the callbacks run, so a
+// zero-delay timeout added by a callback runs on the next iteration, after
+// the callbacks that callback added.
+TEST_F(io_loop, a_timeout_added_by_a_callback_waits_for_the_next_iteration)
+{
+    std::vector<std::string> order;
+    std::uint64_t added_in = 0, ran_in = 0;
+    const auto done = [&](const char* what) {
+        order.emplace_back(what);
+        if (order.size() == 2)
+            loop.stop();
+    };
+    loop.add_callback([&] {
+        added_in = loop.stats().iterations;
+        loop.call_later(0ms, [&] {
+            ran_in = loop.stats().iterations;
+            done("timeout");
+        });
+        loop.add_callback([&] { done("callback"); });
+    });
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_EQ(order, (std::vector<std::string>{"callback", "timeout"}));
+    EXPECT_EQ(ran_in, added_in + 1);
+}
+
+// As tornado: a stop() made while the loop is not running ends the next
+// start() after one iteration, rather than being lost.
+TEST_F(io_loop, a_stop_before_start_ends_the_next_run)
+{
+    int ran = 0;
+    loop.add_callback([&] { ++ran; });
+    loop.stop();
+    watchdog guard(loop); // a lost stop() would run until it fires
+    loop.start();
+    EXPECT_EQ(ran, 1);
+    // Consumed: the next run goes on until its own stop().
+    loop.add_callback([&] {
+        ++ran;
+        loop.add_callback([&] {
+            ++ran;
+            loop.stop();
+        });
+    });
+    loop.start();
+    EXPECT_EQ(ran, 3);
+}
+
 TEST_F(io_loop, equal_deadlines_run_in_insertion_order)
 {
     std::vector<int> order;
@@ -225,6 +273,56 @@ TEST_F(io_loop, a_timeout_can_remove_another_due_in_the_same_batch)
     loop.call_later(10ms, [&] { loop.stop(); });
     loop.start();
     EXPECT_FALSE(second_ran);
+}
+
+// Sets *flag when the last function holding the result is destroyed: shows
+// whether a running function was destroyed under its own call.
+namespace {
+
+std::shared_ptr<void> on_destruction(const std::shared_ptr<bool>& flag)
+{
+    return std::shared_ptr<void>(nullptr, [flag](void*) { *flag = true; });
+}
+
+} // namespace
+
+TEST_F(io_loop, a_periodic_callback_may_destroy_itself_in_its_callback)
+{
+    auto fn_gone = std::make_shared<bool>(false);
+    int calls = 0;
+    std::unique_ptr<green::periodic_callback> ticker;
+    ticker = std::make_unique<green::periodic_callback>(
+        loop,
+        [&, alive = on_destruction(fn_gone)] {
+            ++calls;
+            ticker.reset();
+            EXPECT_FALSE(*fn_gone) << "the running function was destroyed";
+            loop.stop();
+        },
+        1ms);
+    ticker->start();
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_EQ(calls, 1);
+    EXPECT_TRUE(*fn_gone); // once it returned
+}
+
+// The loop's error handler may replace itself; its captures live until it returns.
+TEST_F(io_loop, an_error_handler_may_replace_itself)
+{
+    auto first_gone = std::make_shared<bool>(false);
+    int second = 0;
+    loop.set_error_handler([&, alive = on_destruction(first_gone)](std::exception_ptr) {
+        loop.set_error_handler([&](std::exception_ptr) { ++second; });
+        EXPECT_FALSE(*first_gone) << "the running error handler was destroyed";
+    });
+    loop.add_callback([] { throw std::runtime_error("first"); });
+    loop.add_callback([] { throw std::runtime_error("second"); });
+    loop.add_callback([&] { loop.stop(); });
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_TRUE(*first_gone);
+    EXPECT_EQ(second, 1);
 }
 
 TEST_F(io_loop, periodic_callback_rejects_non_positive_periods)
@@ -528,15 +626,15 @@ TEST_F(io_loop, handler_events_follow_req_rep_state)
     short rep_events = 0, req_events = 0;
     loop.add_handler(p.a, [&](short e) { rep_events |= e; }, ZMQ_POLLIN);
     loop.add_handler(p.b, [&](short e) { req_events |= e; }, ZMQ_POLLIN);
-    loop.add_callback([&] { loop.stop(); });
-    loop.start();
+    // A stop() made once the loop has dispatched (then parked or yielded).
+    const auto dispatch_once = [&] { test::run_fibers({[&] { loop.start(); }, [&] { loop.stop(); }}); };
+    dispatch_once();
     EXPECT_EQ(rep_events, 0);
     EXPECT_EQ(req_events, 0);
 
     loop.update_handler(p.a, ZMQ_POLLOUT);
     loop.update_handler(p.b, ZMQ_POLLOUT);
-    loop.add_callback([&] { loop.stop(); });
-    loop.start();
+    dispatch_once();
     EXPECT_EQ(rep_events, 0);
     EXPECT_EQ(req_events, ZMQ_POLLOUT);
 
@@ -680,6 +778,35 @@ TEST_F(io_loop, current_is_per_thread_and_follows_the_running_loop)
     green::io_loop* other = nullptr;
     std::thread([&] { other = &green::io_loop::current(); }).join();
     EXPECT_NE(other, &a);
+}
+
+// Two loops in two fibers of one thread, stopped in the order they started
+// rather than in reverse: each callback sees its own loop as current, and
+// current() never names a loop that has gone.
+TEST_F(io_loop, current_follows_the_fiber_when_two_loops_share_a_thread)
+{
+    green::io_loop& fallback = green::io_loop::current();
+    auto first = std::make_unique<green::io_loop>();
+    green::io_loop* seen_by_first = nullptr;
+    green::io_loop* seen_by_second = nullptr;
+    first->add_callback([&] { seen_by_first = &green::io_loop::current(); });
+    boost::fibers::fiber a([&] { first->start(); });
+    boost::fibers::fiber b([&] { loop.start(); });
+    while (first->stats().parks == 0 || loop.stats().parks == 0)
+        boost::this_fiber::yield();
+    EXPECT_EQ(seen_by_first, first.get());
+    EXPECT_EQ(&green::io_loop::current(), &loop) << "the last started of the running loops";
+    first->stop();
+    a.join();
+    first.reset();
+    EXPECT_EQ(&green::io_loop::current(), &loop);
+    loop.add_callback([&] {
+        seen_by_second = &green::io_loop::current();
+        loop.stop();
+    });
+    b.join();
+    EXPECT_EQ(seen_by_second, &loop);
+    EXPECT_EQ(&green::io_loop::current(), &fallback);
 }
 
 TEST_F(io_loop, run_sync_returns_rethrows_and_times_out)
@@ -892,6 +1019,9 @@ TEST_F(io_loop, BadInput_fallback_interval)
 TEST_F(io_loop, BadInput_foreign_thread_calls_are_thread_errors)
 {
     test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    loop.add_handler(p.a, [](short) {}, ZMQ_POLLIN);
+    const green::timeout_handle timer = loop.call_later(1h, [] {});
+    green::periodic_callback ticker(loop, [] {}, 1ms);
     int threw = 0;
     std::thread([&] {
         auto expect_thread_error = [&](const std::function<void()>& fn) {
@@ -907,12 +1037,22 @@ TEST_F(io_loop, BadInput_foreign_thread_calls_are_thread_errors)
         expect_thread_error([&] { loop.call_later(1ms, [] {}); });
         expect_thread_error([&] { loop.set_error_handler(nullptr); });
         expect_thread_error([&] { loop.close(); });
+        expect_thread_error([&] { loop.remove_handler(p.a); });
+        expect_thread_error([&] { loop.remove_timeout(timer); });
+        expect_thread_error([&] { loop.set_fallback_interval(10ms); });
+        expect_thread_error([&] { ticker.start(); });
         // The thread's own default loop cannot take the other thread's socket.
         expect_thread_error(
             [&] { green::io_loop::current().add_handler(p.b, [](short) {}, ZMQ_POLLIN); });
     }).join();
-    EXPECT_EQ(threw, 7);
+    EXPECT_EQ(threw, 11);
     EXPECT_FALSE(loop.closed());
+    // Nothing the refused calls named changed.
+    EXPECT_THROW(loop.add_handler(p.a, [](short) {}, ZMQ_POLLIN), std::invalid_argument);
+    loop.remove_handler(p.a);
+    EXPECT_EQ(loop.fallback_interval(), 1000ms);
+    EXPECT_FALSE(ticker.is_running());
+    loop.remove_timeout(timer);
     loop.run_sync([&] {
         p.a.send(zmq::str_buffer("x"));
         zmq::message_t m;

@@ -695,6 +695,65 @@ TEST_F(zmq_stream, BadInput_misuse_leaves_the_stream_usable)
 
 // A stream must be made on the thread that owns its socket. The check comes
 // before the stream takes the socket, so the caller still has it.
+// pyzmq hands a stream one message per loop iteration; a burst here hands
+// several, but none after the callback that stopped the loop, and the rest
+// wait in libzmq for the next run.
+TEST_F(zmq_stream, a_stop_in_on_recv_ends_the_burst)
+{
+    auto p = with_backlog(ctx, 5);
+    green::zmq_stream pull(std::move(p.b), loop);
+    int got = 0;
+    pull.on_recv([&](message&) {
+        ++got;
+        loop.stop();
+    });
+    loop.start();
+    EXPECT_EQ(got, 1);
+    loop.start(); // one more each run: nothing was lost
+    EXPECT_EQ(got, 2);
+    pull.on_recv([&](message&) {
+        if (++got == 5)
+            loop.stop();
+    });
+    loop.start();
+    EXPECT_EQ(got, 5);
+}
+
+// What a stream holds belongs to its thread; another thread's calls are
+// refused before they change anything.
+TEST_F(zmq_stream, BadInput_calls_from_another_thread_are_thread_errors)
+{
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
+    green::zmq_stream push(std::move(p.a), loop);
+    int threw = 0;
+    std::thread([&] {
+        const auto expect_thread_error = [&](const std::function<void()>& fn) {
+            try {
+                fn();
+            } catch (const green::thread_error& e) {
+                threw += std::string(e.what()).find("zmq_stream") != std::string::npos ? 1 : 0;
+            }
+        };
+        expect_thread_error([&] { push.send_string("lost"); });
+        expect_thread_error([&] { push.on_recv([](message&) {}); });
+        expect_thread_error([&] { push.on_send(nullptr); });
+        expect_thread_error([&] { (void)push.flush(); });
+        expect_thread_error([&] { push.set_close_callback(nullptr); });
+        expect_thread_error([&] { push.close(); });
+        expect_thread_error([&] { (void)push.closed(); });
+    }).join();
+    EXPECT_EQ(threw, 7);
+    EXPECT_EQ(push.queued(), 0u);
+    EXPECT_FALSE(push.receiving());
+    EXPECT_FALSE(push.closed());
+    push.send_string("kept");
+    push.on_send([&](const message&, const green::send_status&) { loop.stop(); });
+    loop.start();
+    zmq::message_t m;
+    ASSERT_TRUE(p.b.recv(m));
+    EXPECT_EQ(m.to_string(), "kept");
+}
+
 TEST_F(zmq_stream, BadInput_socket_of_another_thread_is_thread_error)
 {
     green::socket_t s(ctx, zmq::socket_type::pull);

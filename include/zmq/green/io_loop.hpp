@@ -15,6 +15,7 @@ namespace detail {
 struct loop_state;
 struct loop_timer;
 struct loop_access;
+struct periodic_state;
 } // namespace detail
 
 // Names a timeout for io_loop::remove_timeout. Keeps nothing alive.
@@ -39,7 +40,8 @@ struct io_loop_stats {
 
 // Runs callbacks, timeouts and I/O handlers in the fiber that calls start().
 // While it waits, the other fibers of its thread run. Belongs to the thread
-// that creates it: only add_callback() and stop() may be called elsewhere.
+// that creates it: only add_callback() and stop() may be called elsewhere;
+// the other calls throw thread_error there.
 // Destroy the streams and handlers' owners before the loop.
 class io_loop {
 public:
@@ -54,16 +56,18 @@ public:
     io_loop(const io_loop&) = delete;
     io_loop& operator=(const io_loop&) = delete;
 
-    // The loop running in this thread if there is one, else this thread's
-    // default loop (created on first use).
+    // The loop running in the calling fiber (its callbacks, handlers and
+    // timeouts), else the last loop started in this thread that still runs,
+    // else this thread's default loop (created on first use).
     static io_loop& current();
     static clock::time_point time() noexcept { return clock::now(); }
 
     // Runs the loop until stop(). Throws std::logic_error if it is already
     // running or closed.
     void start();
-    // Makes start() return after the current iteration. Any thread; a no-op
-    // when the loop is not running.
+    // Makes start() return once the callbacks and timeouts already due have
+    // run. Any thread. Made while the loop is not running, it ends the next
+    // start() after one iteration, as in tornado.
     void stop() noexcept;
     bool running() const noexcept;
     // Drops every handler, callback and timeout; with all_fds, also closes
@@ -94,19 +98,19 @@ public:
     void update_handler(socket_ref socket, short events);
     void update_handler(int fd, short events);
     // Unknown sockets and fds are ignored, as in pyzmq.
-    void remove_handler(socket_ref socket) noexcept;
-    void remove_handler(int fd) noexcept;
+    void remove_handler(socket_ref socket);
+    void remove_handler(int fd);
 
     // Safe from any thread. Runs fn on the next iteration; callbacks added
     // while callbacks run wait for the iteration after.
     void add_callback(callback fn);
 
-    // fn runs once, after delay / at when. Equal deadlines run in the order
-    // they were added.
+    // fn runs once, after delay / at when, and never in the iteration that
+    // added it. Equal deadlines run in the order they were added.
     timeout_handle call_later(clock::duration delay, callback fn);
     timeout_handle call_at(clock::time_point when, callback fn);
     // Safe for a timeout that already ran or was already removed.
-    void remove_timeout(const timeout_handle& handle) noexcept;
+    void remove_timeout(const timeout_handle& handle);
 
     // Receives every exception thrown by a handler, callback or timeout; the
     // loop then goes on. The default prints one line on stderr. An empty
@@ -132,24 +136,16 @@ private:
 class periodic_callback {
 public:
     periodic_callback(io_loop& loop, std::function<void()> fn, std::chrono::milliseconds period);
-    ~periodic_callback() { stop(); }
+    ~periodic_callback(); // stops; fn may destroy its periodic_callback
     periodic_callback(const periodic_callback&) = delete;
     periodic_callback& operator=(const periodic_callback&) = delete;
 
     void start();
-    void stop() noexcept;
-    bool is_running() const noexcept { return running_; }
+    void stop();
+    bool is_running() const noexcept;
 
 private:
-    void run();
-    void schedule_next();
-
-    io_loop& loop_;
-    std::function<void()> fn_;
-    io_loop::clock::duration period_;
-    io_loop::clock::time_point next_{};
-    timeout_handle timeout_;
-    bool running_ = false;
+    std::shared_ptr<detail::periodic_state> s_;
 };
 
 } // namespace zmq::green

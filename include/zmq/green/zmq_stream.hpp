@@ -30,8 +30,10 @@ struct send_status {
 // Wraps a green socket for callback-style use on an io_loop. Receiving starts
 // when on_recv (or a variant) is set; sends are queued and performed by the
 // loop. Each loop iteration does at most 32 receives and 32 sends per
-// stream, so a busy stream cannot starve the others.
-// Destroying the stream (even inside its own callback) closes it.
+// stream, so a busy stream cannot starve the others; a burst also ends when
+// a callback stops the loop. Destroying the stream (even inside its own
+// callback) closes it. The stream belongs to its socket's thread: calls from
+// another thread throw thread_error, and destroying it there terminates.
 class zmq_stream {
 public:
     using message = std::vector<zmq::message_t>;
@@ -80,7 +82,7 @@ public:
     void set_close_callback(close_callback fn);
     // Unregisters from the loop, closes an owned socket (with linger, if
     // given), then calls the close callback. Idempotent.
-    void close(std::optional<int> linger = std::nullopt) noexcept;
+    void close(std::optional<int> linger = std::nullopt);
     // True once closed; a socket closed behind the stream's back closes it.
     bool closed();
     bool receiving() const noexcept;
