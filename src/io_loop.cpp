@@ -57,13 +57,14 @@ clock::time_point later_by(clock::duration d) noexcept
 
 } // namespace
 
+struct loop_state;
+
 struct loop_timer {
+    const loop_state* loop = nullptr; // keys are unique within one loop only
     std::pair<clock::time_point, std::uint64_t> key;
     io_loop::callback fn;
     bool cancelled = false;
 };
-
-struct loop_state;
 
 // A handler watches its socket or fd: the loop reads the level only when the
 // state may have changed (or was ready last time), so an iteration costs what
@@ -812,6 +813,7 @@ timeout_handle io_loop::call_at(clock::time_point when, callback fn)
     if (!fn)
         throw std::invalid_argument("zmq::green::io_loop::call_at: empty function");
     auto t = std::make_shared<detail::loop_timer>();
+    t->loop = &s;
     t->key = {when, s.timer_seq++};
     t->fn = std::move(fn);
     s.timers.emplace(t->key, t);
@@ -826,6 +828,9 @@ void io_loop::remove_timeout(const timeout_handle& handle)
     auto t = handle.timer_.lock();
     if (!t || t->cancelled)
         return;
+    if (t->loop != s_.get())
+        throw std::invalid_argument("zmq::green::io_loop::remove_timeout: the timeout belongs to "
+                                    "another loop");
     t->cancelled = true;
     t->fn = nullptr;
     s_->timers.erase(t->key);

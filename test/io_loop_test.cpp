@@ -991,6 +991,30 @@ TEST_F(io_loop, BadInput_periodic_callback_periods)
 
 // Negative is refused; a huge interval means "rarely" and must not overflow
 // into a deadline in the past (a busy loop that counts rescues).
+// Timeout keys are counted per loop, so another loop's handle can name the
+// same deadline and number as one of this loop's: refused, and both stay.
+TEST_F(io_loop, BadInput_a_timeout_of_another_loop_is_refused)
+{
+    green::io_loop other;
+    const auto when = green::io_loop::time();
+    bool mine = false, theirs = false;
+    loop.call_at(when, [&] {
+        mine = true;
+        loop.stop();
+    });
+    const auto foreign = other.call_at(when, [&] {
+        theirs = true;
+        other.stop();
+    });
+    test::expect_error<std::invalid_argument>([&] { loop.remove_timeout(foreign); },
+                                              {"remove_timeout", "another loop"});
+    watchdog guard(loop), other_guard(other);
+    loop.start();
+    other.start();
+    EXPECT_TRUE(mine);
+    EXPECT_TRUE(theirs);
+}
+
 TEST_F(io_loop, BadInput_fallback_interval)
 {
     EXPECT_THROW(loop.set_fallback_interval(-1ms), std::invalid_argument);

@@ -109,7 +109,8 @@ public:
     // added it. Equal deadlines run in the order they were added.
     timeout_handle call_later(clock::duration delay, callback fn);
     timeout_handle call_at(clock::time_point when, callback fn);
-    // Safe for a timeout that already ran or was already removed.
+    // Safe for a timeout that already ran or was already removed;
+    // std::invalid_argument for a pending timeout of another loop.
     void remove_timeout(const timeout_handle& handle);
 
     // Receives every exception thrown by a handler, callback or timeout; the
