@@ -27,11 +27,6 @@ int poll_now(detail::reactor& r, zmq_pollitem_t* items, size_t nitems)
     return rc;
 }
 
-// How often a poll re-reads the level of the plain (non-green) sockets it
-// waits on. The hub does not see their operations: one made by another fiber
-// can consume the signal, and with it the edge, that the poll waits for.
-constexpr std::chrono::milliseconds plain_socket_recheck{10};
-
 // Registers the fiber's interest in one item. True for a plain socket.
 bool add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem_t& item)
 {
@@ -88,8 +83,10 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
             bool plain = false;
             for (size_t i = 0; i < nitems; ++i)
                 plain |= add_item(r, watching, items[i]);
+            // The hub does not see a plain socket's operations: another
+            // fiber's can consume the edge this poll waits for.
             if (plain)
-                slot.deadline = std::min(deadline, detail::clock::now() + plain_socket_recheck);
+                slot.deadline = detail::recheck_deadline(deadline);
             why = r.park(slot);
         }
         detail::throw_if_interrupted(why);

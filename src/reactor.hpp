@@ -9,6 +9,7 @@
 
 #include <zmq.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -29,6 +30,17 @@ constexpr clock::time_point no_deadline = clock::time_point::max();
 inline bool passed(clock::time_point deadline) noexcept
 {
     return deadline != no_deadline && deadline <= clock::now();
+}
+
+// How often a wait re-reads a level that no edge can announce: a plain
+// socket's, whose operations the hub does not see, or a send that ZMQ_EVENTS
+// calls ready and that fails, after a ZMQ_EVENTS read made for other waiters
+// may have consumed the command that would let it through.
+constexpr std::chrono::milliseconds blind_recheck{10};
+
+inline clock::time_point recheck_deadline(clock::time_point deadline) noexcept
+{
+    return std::min(deadline, clock::now() + blind_recheck);
 }
 
 using auto_unlink = boost::intrusive::link_mode<boost::intrusive::auto_unlink>;

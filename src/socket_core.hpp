@@ -230,6 +230,7 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
     // brings an edge: from then on the fiber waits for edges, as a blocking
     // libzmq call waits for commands, and reads the level only for others.
     bool level_disagrees = false;
+    bool blind = false; // the level read may have taken the command this call waits for
     for (;;) {
         if (closed)
             throw_closed();
@@ -265,15 +266,22 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
                 throw zmq::error_t(state.error);
             }
             // The read may have processed the command the call was missing.
-            if ((state.events & event) && !std::exchange(level_disagrees, true))
-                continue;
+            if (state.events & event) {
+                if (!std::exchange(level_disagrees, true))
+                    continue;
+                blind = true;
+            }
         }
         if (passed(get_deadline())) {
             release(dir);
             errno = EAGAIN;
             return -1;
         }
-        const wake_reason why = wait_ready(self, event, deadline, !continuing);
+        const wake_reason why = wait_ready(
+            self, event, std::exchange(blind, false) ? recheck_deadline(deadline) : deadline,
+            !continuing);
+        if (why == wake_reason::timeout && !passed(deadline))
+            continue;
         if (why == wake_reason::timeout || why == wake_reason::scope_timeout
             || why == wake_reason::cancelled) {
             release(dir);

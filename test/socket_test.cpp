@@ -271,6 +271,49 @@ TEST_F(socket, router_mandatory_send_to_a_full_peer_parks_until_it_reads)
 
 // XPUB_NODROP: ZMQ_EVENTS always says POLLOUT, and a send to a full
 // subscriber fails until it reads.
+// As above with a receiver parked on the router too: the sender then reads
+// ZMQ_EVENTS for it after each failed try, a read that may take the command
+// the send waits for, so the send re-checks itself while it waits. It still
+// honours its timeout, gets through once the peer reads, and the receiver
+// still gets its message.
+TEST_F(socket, router_mandatory_send_to_a_full_peer_while_a_receiver_waits)
+{
+    green::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::router_mandatory, 1);
+    router.set(zmq::sockopt::sndhwm, 1);
+    const auto ep = test::unique_inproc();
+    router.bind(ep);
+    green::socket_t full(ctx, zmq::socket_type::dealer);
+    green::socket_t idle(ctx, zmq::socket_type::dealer);
+    full.set(zmq::sockopt::routing_id, "full");
+    full.set(zmq::sockopt::rcvhwm, 1);
+    for (auto* dealer : {&full, &idle}) {
+        dealer->connect(ep);
+        dealer->send(zmq::str_buffer("hello"));
+        EXPECT_EQ(test::recv_strs(router).size(), 2u);
+    }
+    const std::array<zmq::const_buffer, 2> to_full{zmq::str_buffer("full"), zmq::str_buffer("x")};
+    int queued = 0;
+    while (green::send_multipart(router, to_full, zmq::send_flags::dontwait))
+        ++queued;
+    test::close_guard guard(router);
+    test::strings received;
+    boost::fibers::fiber receiver([&] { received = test::recv_strs(router); });
+    boost::this_fiber::yield(); // the receiver parks
+    router.set(zmq::sockopt::sndtimeo, 20);
+    EXPECT_FALSE(green::send_multipart(router, to_full));
+    router.set(zmq::sockopt::sndtimeo, -1);
+    test::run_fibers({[&] { EXPECT_TRUE(green::send_multipart(router, to_full)); },
+                      [&] {
+                          for (int i = 0; i <= queued; ++i)
+                              EXPECT_EQ(test::recv_strs(full), test::strings{"x"});
+                      }});
+    idle.send(zmq::str_buffer("late"));
+    receiver.join();
+    ASSERT_EQ(received.size(), 2u);
+    EXPECT_EQ(received[1], "late");
+}
+
 TEST_F(socket, xpub_nodrop_send_to_a_full_subscriber_honours_sndtimeo)
 {
     green::socket_t pub(ctx, zmq::socket_type::xpub);
