@@ -387,6 +387,8 @@ struct loop_state {
                 ready |= ZMQ_POLLIN;
             if (fds[i].revents & POLLOUT)
                 ready |= ZMQ_POLLOUT;
+            if (fds[i].revents & POLLPRI)
+                ready |= ZMQ_POLLPRI;
             if (fds[i].revents & (POLLERR | POLLHUP | POLLNVAL))
                 ready |= ZMQ_POLLERR;
             any = true;

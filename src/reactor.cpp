@@ -156,6 +156,8 @@ short to_poll_events(short zmq_events) noexcept
         events |= POLLIN;
     if (zmq_events & ZMQ_POLLOUT)
         events |= POLLOUT;
+    if (zmq_events & ZMQ_POLLPRI)
+        events |= POLLPRI;
     return events;
 }
 

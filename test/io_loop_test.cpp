@@ -680,6 +680,23 @@ TEST_F(io_loop, fd_handlers_wake_on_a_write_from_another_fiber)
 
 // The loop's handler keeps the fd registered; a fiber's wait on the same fd
 // shares the registration, and both hear the write.
+// Urgent tcp data is ZMQ_POLLPRI for an fd handler that asks for it.
+TEST_F(io_loop, an_fd_handler_hears_urgent_data_as_pollpri)
+{
+    test::tcp_pair tcp;
+    short got = 0;
+    loop.add_handler(
+        tcp.receiver,
+        [&](short events) {
+            got = events;
+            loop.stop();
+        },
+        ZMQ_POLLPRI);
+    run_loop_then([&] { tcp.send_urgent(); });
+    loop.remove_handler(tcp.receiver);
+    EXPECT_EQ(got, ZMQ_POLLPRI);
+}
+
 TEST_F(io_loop, a_handler_and_a_fiber_wait_on_the_same_fd)
 {
     const int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

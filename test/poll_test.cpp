@@ -1,9 +1,6 @@
 #include "support.hpp"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <thread>
@@ -69,45 +66,10 @@ TEST_F(poll, raw_fd_reports_readability)
     ::close(fds[1]);
 }
 
-namespace {
-
-// A connected loopback tcp pair: tcp carries urgent (out-of-band) data.
-struct tcp_pair {
-    tcp_pair()
-    {
-        const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t len = sizeof addr;
-        auto* sa = reinterpret_cast<sockaddr*>(&addr);
-        EXPECT_EQ(::bind(listener, sa, len), 0);
-        EXPECT_EQ(::getsockname(listener, sa, &len), 0);
-        EXPECT_EQ(::listen(listener, 1), 0);
-        sender = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        EXPECT_EQ(::connect(sender, sa, len), 0);
-        receiver = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-        ::close(listener);
-    }
-    ~tcp_pair()
-    {
-        ::close(sender);
-        ::close(receiver);
-    }
-    tcp_pair(const tcp_pair&) = delete;
-    tcp_pair& operator=(const tcp_pair&) = delete;
-
-    void send_urgent() const { EXPECT_EQ(::send(sender, "!", 1, MSG_OOB), 1); }
-
-    int sender = -1;
-    int receiver = -1;
-};
-
-} // namespace
 
 TEST_F(poll, raw_fd_reports_urgent_data_as_pollpri)
 {
-    tcp_pair tcp;
+    test::tcp_pair tcp;
     green::hub& h = green::hub::current();
     const green::hub_stats before = h.stats();
     int rc = -1;
@@ -128,7 +90,7 @@ TEST_F(poll, raw_fd_reports_urgent_data_as_pollpri)
 // and its wait ends at its timeout.
 TEST_F(poll, pending_urgent_data_does_not_wake_a_reader)
 {
-    tcp_pair tcp;
+    test::tcp_pair tcp;
     tcp.send_urgent();
     pollfd arrived{tcp.receiver, POLLPRI, 0};
     ASSERT_EQ(::poll(&arrived, 1, 10000), 1);

@@ -6,9 +6,12 @@
 #include <boost/fiber/all.hpp>
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -144,6 +147,38 @@ inline int lose_edges(int fd)
     ::closedir(dir);
     return dropped;
 }
+
+// A connected loopback tcp pair: tcp carries urgent (out-of-band) data.
+struct tcp_pair {
+    tcp_pair()
+    {
+        const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof addr;
+        auto* sa = reinterpret_cast<sockaddr*>(&addr);
+        EXPECT_EQ(::bind(listener, sa, len), 0);
+        EXPECT_EQ(::getsockname(listener, sa, &len), 0);
+        EXPECT_EQ(::listen(listener, 1), 0);
+        sender = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        EXPECT_EQ(::connect(sender, sa, len), 0);
+        receiver = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+        ::close(listener);
+    }
+    ~tcp_pair()
+    {
+        ::close(sender);
+        ::close(receiver);
+    }
+    tcp_pair(const tcp_pair&) = delete;
+    tcp_pair& operator=(const tcp_pair&) = delete;
+
+    void send_urgent() const { EXPECT_EQ(::send(sender, "!", 1, MSG_OOB), 1); }
+
+    int sender = -1;
+    int receiver = -1;
+};
 
 inline std::string str(const zmq::message_t& m) { return m.to_string(); }
 
