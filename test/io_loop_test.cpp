@@ -76,6 +76,20 @@ protected:
 
     // Runs the loop in one fiber and then() in another once the loop has
     // parked: fibers start in order, and an idle loop parks before it yields.
+    // A handler on s that receives one message into got and stops the loop.
+    void stop_at_first_message(green::socket_t& s, std::string& got)
+    {
+        loop.add_handler(
+            s,
+            [&](short) {
+                zmq::message_t m;
+                ASSERT_TRUE(s.recv(m, zmq::recv_flags::dontwait));
+                got = m.to_string();
+                loop.stop();
+            },
+            ZMQ_POLLIN);
+    }
+
     void run_loop_then(const std::function<void()>& then)
     {
         watchdog guard(loop);
@@ -579,15 +593,7 @@ TEST_F(io_loop, a_lost_edge_is_rescued_by_the_fallback_and_counted)
     test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
     loop.set_fallback_interval(10ms);
     std::string got;
-    loop.add_handler(
-        p.b,
-        [&](short) {
-            zmq::message_t m;
-            ASSERT_TRUE(p.b.recv(m, zmq::recv_flags::dontwait));
-            got = m.to_string();
-            loop.stop();
-        },
-        ZMQ_POLLIN);
+    stop_at_first_message(p.b, got);
     run_loop_then([&] {
         p.a.send(zmq::str_buffer("lost"));
         EXPECT_EQ(test::lose_edges(p.b.get(zmq::sockopt::fd)), 1);
@@ -603,15 +609,7 @@ TEST_F(io_loop, a_signal_another_fiber_consumed_still_reaches_the_handler)
 {
     test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
     std::string got;
-    loop.add_handler(
-        p.b,
-        [&](short) {
-            zmq::message_t m;
-            ASSERT_TRUE(p.b.recv(m, zmq::recv_flags::dontwait));
-            got = m.to_string();
-            loop.stop();
-        },
-        ZMQ_POLLIN);
+    stop_at_first_message(p.b, got);
     run_loop_then([&] {
         p.a.send(zmq::str_buffer("taken"));
         EXPECT_EQ(p.b.get(zmq::sockopt::events) & ZMQ_POLLIN, ZMQ_POLLIN);

@@ -229,48 +229,59 @@ TEST_F(socket, sender_parked_at_hwm_resumes_when_the_peer_reads)
     EXPECT_GT(parked_while_full, 0);
 }
 
+// A ROUTER_MANDATORY router with SNDHWM 1 and two dealers: it has filled the
+// pipe to "full", while "idle" has room, so ZMQ_EVENTS says POLLOUT.
+struct router_with_a_full_peer {
+    explicit router_with_a_full_peer(green::context_t& ctx)
+        : router(ctx, zmq::socket_type::router), full(ctx, zmq::socket_type::dealer),
+          idle(ctx, zmq::socket_type::dealer)
+    {
+        router.set(zmq::sockopt::router_mandatory, 1);
+        router.set(zmq::sockopt::sndhwm, 1);
+        const auto ep = test::unique_inproc();
+        router.bind(ep);
+        full.set(zmq::sockopt::routing_id, "full");
+        full.set(zmq::sockopt::rcvhwm, 1);
+        for (auto* dealer : {&full, &idle}) {
+            dealer->connect(ep);
+            dealer->send(zmq::str_buffer("hello")); // the router learns its routing id
+            EXPECT_EQ(test::recv_strs(router).size(), 2u);
+        }
+        while (green::send_multipart(router, to_full, zmq::send_flags::dontwait))
+            ++queued;
+        EXPECT_TRUE(router.get(zmq::sockopt::events) & ZMQ_POLLOUT);
+    }
+
+    // full reads what was queued for it, and one more.
+    void drain_full()
+    {
+        for (int i = 0; i <= queued; ++i)
+            EXPECT_EQ(test::recv_strs(full), test::strings{"x"});
+    }
+
+    green::socket_t router, full, idle;
+    const std::array<zmq::const_buffer, 2> to_full{zmq::str_buffer("full"), zmq::str_buffer("x")};
+    int queued = 0;
+};
+
 // ZMQ_EVENTS says POLLOUT while any peer has room, yet a ROUTER_MANDATORY
 // send to a full peer fails: the sender parks until that peer reads, or
 // until ZMQ_SNDTIMEO, rather than retrying while the level disagrees.
 TEST_F(socket, router_mandatory_send_to_a_full_peer_parks_until_it_reads)
 {
-    green::socket_t router(ctx, zmq::socket_type::router);
-    router.set(zmq::sockopt::router_mandatory, 1);
-    router.set(zmq::sockopt::sndhwm, 1);
-    const auto ep = test::unique_inproc();
-    router.bind(ep);
-    green::socket_t full(ctx, zmq::socket_type::dealer);
-    green::socket_t idle(ctx, zmq::socket_type::dealer);
-    full.set(zmq::sockopt::routing_id, "full");
-    full.set(zmq::sockopt::rcvhwm, 1);
-    for (auto* dealer : {&full, &idle}) {
-        dealer->connect(ep);
-        dealer->send(zmq::str_buffer("hello")); // the router learns its routing id
-        EXPECT_EQ(test::recv_strs(router).size(), 2u);
-    }
-    const std::array<zmq::const_buffer, 2> to_full{zmq::str_buffer("full"), zmq::str_buffer("x")};
-    int queued = 0;
-    while (green::send_multipart(router, to_full, zmq::send_flags::dontwait))
-        ++queued;
-    ASSERT_TRUE(router.get(zmq::sockopt::events) & ZMQ_POLLOUT);
-
-    test::close_guard guard(router);
-    router.set(zmq::sockopt::sndtimeo, 20);
+    router_with_a_full_peer r(ctx);
+    test::close_guard guard(r.router);
+    r.router.set(zmq::sockopt::sndtimeo, 20);
     const green::hub_stats before = green::hub::current().stats();
-    EXPECT_FALSE(green::send_multipart(router, to_full));
+    EXPECT_FALSE(green::send_multipart(r.router, r.to_full));
     // It ended by its deadline, parked.
     EXPECT_EQ(green::hub::current().stats().timer_wakeups - before.timer_wakeups, 1u);
 
-    router.set(zmq::sockopt::sndtimeo, -1);
-    test::run_fibers({[&] { EXPECT_TRUE(green::send_multipart(router, to_full)); },
-                      [&] {
-                          for (int i = 0; i <= queued; ++i)
-                              EXPECT_EQ(test::recv_strs(full), test::strings{"x"});
-                      }});
+    r.router.set(zmq::sockopt::sndtimeo, -1);
+    test::run_fibers({[&] { EXPECT_TRUE(green::send_multipart(r.router, r.to_full)); },
+                      [&] { r.drain_full(); }});
 }
 
-// XPUB_NODROP: ZMQ_EVENTS always says POLLOUT, and a send to a full
-// subscriber fails until it reads.
 // As above with a receiver parked on the router too: the sender then reads
 // ZMQ_EVENTS for it after each failed try, a read that may take the command
 // the send waits for, so the send re-checks itself while it waits. It still
@@ -278,42 +289,24 @@ TEST_F(socket, router_mandatory_send_to_a_full_peer_parks_until_it_reads)
 // still gets its message.
 TEST_F(socket, router_mandatory_send_to_a_full_peer_while_a_receiver_waits)
 {
-    green::socket_t router(ctx, zmq::socket_type::router);
-    router.set(zmq::sockopt::router_mandatory, 1);
-    router.set(zmq::sockopt::sndhwm, 1);
-    const auto ep = test::unique_inproc();
-    router.bind(ep);
-    green::socket_t full(ctx, zmq::socket_type::dealer);
-    green::socket_t idle(ctx, zmq::socket_type::dealer);
-    full.set(zmq::sockopt::routing_id, "full");
-    full.set(zmq::sockopt::rcvhwm, 1);
-    for (auto* dealer : {&full, &idle}) {
-        dealer->connect(ep);
-        dealer->send(zmq::str_buffer("hello"));
-        EXPECT_EQ(test::recv_strs(router).size(), 2u);
-    }
-    const std::array<zmq::const_buffer, 2> to_full{zmq::str_buffer("full"), zmq::str_buffer("x")};
-    int queued = 0;
-    while (green::send_multipart(router, to_full, zmq::send_flags::dontwait))
-        ++queued;
-    test::close_guard guard(router);
+    router_with_a_full_peer r(ctx);
+    test::close_guard guard(r.router);
     test::strings received;
-    boost::fibers::fiber receiver([&] { received = test::recv_strs(router); });
+    boost::fibers::fiber receiver([&] { received = test::recv_strs(r.router); });
     boost::this_fiber::yield(); // the receiver parks
-    router.set(zmq::sockopt::sndtimeo, 20);
-    EXPECT_FALSE(green::send_multipart(router, to_full));
-    router.set(zmq::sockopt::sndtimeo, -1);
-    test::run_fibers({[&] { EXPECT_TRUE(green::send_multipart(router, to_full)); },
-                      [&] {
-                          for (int i = 0; i <= queued; ++i)
-                              EXPECT_EQ(test::recv_strs(full), test::strings{"x"});
-                      }});
-    idle.send(zmq::str_buffer("late"));
+    r.router.set(zmq::sockopt::sndtimeo, 20);
+    EXPECT_FALSE(green::send_multipart(r.router, r.to_full));
+    r.router.set(zmq::sockopt::sndtimeo, -1);
+    test::run_fibers({[&] { EXPECT_TRUE(green::send_multipart(r.router, r.to_full)); },
+                      [&] { r.drain_full(); }});
+    r.idle.send(zmq::str_buffer("late"));
     receiver.join();
     ASSERT_EQ(received.size(), 2u);
     EXPECT_EQ(received[1], "late");
 }
 
+// XPUB_NODROP: ZMQ_EVENTS always says POLLOUT, and a send to a full
+// subscriber fails until it reads.
 TEST_F(socket, xpub_nodrop_send_to_a_full_subscriber_honours_sndtimeo)
 {
     green::socket_t pub(ctx, zmq::socket_type::xpub);
