@@ -183,7 +183,7 @@ struct loop_state {
 
     void check_thread(const char* what) const
     {
-        if (reactor::current() != owner.get())
+        if (!owner->on_owner_thread())
             throw thread_error(std::string("zmq::green::io_loop::") + what
                                + ": called from a thread that does not own the loop");
     }

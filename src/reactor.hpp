@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -154,6 +155,13 @@ public:
     static reactor* current() noexcept { return this_thread_reactor; }
 
     bool alive() const noexcept { return hub_ != nullptr; }
+    // The thread this reactor serves, also once its hub has gone at that
+    // thread's exit, when objects of static or thread storage are destroyed.
+    bool on_owner_thread() const noexcept
+    {
+        return this_thread_reactor == this
+               || (hub_ == nullptr && thread_ == std::this_thread::get_id());
+    }
     void detach_hub() noexcept;
 
     // Suspends the running fiber until something wakes slot (or its deadline
@@ -235,6 +243,7 @@ private:
     void retire_fd(std::unordered_map<int, std::unique_ptr<fd_watch>>::iterator it) noexcept;
 
     hub* hub_;
+    const std::thread::id thread_ = std::this_thread::get_id();
     int epfd_ = -1;
     // The same socket fds, level-triggered: what is readable right now. The
     // fallback sweep asks it which sockets have a signal nobody consumed.

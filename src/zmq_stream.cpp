@@ -100,7 +100,7 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
 
     void check_thread(const char* what) const
     {
-        if (reactor::current() != &core->owner)
+        if (!core->owner.on_owner_thread())
             throw thread_error(std::string("zmq::green::zmq_stream::") + what
                                + ": called from a thread that does not own the stream");
     }

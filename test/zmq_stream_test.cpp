@@ -754,6 +754,26 @@ TEST_F(zmq_stream, BadInput_calls_from_another_thread_are_thread_errors)
     EXPECT_EQ(m.to_string(), "kept");
 }
 
+// A thread's objects of thread storage made before its hub are destroyed
+// after it. A stream and its loop among them still close on their own
+// thread, rather than taking it for another.
+TEST_F(zmq_stream, a_stream_of_thread_storage_closes_at_its_threads_exit)
+{
+    std::thread([] {
+        struct held {
+            green::context_t ctx;
+            green::io_loop loop;
+            std::unique_ptr<green::zmq_stream> stream;
+        };
+        thread_local std::unique_ptr<held> h; // before the hub
+        h = std::make_unique<held>();
+        green::socket_t s(h->ctx, zmq::socket_type::pull);
+        s.bind(test::unique_inproc());
+        h->stream = std::make_unique<green::zmq_stream>(std::move(s), h->loop);
+        h->stream->on_recv([](message&) {});
+    }).join();
+}
+
 TEST_F(zmq_stream, BadInput_socket_of_another_thread_is_thread_error)
 {
     green::socket_t s(ctx, zmq::socket_type::pull);
