@@ -681,6 +681,18 @@ void background_device::start()
             sigset_t none;
             sigemptyset(&none);
             ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
+            // Nor run the owner's handlers, written for the owner's state: as
+            // across an exec, a caught signal goes back to its default, and an
+            // ignored one stays ignored.
+            for (int sig = 1; sig < NSIG; ++sig) {
+                struct sigaction action {};
+                if (::sigaction(sig, nullptr, &action) == 0 && action.sa_handler != SIG_DFL
+                    && action.sa_handler != SIG_IGN) {
+                    action = {};
+                    action.sa_handler = SIG_DFL;
+                    ::sigaction(sig, &action, nullptr);
+                }
+            }
             const int report_fd = status[1];
             const int stop_fd = stop[0];
             std::thread([&st, report_fd] {

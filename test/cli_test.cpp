@@ -130,17 +130,6 @@ pid_t child_of(pid_t parent)
     return found;
 }
 
-// A field of /proc/PID/status, e.g. SigBlk.
-std::string status_field(pid_t pid, const std::string& name)
-{
-    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-    std::string line;
-    while (std::getline(status, line))
-        if (line.rfind(name + ":", 0) == 0)
-            return line.substr(line.find_first_not_of(" \t", name.size() + 1));
-    return {};
-}
-
 } // namespace
 
 class cli : public test::green_test {};
@@ -238,7 +227,7 @@ TEST_F(cli, a_device_process_dies_of_sigterm)
     ASSERT_EQ(c.line().rfind("bound in ", 0), 0u);
     const pid_t device = child_of(c.pid);
     ASSERT_GT(device, 0);
-    ASSERT_EQ(status_field(device, "SigBlk"), "0000000000000000");
+    ASSERT_EQ(test::status_field(device, "SigBlk"), "0000000000000000");
     ::kill(device, SIGTERM);
     const auto text = c.errors();
     EXPECT_EQ(c.wait(), 1);

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <cstdint>
@@ -414,6 +415,25 @@ TEST_F(devices_test, a_device_process_keeps_no_fd_of_its_owner)
     pollfd p{fds[0], POLLIN, 0};
     EXPECT_EQ(::poll(&p, 1, 0), 1);
     ::close(fds[0]);
+    dev.stop();
+}
+
+// Nor does it run its owner's signal handlers: as across an exec, a caught
+// signal is back to its default there, so SIGTERM ends the device.
+TEST_F(devices_test, a_device_process_catches_no_signal_of_its_owner)
+{
+    SKIP_FORK_UNDER_ASAN();
+    struct sigaction caught {}, old{};
+    caught.sa_handler = [](int) {};
+    sigemptyset(&caught.sa_mask);
+    ASSERT_EQ(::sigaction(SIGTERM, &caught, &old), 0);
+    devices::process_device dev(ZMQ_QUEUE, ZMQ_PAIR, ZMQ_PAIR);
+    dev.start();
+    ::sigaction(SIGTERM, &old, nullptr);
+    const std::vector<pid_t> children = test::child_pids();
+    ASSERT_EQ(children.size(), 1u);
+    const auto caught_mask = std::stoull(test::status_field(children[0], "SigCgt"), nullptr, 16);
+    EXPECT_EQ(caught_mask & (1ull << (SIGTERM - 1)), 0u) << "SigCgt " << std::hex << caught_mask;
     dev.stop();
 }
 

@@ -180,6 +180,35 @@ struct tcp_pair {
     int receiver = -1;
 };
 
+// A field of /proc/PID/status, e.g. SigBlk.
+inline std::string status_field(pid_t pid, const std::string& name)
+{
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(status, line))
+        if (line.rfind(name + ":", 0) == 0)
+            return line.substr(line.find_first_not_of(" \t", name.size() + 1));
+    return {};
+}
+
+// The processes this one has forked and not yet reaped, from every thread.
+inline std::vector<pid_t> child_pids()
+{
+    std::vector<pid_t> pids;
+    DIR* tasks = ::opendir("/proc/self/task");
+    if (tasks == nullptr)
+        return pids;
+    while (const dirent* entry = ::readdir(tasks)) {
+        if (entry->d_name[0] == '.')
+            continue;
+        std::ifstream children(std::string("/proc/self/task/") + entry->d_name + "/children");
+        for (pid_t pid; children >> pid;)
+            pids.push_back(pid);
+    }
+    ::closedir(tasks);
+    return pids;
+}
+
 inline std::string str(const zmq::message_t& m) { return m.to_string(); }
 
 using strings = std::vector<std::string>;
