@@ -9,6 +9,7 @@
 
 #include <zmq.h>
 
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <poll.h>
@@ -35,6 +36,14 @@ char wakefd_tag;
 // Every thread's green sockets, so that a thread can refuse another's.
 std::mutex green_handles_mutex;
 std::unordered_set<void*> green_handles;
+
+// A device process is forked from an owner whose other threads may hold the
+// mutex at that moment; they do not follow into the child, whose first green
+// socket would then wait for them for ever. The forking thread holds it
+// across the fork instead.
+[[maybe_unused]] const int green_handles_fork_safe = ::pthread_atfork(
+    [] { green_handles_mutex.lock(); }, [] { green_handles_mutex.unlock(); },
+    [] { green_handles_mutex.unlock(); });
 
 int checked(int rc, const char* what)
 {
