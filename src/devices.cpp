@@ -3,23 +3,24 @@
 #include <zmq/green/hub.hpp>
 
 #include "device_loop.hpp"
+#include "reactor.hpp"
 
 #include <boost/fiber/fiber.hpp>
 #include <boost/fiber/future.hpp>
 
 #include <fcntl.h>
-#include <sys/eventfd.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
-#include <map>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
+#include <map>
 #include <new>
 #include <random>
 #include <set>
@@ -206,6 +207,16 @@ std::thread start_terminator(context_t ctx, std::shared_ptr<event_fd> done)
     }
 }
 
+// What is left until a deadline from detail::deadline_after, as the timeout
+// of a wait: -1 for none, and never less than 0, nor short of the deadline.
+std::chrono::milliseconds time_left(detail::clock::time_point deadline)
+{
+    if (deadline == detail::no_deadline)
+        return std::chrono::milliseconds{-1};
+    const auto left = deadline - detail::clock::now();
+    return std::max(0ms, std::chrono::ceil<std::chrono::milliseconds>(left));
+}
+
 int port_of(const std::string& endpoint)
 {
     return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
@@ -293,7 +304,7 @@ struct background_device::state {
 
     read_result read_line(std::string& line, std::chrono::milliseconds timeout)
     {
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        const auto deadline = detail::deadline_after(timeout);
         for (;;) {
             const auto nl = buffer.find('\n');
             if (nl != std::string::npos) {
@@ -303,14 +314,7 @@ struct background_device::state {
             }
             if (eof)
                 return read_result::eof;
-            auto wait = std::chrono::milliseconds{-1};
-            if (timeout.count() >= 0) {
-                wait = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    deadline - std::chrono::steady_clock::now());
-                if (wait.count() < 0)
-                    wait = 0ms;
-            }
-            if (!wait_readable(status_fd, wait))
+            if (!wait_readable(status_fd, time_left(deadline)))
                 return read_result::timeout;
             char chunk[512];
             const ssize_t n = ::read(status_fd, chunk, sizeof chunk);
@@ -355,19 +359,13 @@ struct background_device::state {
     {
         if (finished)
             return true;
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        const auto left = [&] {
-            if (timeout.count() < 0)
-                return timeout;
-            return std::max(0ms, std::chrono::ceil<std::chrono::milliseconds>(
-                                     deadline - std::chrono::steady_clock::now()));
-        };
-        if (!forwarding_ended(left()))
+        const auto deadline = detail::deadline_after(timeout);
+        if (!forwarding_ended(time_left(deadline)))
             return false;
         if (mode == run_mode::process) {
             std::string line;
             for (;;) {
-                const auto got = read_line(line, left());
+                const auto got = read_line(line, time_left(deadline));
                 if (got == read_result::timeout)
                     return false;
                 if (got == read_result::eof)
@@ -380,7 +378,7 @@ struct background_device::state {
                                                + ")");
             return true;
         }
-        if (!wait_readable(terminated->fd, left()))
+        if (!wait_readable(terminated->fd, time_left(deadline)))
             return false;
         if (finished) // another fiber completed the wait meanwhile
             return true;

@@ -2,7 +2,6 @@
 
 #include "socket_core.hpp"
 
-#include <algorithm>
 #include <chrono>
 
 namespace zmq::green {
