@@ -1,13 +1,11 @@
 #include "support.hpp"
 
-#include <dirent.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <map>
 #include <sstream>
 
@@ -106,30 +104,6 @@ std::string recv_str(green::socket_t& s)
     return m.to_string();
 }
 
-// The first child process of parent found in /proc, -1 if none.
-pid_t child_of(pid_t parent)
-{
-    DIR* proc = ::opendir("/proc");
-    pid_t found = -1;
-    while (dirent* e = proc ? ::readdir(proc) : nullptr) {
-        std::ifstream stat(std::string("/proc/") + e->d_name + "/stat");
-        std::string text;
-        if (!std::getline(stat, text) || text.rfind(')') == std::string::npos)
-            continue;
-        // "PID (COMM) STATE PPID ...": COMM may hold anything, even ')'.
-        std::istringstream rest(text.substr(text.rfind(')') + 1));
-        std::string state;
-        pid_t ppid = -1;
-        if (rest >> state >> ppid && ppid == parent) {
-            found = static_cast<pid_t>(std::stol(e->d_name));
-            break;
-        }
-    }
-    if (proc)
-        ::closedir(proc);
-    return found;
-}
-
 } // namespace
 
 class cli : public test::green_test {};
@@ -225,8 +199,9 @@ TEST_F(cli, a_device_process_dies_of_sigterm)
     child c({"queue", "--in", "PULL=@tcp://127.0.0.1:*", "--out", "PUSH=@tcp://127.0.0.1:*",
              "--run", "process"});
     ASSERT_EQ(c.line().rfind("bound in ", 0), 0u);
-    const pid_t device = child_of(c.pid);
-    ASSERT_GT(device, 0);
+    const std::vector<pid_t> devices = test::child_pids(c.pid);
+    ASSERT_EQ(devices.size(), 1u);
+    const pid_t device = devices[0];
     ASSERT_EQ(test::status_field(device, "SigBlk"), "0000000000000000");
     ::kill(device, SIGTERM);
     const auto text = c.errors();
@@ -252,8 +227,9 @@ TEST_F(cli, an_orphaned_device_process_ends)
         if (stats.find("\"msgs_out\":1,\"bytes_out\":5}}") != std::string::npos)
             break;
     }
-    const pid_t device = child_of(c.pid);
-    ASSERT_GT(device, 0);
+    const std::vector<pid_t> devices = test::child_pids(c.pid);
+    ASSERT_EQ(devices.size(), 1u);
+    const pid_t device = devices[0];
     const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, device, 0));
     ASSERT_GE(pidfd, 0);
     ::kill(c.pid, SIGKILL);

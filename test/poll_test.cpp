@@ -157,13 +157,28 @@ TEST_F(poll, socket_poll_wakes_on_send)
                       [&] { p.a.send(zmq::str_buffer("wake")); }});
 }
 
+namespace {
+
+// Two plain (non-green) cppzmq PAIR sockets, a bound to endpoint, b
+// connected to it.
+struct plain_pair {
+    explicit plain_pair(const std::string& endpoint)
+    {
+        a.bind(endpoint);
+        b.connect(endpoint);
+    }
+    zmq::context_t ctx;
+    zmq::socket_t a{ctx, zmq::socket_type::pair};
+    zmq::socket_t b{ctx, zmq::socket_type::pair};
+};
+
+} // namespace
+
 TEST_F(poll, plain_cppzmq_sockets_can_be_polled_too)
 {
-    zmq::context_t plain_ctx;
-    zmq::socket_t a(plain_ctx, zmq::socket_type::pair);
-    zmq::socket_t b(plain_ctx, zmq::socket_type::pair);
-    a.bind("inproc://plain");
-    b.connect("inproc://plain");
+    plain_pair p("inproc://plain");
+    auto& a = p.a;
+    auto& b = p.b;
     test::run_fibers({[&] {
                           std::vector<zmq_pollitem_t> items{{b, 0, ZMQ_POLLIN, 0}};
                           EXPECT_EQ(green::poll(items, 10000ms), 1);
@@ -175,11 +190,9 @@ TEST_F(poll, plain_cppzmq_sockets_can_be_polled_too)
 // the signal of a message the poll waits for. The poll still finds it.
 TEST_F(poll, a_plain_socket_signal_another_fiber_consumed_still_ends_the_poll)
 {
-    zmq::context_t plain_ctx;
-    zmq::socket_t a(plain_ctx, zmq::socket_type::pair);
-    zmq::socket_t b(plain_ctx, zmq::socket_type::pair);
-    a.bind("inproc://plain-consumed");
-    b.connect("inproc://plain-consumed");
+    plain_pair p("inproc://plain-consumed");
+    auto& a = p.a;
+    auto& b = p.b;
     int rc = -1;
     const green::task poller = green::spawn([&] {
         zmq_pollitem_t item{b, 0, ZMQ_POLLIN, 0};

@@ -95,18 +95,27 @@ inline double cpu_seconds()
            + static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+// The names in a directory but "." and "..", none if it cannot be read.
+inline std::vector<std::string> dir_entries(const std::string& path)
+{
+    std::vector<std::string> names;
+    DIR* dir = ::opendir(path.c_str());
+    if (dir == nullptr)
+        return names;
+    while (const dirent* entry = ::readdir(dir))
+        if (entry->d_name[0] != '.')
+            names.emplace_back(entry->d_name);
+    ::closedir(dir);
+    return names;
+}
+
 // How many fds the process has open (entries of /proc/self/fd).
 inline int open_fds()
 {
-    DIR* dir = ::opendir("/proc/self/fd");
-    if (dir == nullptr)
+    const auto fds = dir_entries("/proc/self/fd");
+    if (fds.empty()) // never, when readable: the directory stream has one
         return -1;
-    int n = 0;
-    while (const dirent* entry = ::readdir(dir))
-        if (entry->d_name[0] != '.')
-            ++n;
-    ::closedir(dir);
-    return n - 1; // the directory stream's own fd
+    return static_cast<int>(fds.size()) - 1; // the directory stream's own fd
 }
 
 // Fault injection for the fallback re-check: loses the edges that fd (a
@@ -116,14 +125,8 @@ inline int open_fds()
 // stays readable. Returns how many events were dropped (-1: no such set).
 inline int lose_edges(int fd)
 {
-    DIR* dir = ::opendir("/proc/self/fd");
-    if (dir == nullptr)
-        return -1;
     int dropped = -1;
-    while (const dirent* entry = ::readdir(dir)) {
-        const std::string name = entry->d_name;
-        if (name[0] == '.')
-            continue;
+    for (const std::string& name : dir_entries("/proc/self/fd")) {
         std::array<char, 64> target{};
         const std::string link = "/proc/self/fd/" + name;
         if (::readlink(link.c_str(), target.data(), target.size() - 1) < 0
@@ -144,25 +147,32 @@ inline int lose_edges(int fd)
         const int n = ::epoll_wait(std::stoi(name), events.data(), events.size(), 0);
         dropped = std::max(dropped, 0) + std::max(n, 0);
     }
-    ::closedir(dir);
     return dropped;
+}
+
+// Binds a new tcp socket to a free port of 127.0.0.1; returns the socket
+// and sets addr to where it is bound.
+inline int bound_loopback_socket(sockaddr_in& addr)
+{
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    addr = {};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
+    EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    return fd;
 }
 
 // A connected loopback tcp pair: tcp carries urgent (out-of-band) data.
 struct tcp_pair {
     tcp_pair()
     {
-        const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t len = sizeof addr;
-        auto* sa = reinterpret_cast<sockaddr*>(&addr);
-        EXPECT_EQ(::bind(listener, sa, len), 0);
-        EXPECT_EQ(::getsockname(listener, sa, &len), 0);
+        const int listener = bound_loopback_socket(addr);
         EXPECT_EQ(::listen(listener, 1), 0);
         sender = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        EXPECT_EQ(::connect(sender, sa, len), 0);
+        EXPECT_EQ(::connect(sender, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
         receiver = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
         ::close(listener);
     }
@@ -191,21 +201,16 @@ inline std::string status_field(pid_t pid, const std::string& name)
     return {};
 }
 
-// The processes this one has forked and not yet reaped, from every thread.
-inline std::vector<pid_t> child_pids()
+// The processes parent has forked and not yet reaped, from every thread.
+inline std::vector<pid_t> child_pids(pid_t parent = ::getpid())
 {
     std::vector<pid_t> pids;
-    DIR* tasks = ::opendir("/proc/self/task");
-    if (tasks == nullptr)
-        return pids;
-    while (const dirent* entry = ::readdir(tasks)) {
-        if (entry->d_name[0] == '.')
-            continue;
-        std::ifstream children(std::string("/proc/self/task/") + entry->d_name + "/children");
+    const std::string tasks = "/proc/" + std::to_string(parent) + "/task/";
+    for (const std::string& task : dir_entries(tasks)) {
+        std::ifstream children(tasks + task + "/children");
         for (pid_t pid; children >> pid;)
             pids.push_back(pid);
     }
-    ::closedir(tasks);
     return pids;
 }
 
