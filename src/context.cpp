@@ -122,6 +122,8 @@ void context_t::shutdown() noexcept
 
 void* context_t::handle() noexcept { return core_ ? core_->handle : nullptr; }
 
+context_t::operator void const*() const noexcept { return core_ ? core_->handle : nullptr; }
+
 void context_t::close() noexcept
 {
     if (!core_)

@@ -145,6 +145,20 @@ TEST(context, a_kill_during_close_blocks_no_fiber_and_is_not_lost)
     ::close(never[1]);
 }
 
+// As cppzmq's: a const context still converts to the libzmq handle, for the
+// raw zmq_* calls a port keeps.
+TEST(context, converts_to_its_libzmq_handle_when_const)
+{
+    green::context_t ctx;
+    const green::context_t& view = ctx;
+    const void* raw = view;
+    EXPECT_NE(raw, nullptr);
+    EXPECT_EQ(raw, ctx.handle());
+    EXPECT_EQ(zmq_ctx_get(const_cast<void*>(raw), ZMQ_IO_THREADS), 1);
+    ctx.close();
+    EXPECT_EQ(static_cast<const void*>(view), nullptr);
+}
+
 TEST(context, socket_on_a_closed_context_is_an_error)
 {
     green::context_t ctx;

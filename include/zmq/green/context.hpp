@@ -40,6 +40,7 @@ public:
     void* handle() noexcept;
     explicit operator bool() const noexcept { return core_ != nullptr; }
     operator void*() noexcept { return handle(); }
+    operator void const*() const noexcept;
 
     void swap(context_t& other) noexcept { core_.swap(other.core_); }
 
