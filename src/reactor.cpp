@@ -172,13 +172,7 @@ short to_poll_events(short zmq_events) noexcept
 
 clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept
 {
-    if (timeout.count() < 0)
-        return no_deadline;
-    const auto now = clock::now();
-    // A timeout past the clock's range means "never", not an overflow into the past.
-    if (timeout >= std::chrono::duration_cast<std::chrono::milliseconds>(no_deadline - now))
-        return no_deadline;
-    return now + timeout;
+    return timeout.count() < 0 ? no_deadline : saturating_deadline(timeout);
 }
 
 clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* what)

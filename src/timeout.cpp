@@ -3,14 +3,13 @@
 #include "reactor.hpp"
 
 #include <algorithm>
+#include <string>
 
 namespace zmq::green {
 
-scoped_timeout::clock::time_point scoped_timeout::from_now(clock::duration timeout)
+void detail::throw_negative_duration(const char* what)
 {
-    if (timeout.count() < 0)
-        throw std::invalid_argument("zmq::green::scoped_timeout: negative timeout");
-    return clock::now() + timeout;
+    throw std::invalid_argument(std::string("zmq::green::") + what + ": negative duration");
 }
 
 scoped_timeout::scoped_timeout(clock::time_point deadline)

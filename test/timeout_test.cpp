@@ -181,3 +181,22 @@ TEST_F(timeout_test, bad_input_negative_durations_are_rejected)
     zmq_pollitem_t none{nullptr, -1, 0, 0};
     EXPECT_THROW(green::poll(&none, 0, -2ms), std::invalid_argument);
 }
+
+// Past the clock's range (some 292 years of nanoseconds) a duration means
+// "never", as a wait's timeout does, not an overflow into the past.
+TEST_F(timeout_test, BadInput_huge_durations_never_expire)
+{
+    {
+        green::scoped_timeout forever(std::chrono::hours::max());
+        EXPECT_EQ(forever.deadline(), std::chrono::steady_clock::time_point::max());
+        green::event never_set;
+        EXPECT_FALSE(never_set.wait(1ms)); // the wait's own timeout, not the scope's
+    }
+    EXPECT_EQ(green::scoped_timeout(std::chrono::duration<double>(1e300)).deadline(),
+              std::chrono::steady_clock::time_point::max());
+    green::task sleeper = green::spawn([] { green::sleep_for(std::chrono::milliseconds::max()); });
+    green::sleep_for(1ms); // the sleeper parks, and the hub runs its deadlines
+    EXPECT_FALSE(sleeper.ready()) << "the sleep ended at once";
+    sleeper.kill();
+    EXPECT_TRUE(sleeper.killed());
+}
