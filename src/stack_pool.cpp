@@ -4,6 +4,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -84,18 +88,39 @@ private:
         void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (base == MAP_FAILED)
-            throw std::bad_alloc();
-        mappings_.emplace_back(base, bytes);
+            exhausted(count, "mmap", errno);
         auto* p = static_cast<char*>(base);
-        for (std::size_t i = 0; i < count; ++i, p += slot_) {
-            // The lowest page of each slot is its guard: stacks grow down.
-            // Each guard splits the mapping; past the kernel's limit on
-            // mappings (vm.max_map_count, some 30,000 stacks) mprotect fails
-            // and the stack works on without one, rather than fail the fiber.
-            ::mprotect(p, page_, PROT_NONE);
+        std::size_t guarded = 0;
+        // The lowest page of each slot is its guard: stacks grow down. Each
+        // guard splits the mapping, and past the kernel's limit on mappings
+        // mprotect fails: a stack without a guard would overflow silently
+        // into its neighbour, so the slots left go back unused.
+        for (; guarded < count; ++guarded, p += slot_)
+            if (::mprotect(p, page_, PROT_NONE) != 0)
+                break;
+        const int err = errno;
+        if (guarded < count)
+            ::munmap(p, bytes - guarded * slot_); // shrinks the mapping: no new one
+        if (guarded == 0)
+            exhausted(count, "mprotect", err);
+        mappings_.emplace_back(base, guarded * slot_);
+        p = static_cast<char*>(base);
+        for (std::size_t i = 0; i < guarded; ++i, p += slot_)
             cold_.push_back(p + slot_);
-        }
-        capacity_ += count;
+        capacity_ += guarded;
+    }
+
+    [[noreturn]] void exhausted(std::size_t count, const char* call, int err) const
+    {
+        std::string limit = "?";
+        std::ifstream("/proc/sys/vm/max_map_count") >> limit;
+        throw stack_pool_exhausted(
+            "zmq::green::stack_pool: cannot map " + std::to_string(count) + " more stacks of "
+            + std::to_string(stack_size_) + " bytes, each with a guard page, beyond the "
+            + std::to_string(capacity_) + " it has (" + call + ": " + std::strerror(err)
+            + "): the process is out of address space, or at the kernel's limit on mappings, "
+              "vm.max_map_count = "
+            + limit + ", which each stack counts against twice");
     }
 
     const std::size_t page_;

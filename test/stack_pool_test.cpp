@@ -5,7 +5,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -54,6 +56,37 @@ std::string permissions_at(const void* addr)
             return perms;
     }
     return "unmapped";
+}
+
+struct mapping {
+    std::uintptr_t lo, hi;
+    bool inaccessible;
+};
+
+// /proc/self/maps, by address, into maps, whose room is reserved beforehand:
+// at the kernel's limit on mappings, a large allocation would fail.
+void read_maps(std::vector<mapping>& maps)
+{
+    maps.clear();
+    std::ifstream in("/proc/self/maps");
+    std::string line;
+    while (std::getline(in, line) && maps.size() < maps.capacity()) {
+        std::istringstream fields(line);
+        mapping m{};
+        char dash = 0;
+        std::string perms;
+        fields >> std::hex >> m.lo >> dash >> m.hi >> perms;
+        m.inaccessible = perms.compare(0, 3, "---") == 0;
+        maps.push_back(m);
+    }
+}
+
+bool inaccessible(const std::vector<mapping>& maps, const void* addr)
+{
+    const auto a = reinterpret_cast<std::uintptr_t>(addr);
+    const auto it = std::upper_bound(maps.begin(), maps.end(), a,
+                                     [](std::uintptr_t x, const mapping& m) { return x < m.hi; });
+    return it != maps.end() && it->lo <= a && it->inaccessible;
 }
 
 // Pages of the stacks that are resident.
@@ -262,4 +295,42 @@ TEST_F(stack_pool, BadInput_stacks_below_16_kib_are_refused)
         EXPECT_NE(std::string(e.what()).find("16 KiB"), std::string::npos) << e.what();
     }
     EXPECT_NO_THROW(green::stack_pool(16 * 1024));
+}
+
+// A stack and its guard page are two mappings. Past the kernel's limit on
+// mappings (vm.max_map_count) the pool says so, rather than hand out stacks
+// whose overflow would run silently into their neighbours.
+TEST_F(stack_pool, at_the_limit_on_mappings_the_error_names_it_and_every_stack_is_guarded)
+{
+#ifdef SANITIZED_BUILD
+    GTEST_SKIP() << "the sanitizers' own mappings";
+#endif
+    long limit = 0;
+    std::ifstream("/proc/sys/vm/max_map_count") >> limit;
+    if (limit <= 0 || limit > 262144)
+        GTEST_SKIP() << "vm.max_map_count is " << limit << ": too many stacks to reach it";
+    std::vector<mapping> maps;
+    maps.reserve(static_cast<std::size_t>(limit) + 16);
+    std::vector<boost::context::stack_context> stacks;
+    stacks.reserve(static_cast<std::size_t>(limit));
+    std::string error;
+    {
+        green::stack_pool pool(16 * 1024);
+        try {
+            // Two mappings a stack: the limit comes before this many.
+            while (stacks.size() < static_cast<std::size_t>(limit))
+                stacks.push_back(pool.allocate());
+        } catch (const green::stack_pool_exhausted& e) {
+            error = e.what();
+        }
+        read_maps(maps);
+        for (auto& s : stacks)
+            pool.deallocate(s);
+    }
+    EXPECT_NE(error.find("vm.max_map_count"), std::string::npos)
+        << stacks.size() << " stacks, error: " << error;
+    std::size_t unguarded = 0;
+    for (const auto& s : stacks)
+        unguarded += !inaccessible(maps, static_cast<char*>(s.sp) - s.size - 1);
+    EXPECT_EQ(unguarded, 0u) << "of " << stacks.size();
 }

@@ -5,12 +5,30 @@
 
 #include <cstddef>
 #include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
 
 namespace zmq::green {
 
 namespace detail {
 class stack_storage;
 }
+
+// Thrown by stack_pool::allocate when no stack with a guard page can be
+// mapped: the process is out of address space, or at the kernel's limit on
+// mappings (vm.max_map_count, 65530 by default), against which each stack
+// and its guard page count twice, for some 32,000 stacks in a process. A
+// std::bad_alloc, as Boost's stack allocators throw, whose what() says which
+// limit was met.
+class stack_pool_exhausted : public std::bad_alloc {
+public:
+    explicit stack_pool_exhausted(const std::string& what) : what_(what) {}
+    const char* what() const noexcept override { return what_.what(); }
+
+private:
+    std::runtime_error what_; // a string whose copies cannot throw
+};
 
 // A Boost.Context stack allocator for boost::fibers::fiber and spawn(), as in
 //   boost::fibers::fiber(std::allocator_arg, pool, fn)
@@ -33,6 +51,7 @@ public:
     // 16 KiB, too small for libzmq's calls.
     explicit stack_pool(std::size_t stack_size = 64 * 1024);
 
+    // Throws stack_pool_exhausted when the pool must grow and cannot.
     boost::context::stack_context allocate();
     void deallocate(boost::context::stack_context& sctx) noexcept;
 
