@@ -84,6 +84,8 @@ private:
         const std::size_t count = std::clamp<std::size_t>(capacity_, 16, 4096);
         cold_.reserve(capacity_ + count);
         mappings_.reserve(mappings_.size() + 1);
+        if (slot_ > SIZE_MAX / count)
+            exhausted(count, "mmap", ENOMEM);
         const std::size_t bytes = count * slot_;
         void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -142,6 +144,10 @@ stack_pool::stack_pool(std::size_t stack_size)
     if (stack_size < 16 * 1024)
         throw std::invalid_argument("zmq::green::stack_pool: stack size " + std::to_string(stack_size)
                                     + " is below the 16 KiB minimum");
+    // Rounded up to pages and given a guard page, a larger one would wrap.
+    if (stack_size > SIZE_MAX / 2)
+        throw std::invalid_argument("zmq::green::stack_pool: stack size " + std::to_string(stack_size)
+                                    + " is above half the address space");
     storage_ = std::make_shared<detail::stack_storage>(stack_size);
 }
 

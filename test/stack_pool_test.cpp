@@ -297,6 +297,21 @@ TEST_F(stack_pool, BadInput_stacks_below_16_kib_are_refused)
     EXPECT_NO_THROW(green::stack_pool(16 * 1024));
 }
 
+TEST_F(stack_pool, BadInput_stacks_too_large_to_map_are_an_error_not_a_wild_pointer)
+{
+    EXPECT_THROW(green::stack_pool(SIZE_MAX), std::invalid_argument);
+    green::stack_pool pool(std::size_t{1} << 60); // 16 of them overflow a size_t
+    try {
+        auto s = pool.allocate();
+        pool.deallocate(s);
+        FAIL() << "a 1 EiB stack was handed out";
+    } catch (const green::stack_pool_exhausted& e) {
+        EXPECT_NE(std::string(e.what()).find("1152921504606846976"), std::string::npos)
+            << e.what();
+    }
+    EXPECT_EQ(pool.capacity(), 0u);
+}
+
 // A stack and its guard page are two mappings. Past the kernel's limit on
 // mappings (vm.max_map_count) the pool says so, rather than hand out stacks
 // whose overflow would run silently into their neighbours.

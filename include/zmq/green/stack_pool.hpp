@@ -48,7 +48,7 @@ public:
     static constexpr std::size_t warm_stacks = 64;
 
     // stack_size is rounded up to whole pages; std::invalid_argument below
-    // 16 KiB, too small for libzmq's calls.
+    // 16 KiB, too small for libzmq's calls, or above half the address space.
     explicit stack_pool(std::size_t stack_size = 64 * 1024);
 
     // Throws stack_pool_exhausted when the pool must grow and cannot.
