@@ -18,11 +18,20 @@ thread_local hub* this_thread_hub = nullptr;
 
 } // namespace
 
-hub::hub() : reactor_(std::make_shared<detail::reactor>(*this)) { this_thread_hub = this; }
+// A hub installed over this thread's hub takes its reactor over: the
+// thread's sockets, fd waits and parked fibers are registered there, and
+// would otherwise be left to a hub that is about to go.
+hub::hub()
+    : reactor_(this_thread_hub != nullptr ? this_thread_hub->reactor_
+                                          : std::make_shared<detail::reactor>(*this))
+{
+    reactor_->attach_hub(*this);
+    this_thread_hub = this;
+}
 
 hub::~hub()
 {
-    reactor_->detach_hub();
+    reactor_->detach_hub(*this);
     if (this_thread_hub == this)
         this_thread_hub = nullptr;
 }
@@ -71,7 +80,9 @@ boost::fibers::context* hub::pick_next() noexcept
 
 bool hub::has_ready_fibers() const noexcept
 {
-    return !rqueue_.empty() || reactor_->has_deferred();
+    // A hub replaced by another is asked this while its ready fibers move to
+    // the new one; the deferred ones are the reactor's, which has moved too.
+    return !rqueue_.empty() || (reactor_->serves(*this) && reactor_->has_deferred());
 }
 
 void hub::suspend_until(std::chrono::steady_clock::time_point const& abs_time) noexcept

@@ -195,7 +195,6 @@ reactor::reactor(hub& h) : hub_(&h), events_(1024)
     ev.events = EPOLLIN;
     ev.data.ptr = &wakefd_tag;
     checked(::epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev), "zmq::green hub: epoll_ctl");
-    this_thread_reactor = this;
 }
 
 reactor::~reactor()
@@ -205,8 +204,16 @@ reactor::~reactor()
     ::close(epfd_);
 }
 
-void reactor::detach_hub() noexcept
+void reactor::attach_hub(hub& h) noexcept
 {
+    hub_ = &h;
+    this_thread_reactor = this;
+}
+
+void reactor::detach_hub(const hub& h) noexcept
+{
+    if (hub_ != &h)
+        return;
     hub_ = nullptr;
     if (this_thread_reactor == this)
         this_thread_reactor = nullptr;

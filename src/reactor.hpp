@@ -162,7 +162,11 @@ public:
         return this_thread_reactor == this
                || (hub_ == nullptr && thread_ == std::this_thread::get_id());
     }
-    void detach_hub() noexcept;
+    // The hub installed on the thread, which may replace an earlier one.
+    void attach_hub(hub& h) noexcept;
+    // h goes: unless a later hub took this reactor over, it has none.
+    void detach_hub(const hub& h) noexcept;
+    bool serves(const hub& h) const noexcept { return hub_ == &h; }
 
     // Suspends the running fiber until something wakes slot (or its deadline
     // passes, if it has one). Returns why it woke. An interruptible park also

@@ -294,3 +294,54 @@ TEST(hub, BadInput_a_thread_without_a_hub_gets_one_from_its_first_wait)
         EXPECT_NE(green::hub::installed(), nullptr);
     }).join();
 }
+
+// The documented explicit install, made after a green call already put a hub
+// on the thread, must not strand the sockets and waits of the first one.
+TEST(hub, installing_it_again_keeps_the_threads_sockets_working)
+{
+    std::thread([] {
+        green::context_t ctx;
+        green::socket_t a(ctx, zmq::socket_type::pair), b(ctx, zmq::socket_type::pair);
+        const auto ep = test::unique_inproc();
+        a.bind(ep);
+        b.connect(ep);
+        green::hub& first = green::hub::current();
+        boost::fibers::use_scheduling_algorithm<green::hub>();
+        EXPECT_NE(&green::hub::current(), &first);
+        std::string got;
+        test::run_fibers({[&] {
+                              zmq::message_t m;
+                              EXPECT_NO_THROW(EXPECT_TRUE(b.recv(m)));
+                              got = m.to_string();
+                          },
+                          [&] { EXPECT_NO_THROW(a.send(zmq::str_buffer("x"))); }});
+        EXPECT_EQ(got, "x");
+    }).join();
+}
+
+// A REQ that has sent lets the thread's other fibers run before it tries to
+// receive: installing a hub then must not lose it (nor crash moving it).
+TEST(hub, installing_it_again_keeps_a_fiber_that_yielded_behind_the_poll)
+{
+    std::thread([] {
+        green::context_t ctx;
+        green::socket_t req(ctx, zmq::socket_type::req), rep(ctx, zmq::socket_type::rep);
+        const auto ep = test::unique_inproc();
+        rep.bind(ep);
+        req.connect(ep);
+        std::string answer;
+        boost::fibers::fiber client([&] {
+            req.send(zmq::str_buffer("q"));
+            zmq::message_t m;
+            EXPECT_TRUE(req.recv(m)); // yields to the main fiber first
+            answer = m.to_string();
+        });
+        boost::this_fiber::yield(); // the client sends, and yields back here
+        boost::fibers::use_scheduling_algorithm<green::hub>();
+        zmq::message_t m;
+        EXPECT_TRUE(rep.recv(m));
+        rep.send(zmq::str_buffer("a"));
+        client.join();
+        EXPECT_EQ(answer, "a");
+    }).join();
+}

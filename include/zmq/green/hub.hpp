@@ -32,7 +32,9 @@ struct hub_stats {
 
 // A Boost.Fiber scheduling algorithm: round-robin over ready fibers, and when
 // none is ready, epoll_wait on the fds fibers wait for until the earliest
-// deadline. One per thread; the first green call on a thread installs it.
+// deadline. One per thread; the first green call on a thread installs it. A
+// hub installed over it (use_scheduling_algorithm) takes over the thread's
+// sockets, fd waits and parked fibers; another algorithm would strand them.
 class hub final : public boost::fibers::algo::algorithm {
 public:
     hub();
