@@ -16,14 +16,27 @@ namespace {
 
 thread_local hub* this_thread_hub = nullptr;
 
-} // namespace
+// The reactor hub::current() made for the hub it installs: made there, a
+// failure (no fds left) is an exception for the caller, where in the hub's
+// constructor it would end the process, use_scheduling_algorithm being
+// noexcept.
+thread_local std::shared_ptr<detail::reactor> prepared_reactor;
 
 // A hub installed over this thread's hub takes its reactor over: the
 // thread's sockets, fd waits and parked fibers are registered there, and
 // would otherwise be left to a hub that is about to go.
-hub::hub()
-    : reactor_(this_thread_hub != nullptr ? this_thread_hub->reactor_
-                                          : std::make_shared<detail::reactor>(*this))
+std::shared_ptr<detail::reactor> reactor_for_new_hub()
+{
+    if (this_thread_hub != nullptr)
+        return this_thread_hub->reactor();
+    if (prepared_reactor)
+        return std::move(prepared_reactor);
+    return std::make_shared<detail::reactor>();
+}
+
+} // namespace
+
+hub::hub() : reactor_(reactor_for_new_hub())
 {
     reactor_->attach_hub(*this);
     this_thread_hub = this;
@@ -38,8 +51,10 @@ hub::~hub()
 
 hub& hub::current()
 {
-    if (this_thread_hub == nullptr)
+    if (this_thread_hub == nullptr) {
+        prepared_reactor = std::make_shared<detail::reactor>();
         boost::fibers::use_scheduling_algorithm<hub>();
+    }
     return *this_thread_hub;
 }
 

@@ -186,7 +186,7 @@ clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* w
 
 // Room for a thousand ready sockets per epoll_wait, as a hand-written loop
 // over that many sockets would take them.
-reactor::reactor(hub& h) : hub_(&h), events_(1024)
+reactor::reactor() : events_(1024)
 {
     epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");
     level_epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");

@@ -146,7 +146,9 @@ inline thread_local reactor* this_thread_reactor = nullptr;
 
 class reactor {
 public:
-    explicit reactor(hub& h);
+    // Throws std::system_error if the kernel gives no epoll set or eventfd.
+    // Serves no hub until attach_hub.
+    reactor();
     ~reactor();
     reactor(const reactor&) = delete;
     reactor& operator=(const reactor&) = delete;
@@ -246,7 +248,7 @@ private:
     fd_watch& register_fd(int fd);
     void retire_fd(std::unordered_map<int, std::unique_ptr<fd_watch>>::iterator it) noexcept;
 
-    hub* hub_;
+    hub* hub_ = nullptr;
     const std::thread::id thread_ = std::this_thread::get_id();
     int epfd_ = -1;
     // The same socket fds, level-triggered: what is readable right now. The

@@ -345,3 +345,27 @@ TEST(hub, installing_it_again_keeps_a_fiber_that_yielded_behind_the_poll)
         EXPECT_EQ(answer, "a");
     }).join();
 }
+
+// Out of fds (RLIMIT_NOFILE), the first green call of a thread cannot make
+// the hub's epoll set: an exception the caller can handle, not a terminate.
+TEST(hub, BadInput_a_hub_without_fds_left_is_an_error_not_a_crash)
+{
+    std::thread([] {
+        pipe_fds p;
+        rlimit old{};
+        ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+        rlimit none = old;
+        none.rlim_cur = 0;
+        ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &none), 0);
+        try {
+            green::wait_writable(p.fd[1], 1000ms);
+            ADD_FAILURE() << "a hub was made without fds";
+        } catch (const std::system_error& e) {
+            EXPECT_EQ(e.code().value(), EMFILE);
+            EXPECT_NE(std::string(e.what()).find("hub"), std::string::npos) << e.what();
+        }
+        ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+        EXPECT_EQ(green::hub::installed(), nullptr);
+        EXPECT_TRUE(green::wait_writable(p.fd[1], 1000ms)); // fds again: a hub now
+    }).join();
+}

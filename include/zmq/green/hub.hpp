@@ -43,6 +43,9 @@ public:
     hub& operator=(const hub&) = delete;
 
     // This thread's hub, installed with use_scheduling_algorithm on first use.
+    // Throws std::system_error if the kernel gives it no epoll set or
+    // eventfd (EMFILE at RLIMIT_NOFILE); an explicit use_scheduling_algorithm
+    // is noexcept, and ends the process then.
     static hub& current();
     // This thread's hub, or nullptr if none is installed.
     static hub* installed() noexcept;
