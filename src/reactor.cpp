@@ -188,20 +188,27 @@ clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* w
 // over that many sockets would take them.
 reactor::reactor() : events_(1024)
 {
-    epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");
-    level_epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");
-    wakefd_ = checked(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "zmq::green hub: eventfd");
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.ptr = &wakefd_tag;
-    checked(::epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev), "zmq::green hub: epoll_ctl");
+    try {
+        epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");
+        level_epfd_ = checked(::epoll_create1(EPOLL_CLOEXEC), "zmq::green hub: epoll_create1");
+        wakefd_ = checked(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "zmq::green hub: eventfd");
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.ptr = &wakefd_tag;
+        checked(::epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev), "zmq::green hub: epoll_ctl");
+    } catch (...) {
+        close_fds(); // no destructor runs for a constructor that throws
+        throw;
+    }
 }
 
-reactor::~reactor()
+reactor::~reactor() { close_fds(); }
+
+void reactor::close_fds() noexcept
 {
-    ::close(wakefd_);
-    ::close(level_epfd_);
-    ::close(epfd_);
+    for (int fd : {wakefd_, level_epfd_, epfd_})
+        if (fd >= 0)
+            ::close(fd);
 }
 
 void reactor::attach_hub(hub& h) noexcept

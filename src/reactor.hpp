@@ -245,6 +245,7 @@ private:
     void expire_deadlines() noexcept;
     void fallback_sweep() noexcept;
     int timeout_ms(clock::time_point until) const noexcept;
+    void close_fds() noexcept;
     fd_watch& register_fd(int fd);
     void retire_fd(std::unordered_map<int, std::unique_ptr<fd_watch>>::iterator it) noexcept;
 

@@ -1,5 +1,6 @@
 #include "support.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <system_error>
@@ -367,5 +368,26 @@ TEST(hub, BadInput_a_hub_without_fds_left_is_an_error_not_a_crash)
         ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
         EXPECT_EQ(green::hub::installed(), nullptr);
         EXPECT_TRUE(green::wait_writable(p.fd[1], 1000ms)); // fds again: a hub now
+    }).join();
+}
+
+// Room for two fds but not the hub's three: the two it made are closed.
+TEST(hub, BadInput_a_hub_that_cannot_be_made_leaves_no_fd_open)
+{
+    std::thread([] {
+        const int before = test::open_fds();
+        int free_seen = 0;
+        int third_free = 0;
+        for (int fd = 0; free_seen < 3; ++fd)
+            if (::fcntl(fd, F_GETFD) == -1 && ++free_seen == 3)
+                third_free = fd;
+        rlimit old{};
+        ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+        rlimit two_left = old;
+        two_left.rlim_cur = static_cast<rlim_t>(third_free);
+        ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &two_left), 0);
+        EXPECT_THROW(green::hub::current(), std::system_error);
+        ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+        EXPECT_EQ(test::open_fds(), before);
     }).join();
 }
