@@ -185,7 +185,8 @@ public:
     // Waits for events (at most until `until` when block, not at all
     // otherwise), then wakes the fibers whose events or deadlines came.
     void run(clock::time_point until, bool block) noexcept;
-    // run() without blocking, unless run() is what the dispatcher did last.
+    // run() without blocking, unless the dispatcher's previous turn ran
+    // run(): while fibers stay ready, every second turn polls.
     void poll_unless_fresh() noexcept
     {
         if (!std::exchange(fresh_, false))
