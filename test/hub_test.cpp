@@ -302,10 +302,9 @@ TEST(hub, installing_it_again_keeps_the_threads_sockets_working)
 {
     std::thread([] {
         green::context_t ctx;
-        green::socket_t a(ctx, zmq::socket_type::pair), b(ctx, zmq::socket_type::pair);
-        const auto ep = test::unique_inproc();
-        a.bind(ep);
-        b.connect(ep);
+        test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair,
+                           test::unique_inproc());
+        green::socket_t &a = p.a, &b = p.b;
         green::hub& first = green::hub::current();
         boost::fibers::use_scheduling_algorithm<green::hub>();
         EXPECT_NE(&green::hub::current(), &first);
@@ -326,10 +325,9 @@ TEST(hub, installing_it_again_keeps_a_fiber_that_yielded_behind_the_poll)
 {
     std::thread([] {
         green::context_t ctx;
-        green::socket_t req(ctx, zmq::socket_type::req), rep(ctx, zmq::socket_type::rep);
-        const auto ep = test::unique_inproc();
-        rep.bind(ep);
-        req.connect(ep);
+        test::bound_pair p(ctx, zmq::socket_type::rep, zmq::socket_type::req,
+                           test::unique_inproc());
+        green::socket_t &rep = p.a, &req = p.b;
         std::string answer;
         boost::fibers::fiber client([&] {
             req.send(zmq::str_buffer("q"));
