@@ -349,6 +349,7 @@ TEST(hub, installing_it_again_keeps_a_fiber_that_yielded_behind_the_poll)
 // the hub's epoll set: an exception the caller can handle, not a terminate.
 TEST(hub, BadInput_a_hub_without_fds_left_is_an_error_not_a_crash)
 {
+    SKIP_NO_FDS_UNDER_UBSAN();
     std::thread([] {
         pipe_fds p;
         rlimit old{};
@@ -372,6 +373,7 @@ TEST(hub, BadInput_a_hub_without_fds_left_is_an_error_not_a_crash)
 // Room for two fds but not the hub's three: the two it made are closed.
 TEST(hub, BadInput_a_hub_that_cannot_be_made_leaves_no_fd_open)
 {
+    SKIP_NO_FDS_UNDER_UBSAN();
     std::thread([] {
         const int before = test::open_fds();
         int free_seen = 0;
