@@ -81,6 +81,13 @@ TEST(hub, wait_with_zero_timeout_checks_without_parking)
 TEST(hub, bad_fd_and_bad_timeout_are_errors)
 {
     EXPECT_THROW(green::wait_readable(-1, 10ms), std::system_error);
+    // poll() skips a negative fd: with no time to wait, it must still fail.
+    try {
+        green::wait_writable(-1, 0ms);
+        ADD_FAILURE() << "a wait on fd -1 returned";
+    } catch (const std::system_error& e) {
+        EXPECT_EQ(e.code().value(), EBADF);
+    }
     pipe_fds p;
     EXPECT_THROW(green::wait_readable(p.fd[0], -5ms), std::invalid_argument);
 }
