@@ -34,7 +34,9 @@ bool add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem
     if (events == 0)
         return false;
     if (item.socket == nullptr) {
-        watching.add_fd(item.fd, events);
+        // As poll(2) and zmq_poll: a negative fd switches the item off.
+        if (item.fd >= 0)
+            watching.add_fd(item.fd, events);
         return false;
     }
     if (auto* core = r.find_socket(item.socket)) {

@@ -67,6 +67,21 @@ TEST_F(poll, raw_fd_reports_readability)
 }
 
 
+// As with poll(2) and cppzmq's zmq::poll, a negative fd turns an item off:
+// the poll waits for the others, and times out if there are none.
+TEST_F(poll, an_item_with_a_negative_fd_is_skipped)
+{
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    std::vector<zmq_pollitem_t> items{{nullptr, -1, ZMQ_POLLIN, 0}, {nullptr, fds[0], ZMQ_POLLIN, 0}};
+    EXPECT_EQ(green::poll(items.data(), 1, 1ms), 0);
+    test::run_fibers({[&] { EXPECT_EQ(green::poll(items, 5000ms), 1); },
+                      [&] { EXPECT_EQ(::write(fds[1], "x", 1), 1); }});
+    EXPECT_EQ(items[0].revents, 0);
+    EXPECT_EQ(items[1].revents, ZMQ_POLLIN);
+    ::close(fds[0]);
+    ::close(fds[1]);
+}
 TEST_F(poll, raw_fd_reports_urgent_data_as_pollpri)
 {
     test::tcp_pair tcp;
