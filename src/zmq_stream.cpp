@@ -315,6 +315,18 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     std::size_t flush(short events, std::size_t limit)
     {
         check_open("flush");
+        // A callback that flushes its own stream nests a flush per message,
+        // and a fiber's stack would overflow long before the messages end.
+        // Past the cap the nested flush handles nothing: the messages wait
+        // for the flush below it, which loops, or the loop's next turn.
+        if (flush_depth == max_flush_depth)
+            return 0;
+        auto keep = shared_from_this(); // a callback may destroy the stream
+        ++flush_depth;
+        struct leave_level {
+            int& depth;
+            ~leave_level() { --depth; }
+        } level_guard{flush_depth};
         const bool already_flushed = flushed;
         flushed = false;
         auto wanted = [&] {
@@ -331,7 +343,6 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
         short flag = wanted();
         if (flag == 0)
             return 0;
-        auto keep = shared_from_this();
         short ev = static_cast<short>(level() & flag);
         while (ev != 0 && (limit == 0 || count < limit)) {
             if (ev & ZMQ_POLLIN) {
@@ -408,6 +419,8 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     zmq_stream::message spare; // see handle_recv
     bool flushed = false;
     bool is_closed = false;
+    static constexpr int max_flush_depth = 16;
+    int flush_depth = 0;
 };
 
 } // namespace detail

@@ -567,6 +567,39 @@ TEST_F(zmq_stream, a_flush_inside_on_recv_leaves_the_outer_message_intact)
     EXPECT_EQ(seen, (std::vector<std::string>{"inner=inner/2", "outer=outer/1"}));
 }
 
+// Each message's callback flushing for the next nests a flush per message:
+// ten thousand of them on a fiber's stack overflowed it. Past a few levels
+// the nested flush leaves the messages to the flush below it.
+TEST_F(zmq_stream, a_callback_that_flushes_for_each_message_does_not_overflow_the_stack)
+{
+    constexpr int n = 10000;
+    std::vector<int> got;
+    green::spawn([&] {
+        green::io_loop inner;
+        auto ep = test::unique_inproc();
+        green::socket_t push(ctx, zmq::socket_type::push);
+        push.set(zmq::sockopt::sndhwm, 0);
+        push.bind(ep);
+        green::socket_t pull_socket(ctx, zmq::socket_type::pull);
+        pull_socket.set(zmq::sockopt::rcvhwm, 0);
+        pull_socket.connect(ep);
+        for (int i = 0; i < n; ++i)
+            push.send(zmq::buffer(std::to_string(i)));
+        green::zmq_stream pull(std::move(pull_socket), inner);
+        pull.on_recv([&](message& m) {
+            got.push_back(std::stoi(m[0].to_string()));
+            if (got.size() < static_cast<std::size_t>(n))
+                pull.flush(ZMQ_POLLIN, 1);
+            else
+                inner.stop();
+        });
+        inner.start();
+    }).join();
+    ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i)
+        ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
+}
+
 TEST_F(zmq_stream, destroying_a_stream_inside_its_own_callback)
 {
     auto ep = test::unique_inproc();
