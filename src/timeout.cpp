@@ -7,9 +7,9 @@
 
 namespace zmq::green {
 
-void detail::throw_negative_duration(const char* what)
+void detail::throw_bad_duration(const char* what, const char* why)
 {
-    throw std::invalid_argument(std::string("zmq::green::") + what + ": negative duration");
+    throw std::invalid_argument(std::string("zmq::green::") + what + ": " + why + " duration");
 }
 
 scoped_timeout::scoped_timeout(clock::time_point deadline)

@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdint>
+
 #include <thread>
 
 using namespace std::chrono_literals;
@@ -199,4 +202,28 @@ TEST_F(timeout_test, BadInput_huge_durations_never_expire)
     EXPECT_FALSE(sleeper.ready()) << "the sleep ended at once";
     sleeper.kill();
     EXPECT_TRUE(sleeper.killed());
+}
+
+// Any Rep and Period: a narrow or unsigned type, a floating one finer than
+// nanoseconds, each either an ordinary timeout or "never", never wrapped.
+TEST_F(timeout_test, BadInput_durations_of_any_representation_keep_their_value)
+{
+    using std::chrono::duration;
+    const auto never = std::chrono::steady_clock::time_point::max();
+    const auto about = [](std::chrono::steady_clock::time_point deadline, std::chrono::seconds s) {
+        const auto left = deadline - std::chrono::steady_clock::now();
+        return left > s - 1s && left <= s;
+    };
+    EXPECT_TRUE(about(green::scoped_timeout(duration<int, std::centi>(100)).deadline(), 1s));
+    EXPECT_TRUE(about(green::scoped_timeout(duration<std::int16_t>(100)).deadline(), 100s));
+    EXPECT_TRUE(about(green::scoped_timeout(duration<std::uint8_t, std::ratio<60>>(2)).deadline(), 120s));
+    EXPECT_EQ(green::scoped_timeout(duration<std::uint64_t, std::nano>(UINT64_MAX)).deadline(), never);
+    EXPECT_EQ(green::scoped_timeout(duration<double, std::nano>(1e300)).deadline(), never);
+    EXPECT_EQ(green::scoped_timeout(duration<long double, std::pico>(1e40L)).deadline(), never);
+    try {
+        green::sleep_for(duration<double>(std::nan("")));
+        ADD_FAILURE() << "slept for NaN";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+    }
 }

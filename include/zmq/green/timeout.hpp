@@ -3,42 +3,47 @@
 #pragma once
 
 #include <chrono>
-#include <ratio>
+#include <cmath>
 #include <stdexcept>
+#include <type_traits>
 
 namespace zmq::green {
 
 namespace detail {
 struct fiber_state;
 
-[[noreturn]] void throw_negative_duration(const char* what);
+// std::invalid_argument: "zmq::green::<what>: <why> duration".
+[[noreturn]] void throw_bad_duration(const char* what, const char* why);
 
-// now + duration, or time_point::max() (never) past the clock's range, some
-// 292 years: converted to nanoseconds first, std::chrono::hours::max() would
-// overflow into the past. duration must not be negative.
+// now + duration, or time_point::max() (never) for a duration of half the
+// clock's remaining range or more, about 146 years. The comparison is made in
+// long double, which holds any integer Rep exactly: in Rep itself the range
+// would overflow a narrow type, and in nanoseconds std::chrono::hours::max()
+// would overflow into the past. Half the range leaves room for the rounding
+// of the comparison and of ceil. duration must be neither negative nor NaN.
 template<class Rep, class Period>
 std::chrono::steady_clock::time_point saturating_deadline(std::chrono::duration<Rep, Period> duration)
 {
     using steady = std::chrono::steady_clock;
+    using wide = std::chrono::duration<long double, Period>;
     const auto now = steady::now();
-    const steady::duration room = steady::time_point::max() - now;
-    if constexpr (std::ratio_greater<Period, steady::period>::value) {
-        // Compared in the coarser unit, the caller's, which room fits in.
-        if (duration >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(room))
-            return steady::time_point::max();
-    }
-    const auto ns = std::chrono::ceil<steady::duration>(duration);
-    return ns >= room ? steady::time_point::max() : now + ns;
+    const wide half_room = std::chrono::duration_cast<wide>(steady::time_point::max() - now) / 2;
+    if (wide(duration) >= half_room)
+        return steady::time_point::max();
+    return now + std::chrono::ceil<steady::duration>(duration);
 }
 
 // saturating_deadline of a public call's duration: std::invalid_argument
-// naming the call if it is negative.
+// naming the call if it is negative or not a number.
 template<class Rep, class Period>
 std::chrono::steady_clock::time_point deadline_in(std::chrono::duration<Rep, Period> duration,
                                                   const char* what)
 {
     if (duration.count() < 0)
-        throw_negative_duration(what);
+        throw_bad_duration(what, "negative");
+    if constexpr (std::is_floating_point_v<Rep>)
+        if (std::isnan(duration.count()))
+            throw_bad_duration(what, "NaN");
     return saturating_deadline(duration);
 }
 } // namespace detail
@@ -65,8 +70,8 @@ class scoped_timeout {
 public:
     using clock = std::chrono::steady_clock;
 
-    // Throws std::invalid_argument for a negative duration; one past the
-    // clock's range never expires.
+    // Throws std::invalid_argument for a negative or NaN duration; one of a
+    // century or more may never expire (saturating_deadline).
     template<class Rep, class Period>
     explicit scoped_timeout(std::chrono::duration<Rep, Period> timeout)
         : scoped_timeout(detail::deadline_in(timeout, "scoped_timeout"))
@@ -92,7 +97,7 @@ private:
 // Green sleeps: other fibers run meanwhile, and unlike
 // boost::this_fiber::sleep_for they end early with timeout_error or
 // fiber_cancelled when a scoped timeout or a kill interrupts them. A
-// duration past the clock's range sleeps until killed or interrupted.
+// duration of a century or more may sleep until killed or interrupted.
 void sleep_until(std::chrono::steady_clock::time_point deadline);
 template<class Rep, class Period>
 void sleep_for(std::chrono::duration<Rep, Period> duration)
