@@ -73,6 +73,16 @@ void hub::awakened(boost::fibers::context* ctx) noexcept
 
 boost::fibers::context* hub::pick_next() noexcept
 {
+    // A hub replaced by another is emptied by the fiber that installs the
+    // new one, not by the dispatcher, and polls for a reactor it no longer
+    // serves: its queue is all there is to hand over.
+    if (!reactor_->serves(*this)) {
+        if (rqueue_.empty())
+            return nullptr;
+        boost::fibers::context* ctx = &rqueue_.front();
+        rqueue_.pop_front();
+        return ctx;
+    }
     // The dispatcher picks once per round of the ready queue. Unless its
     // previous turn polled (or blocked), look for fd events without
     // blocking, so that fibers that never park cannot starve the ones waiting

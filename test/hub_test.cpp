@@ -334,6 +334,22 @@ TEST(hub, installing_it_again_keeps_the_threads_sockets_working)
     }).join();
 }
 
+// Boost moves the ready fibers to the new hub by calling the old one's
+// pick_next from the installing fiber: with fibers ready besides the
+// dispatcher, a debug build's dispatcher check failed there.
+TEST(hub, installing_it_again_moves_the_ready_fibers)
+{
+    std::thread([] {
+        green::hub::current();
+        int ran = 0;
+        boost::fibers::fiber a([&] { ++ran; }), b([&] { ++ran; });
+        boost::fibers::use_scheduling_algorithm<green::hub>();
+        a.join();
+        b.join();
+        EXPECT_EQ(ran, 2);
+    }).join();
+}
+
 // A REQ that has sent lets the thread's other fibers run before it tries to
 // receive: installing a hub then must not lose it (nor crash moving it).
 TEST(hub, installing_it_again_keeps_a_fiber_that_yielded_behind_the_poll)
