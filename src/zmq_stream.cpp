@@ -345,18 +345,26 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             return 0;
         short ev = static_cast<short>(level() & flag);
         while (ev != 0 && (limit == 0 || count < limit)) {
+            // A flush nested in a callback marks the stream flushed for the
+            // loop's dispatch, not for this flush. And a step that handles
+            // nothing (a turn passed, a stale event) ends it rather than spin.
+            bool handled = false;
             if (ev & ZMQ_POLLIN) {
-                handle_recv();
-                ++count;
+                flushed = false;
+                if (handle_recv())
+                    ++count, handled = true;
                 if (is_closed)
                     break;
             }
             if ((ev & ZMQ_POLLOUT) && sending() && (limit == 0 || count < limit)) {
-                handle_send();
-                ++count;
+                flushed = false;
+                if (handle_send())
+                    ++count, handled = true;
                 if (is_closed)
                     break;
             }
+            if (!handled)
+                break;
             flag = wanted();
             ev = static_cast<short>(level() & flag);
         }

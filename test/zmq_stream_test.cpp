@@ -600,6 +600,29 @@ TEST_F(zmq_stream, a_callback_that_flushes_for_each_message_does_not_overflow_th
         ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
 }
 
+// An unlimited flush whose callback flushes one more: past the nesting cap
+// the nested flushes leave messages and mark the stream flushed, which must
+// neither stop the outer flush short nor make it count without receiving.
+TEST_F(zmq_stream, an_unlimited_flush_over_nested_flushes_takes_every_message_once)
+{
+    constexpr int n = 40;
+    push_pull s(ctx, loop);
+    std::vector<int> got;
+    std::size_t nested = 0;
+    s.pull.on_recv([&](message& m) {
+        got.push_back(std::stoi(m[0].to_string()));
+        nested += s.pull.flush(ZMQ_POLLIN, 1);
+    });
+    for (int i = 0; i < n; ++i)
+        s.push.send_string(std::to_string(i));
+    s.push.flush(ZMQ_POLLOUT);
+    const std::size_t outer = s.pull.flush(ZMQ_POLLIN);
+    EXPECT_EQ(outer + nested, static_cast<std::size_t>(n)) << "each message counted once";
+    ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i)
+        ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
+}
+
 TEST_F(zmq_stream, destroying_a_stream_inside_its_own_callback)
 {
     auto ep = test::unique_inproc();
