@@ -193,8 +193,10 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
 
     enum class burst_end { closed, done, bound };
 
-    // Up to `burst` calls of step while wanted() and step makes progress.
-    // A REQ or REP socket sends and receives by turns, and the loop's
+    // Up to `burst` calls of step while wanted() and step makes progress,
+    // and until a callback flushes: pyzmq's `_flushed`, which holds the
+    // loop's dispatch of this stream back until the next iteration, and
+    // which flush() itself ignores. A REQ or REP socket sends and receives by turns, and the loop's
     // ZMQ_EVENTS read vouches only for a burst's first step: a later one
     // fails with EFSM (a REP whose callback queued the reply, a REQ with
     // requests queued behind the one in flight). That is no error: the turn
@@ -203,8 +205,8 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
                         bool (stream_state::*step)() noexcept)
     {
         for (int i = 0; i < burst; ++i)
-            if (is_closed || (i > 0 && loop_access::stopping(loop)) || !(this->*wanted)()
-                || !(this->*step)())
+            if (is_closed || flushed || (i > 0 && loop_access::stopping(loop))
+                || !(this->*wanted)() || !(this->*step)())
                 return is_closed ? burst_end::closed : burst_end::done;
         return is_closed ? burst_end::closed : burst_end::bound;
     }
@@ -213,7 +215,7 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     // was none to receive.
     bool handle_recv() noexcept
     {
-        if (flushed || socket_gone())
+        if (socket_gone())
             return false;
         // The frames go into the storage of the previous message: a vector
         // allocated per message cost a stream more than the receive itself.
@@ -260,7 +262,7 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     // socket cannot take it now) or the stream closed.
     bool handle_send() noexcept
     {
-        if (flushed || socket_gone())
+        if (socket_gone())
             return false;
         if (queue.empty())
             return false; // a stale POLLOUT (pyzmq #379)
@@ -345,19 +347,16 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             return 0;
         short ev = static_cast<short>(level() & flag);
         while (ev != 0 && (limit == 0 || count < limit)) {
-            // A flush nested in a callback marks the stream flushed for the
-            // loop's dispatch, not for this flush. And a step that handles
-            // nothing (a turn passed, a stale event) ends it rather than spin.
+            // A step that handles nothing (a turn passed, a stale event) ends
+            // the flush rather than spin.
             bool handled = false;
             if (ev & ZMQ_POLLIN) {
-                flushed = false;
                 if (handle_recv())
                     ++count, handled = true;
                 if (is_closed)
                     break;
             }
             if ((ev & ZMQ_POLLOUT) && sending() && (limit == 0 || count < limit)) {
-                flushed = false;
                 if (handle_send())
                     ++count, handled = true;
                 if (is_closed)
