@@ -73,27 +73,23 @@ void hub::awakened(boost::fibers::context* ctx) noexcept
 
 boost::fibers::context* hub::pick_next() noexcept
 {
-    // A hub replaced by another is emptied by the fiber that installs the
-    // new one, not by the dispatcher, and polls for a reactor it no longer
-    // serves: its queue is all there is to hand over.
-    if (!reactor_->serves(*this)) {
-        if (rqueue_.empty())
-            return nullptr;
-        boost::fibers::context* ctx = &rqueue_.front();
-        rqueue_.pop_front();
-        return ctx;
-    }
     // The dispatcher picks once per round of the ready queue. Unless its
     // previous turn polled (or blocked), look for fd events without
     // blocking, so that fibers that never park cannot starve the ones waiting
     // for an fd: a poll every second round, half the syscalls of a poll per
     // round. The fibers that yielded behind this poll follow the ones it woke.
-    const bool by_dispatcher = !dispatcher_queued_;
-    assert(by_dispatcher
-           == boost::fibers::context::active()->is_context(boost::fibers::type::dispatcher_context));
-    if (by_dispatcher && (!rqueue_.empty() || reactor_->has_deferred())) {
-        reactor_->poll_unless_fresh();
-        reactor_->release_deferred();
+    // A hub replaced by another is emptied by the fiber that installs the new
+    // one, not by the dispatcher, and polls for no reactor: it only hands its
+    // queue over.
+    if (reactor_->serves(*this)) {
+        const bool by_dispatcher = !dispatcher_queued_;
+        assert(by_dispatcher
+               == boost::fibers::context::active()->is_context(
+                   boost::fibers::type::dispatcher_context));
+        if (by_dispatcher && (!rqueue_.empty() || reactor_->has_deferred())) {
+            reactor_->poll_unless_fresh();
+            reactor_->release_deferred();
+        }
     }
     if (rqueue_.empty())
         return nullptr;

@@ -542,17 +542,14 @@ void reactor::retire_fd(std::unordered_map<int, std::unique_ptr<fd_watch>>::iter
 
 bool reactor::wait_fd(int fd, short events, clock::time_point deadline, bool interruptible)
 {
-    // poll() skips a negative fd instead of failing: a wait with a timeout
-    // would just time out.
-    if (fd < 0)
-        throw std::system_error(EBADF, std::generic_category(),
-                                "zmq::green: cannot wait on fd " + std::to_string(fd));
     for (;;) {
         pollfd pfd{fd, to_poll_events(events), 0};
         const int rc = ::poll(&pfd, 1, 0);
         if (rc < 0 && errno != EINTR)
             throw std::system_error(errno, std::generic_category(), "zmq::green: poll");
-        if (rc > 0 && (pfd.revents & POLLNVAL))
+        // poll() skips a negative fd instead of reporting it: a wait with a
+        // timeout would just time out.
+        if (fd < 0 || (rc > 0 && (pfd.revents & POLLNVAL)))
             throw std::system_error(EBADF, std::generic_category(),
                                     "zmq::green: cannot wait on fd " + std::to_string(fd));
         if (rc > 0)
