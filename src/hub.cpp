@@ -14,6 +14,9 @@ namespace zmq::green {
 
 namespace {
 
+// The newest live hub of the thread, which serves its reactor; each hub
+// links to the one that was newest before it (hub::older_). A plain pointer,
+// unlike a container, outlives every hub at thread exit.
 thread_local hub* this_thread_hub = nullptr;
 
 // The reactor hub::current() made for the hub it installs: made there, a
@@ -36,17 +39,30 @@ std::shared_ptr<detail::reactor> reactor_for_new_hub()
 
 } // namespace
 
-hub::hub() : reactor_(reactor_for_new_hub())
+hub::hub() : reactor_(reactor_for_new_hub()), older_(this_thread_hub)
 {
     reactor_->attach_hub(*this);
     this_thread_hub = this;
 }
 
+// Boost destroys the hub it replaced; a hub it never installed (made by
+// mistake) goes while the installed one still runs the thread, which must
+// then serve the thread's sockets again.
 hub::~hub()
 {
-    reactor_->detach_hub(*this);
-    if (this_thread_hub == this)
-        this_thread_hub = nullptr;
+    if (this_thread_hub == this) {
+        reactor_->detach_hub(*this);
+        this_thread_hub = older_;
+        if (older_ != nullptr)
+            reactor_->attach_hub(*older_);
+        return;
+    }
+    for (hub* h = this_thread_hub; h != nullptr; h = h->older_) {
+        if (h->older_ == this) {
+            h->older_ = older_;
+            break;
+        }
+    }
 }
 
 hub& hub::current()

@@ -376,6 +376,32 @@ TEST(hub, installing_it_again_keeps_a_fiber_that_yielded_behind_the_poll)
     }).join();
 }
 
+// A hub object that Boost never installed (constructed by mistake, for its
+// stats say) serves the thread while it lives; once it is gone, the hub
+// Boost runs must serve the thread's sockets again.
+TEST(hub, a_hub_never_installed_hands_the_thread_back_when_it_goes)
+{
+    std::thread([] {
+        green::context_t ctx;
+        test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair,
+                           test::unique_inproc());
+        green::hub& installed = green::hub::current();
+        {
+            green::hub stray;
+            EXPECT_EQ(green::hub::installed(), &stray);
+        }
+        EXPECT_EQ(green::hub::installed(), &installed);
+        std::string got;
+        test::run_fibers({[&] {
+                              zmq::message_t m;
+                              EXPECT_NO_THROW(EXPECT_TRUE(p.b.recv(m)));
+                              got = m.to_string();
+                          },
+                          [&] { EXPECT_NO_THROW(p.a.send(zmq::str_buffer("x"))); }});
+        EXPECT_EQ(got, "x");
+    }).join();
+}
+
 // Out of fds (RLIMIT_NOFILE), the first green call of a thread cannot make
 // the hub's epoll set: an exception the caller can handle, not a terminate.
 TEST(hub, BadInput_a_hub_without_fds_left_is_an_error_not_a_crash)

@@ -35,6 +35,8 @@ struct hub_stats {
 // deadline. One per thread; the first green call on a thread installs it. A
 // hub installed over it (use_scheduling_algorithm) takes over the thread's
 // sockets, fd waits and parked fibers; another algorithm would strand them.
+// Make one only through use_scheduling_algorithm: a hub object that Boost
+// does not run takes the thread's events while it lives.
 class hub final : public boost::fibers::algo::algorithm {
 public:
     hub();
@@ -70,6 +72,7 @@ private:
 
     boost::fibers::scheduler::ready_queue_type rqueue_{};
     std::shared_ptr<detail::reactor> reactor_;
+    hub* older_; // the thread's hub before this one, while it lives
     bool dispatcher_queued_ = false;
 };
 
