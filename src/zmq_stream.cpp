@@ -4,6 +4,10 @@
 #include "loop_access.hpp"
 #include "socket_core.hpp"
 
+#include <boost/fiber/fiber.hpp>
+#include <boost/fiber/operations.hpp>
+
+#include <algorithm>
 #include <cstdio>
 #include <deque>
 #include <iterator>
@@ -314,21 +318,40 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
         }
     }
 
+    // A flush in progress, on the stack of the fiber that called it.
+    struct flush_frame {
+        boost::fibers::fiber::id fiber;
+        int depth = 1; // among this fiber's flushes of the stream
+    };
+
+    flush_frame* innermost_flush(boost::fibers::fiber::id fiber) const noexcept
+    {
+        const auto it = std::find_if(flushes.rbegin(), flushes.rend(),
+                                     [&](const flush_frame* f) { return f->fiber == fiber; });
+        return it != flushes.rend() ? *it : nullptr;
+    }
+
     std::size_t flush(short events, std::size_t limit)
     {
         check_open("flush");
         // A callback that flushes its own stream nests a flush per message,
         // and a fiber's stack would overflow long before the messages end.
         // Past the cap the nested flush handles nothing: the messages wait
-        // for the flush below it, which loops, or the loop's next turn.
-        if (flush_depth == max_flush_depth)
+        // for the flush below it, which loops, or the loop's next turn. The
+        // nesting is the calling fiber's: a callback may park mid-flush, and
+        // another fiber's flush then nests on nothing.
+        flush_frame frame{boost::this_fiber::get_id()};
+        if (const flush_frame* below = innermost_flush(frame.fiber))
+            frame.depth = below->depth + 1;
+        if (frame.depth > max_flush_depth)
             return 0;
         auto keep = shared_from_this(); // a callback may destroy the stream
-        ++flush_depth;
-        struct leave_level {
-            int& depth;
-            ~leave_level() { --depth; }
-        } level_guard{flush_depth};
+        flushes.push_back(&frame);
+        struct leave_frame {
+            std::vector<flush_frame*>& flushes;
+            flush_frame* frame;
+            ~leave_frame() { flushes.erase(std::find(flushes.begin(), flushes.end(), frame)); }
+        } frame_guard{flushes, &frame};
         const bool already_flushed = flushed;
         flushed = false;
         auto wanted = [&] {
@@ -427,7 +450,7 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     bool flushed = false;
     bool is_closed = false;
     static constexpr int max_flush_depth = 16;
-    int flush_depth = 0;
+    std::vector<flush_frame*> flushes; // in progress, of every fiber
 };
 
 } // namespace detail

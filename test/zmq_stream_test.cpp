@@ -623,6 +623,36 @@ TEST_F(zmq_stream, an_unlimited_flush_over_nested_flushes_takes_every_message_on
         ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
 }
 
+// The nesting cap counts the calling fiber's flushes: a callback parked 16
+// flushes deep in one fiber must not turn another fiber's first flush away.
+TEST_F(zmq_stream, a_flush_nests_only_on_its_own_fibers_flushes)
+{
+    push_pull s(ctx, loop);
+    green::event release;
+    std::vector<std::string> got;
+    s.pull.on_recv([&](message& m) {
+        got.push_back(m[0].to_string());
+        if (got.size() < 16)
+            s.pull.flush(ZMQ_POLLIN, 1);
+        else if (got.size() == 16)
+            release.wait(5000ms); // parks 16 flushes deep
+    });
+    for (int i = 0; i < 20; ++i)
+        s.push.send_string(std::to_string(i));
+    s.push.flush(ZMQ_POLLOUT);
+    ASSERT_EQ(s.pull.socket().poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    std::size_t other = 0;
+    test::run_fibers({[&] { EXPECT_EQ(s.pull.flush(ZMQ_POLLIN, 1), 1u); },
+                      [&] {
+                          ASSERT_EQ(got.size(), 16u); // the first fiber is parked
+                          other = s.pull.flush(ZMQ_POLLIN, 1);
+                          release.set();
+                      }});
+    EXPECT_EQ(other, 1u) << "the second fiber's flush was taken for a nested one";
+    ASSERT_EQ(got.size(), 17u);
+    EXPECT_EQ(got.back(), "16");
+}
+
 TEST_F(zmq_stream, destroying_a_stream_inside_its_own_callback)
 {
     auto ep = test::unique_inproc();
