@@ -623,6 +623,71 @@ TEST_F(zmq_stream, an_unlimited_flush_over_nested_flushes_takes_every_message_on
         ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
 }
 
+// A callback 16 flushes deep that flushes until the next message comes, as a
+// REQ stream's callback waiting for its reply would: its first flush is
+// refused, the next ones go one level deeper and bring the message. Refused
+// every time, the callback spun for ever.
+TEST_F(zmq_stream, a_callback_at_the_nesting_cap_that_flushes_until_a_message_comes_gets_it)
+{
+    constexpr int n = 20;
+    push_pull s(ctx, loop);
+    std::vector<int> got;
+    int flushes_waiting = 0;
+    s.pull.on_recv([&](message& m) {
+        got.push_back(std::stoi(m[0].to_string()));
+        if (got.size() != 16) {
+            s.pull.flush(ZMQ_POLLIN, 1);
+            return;
+        }
+        const std::size_t want = got.size() + 1; // 16 flushes deep
+        while (got.size() < want && ++flushes_waiting < 1000) // a spin guard only
+            s.pull.flush(ZMQ_POLLIN, 1);
+    });
+    for (int i = 0; i < n; ++i)
+        s.push.send_string(std::to_string(i));
+    s.push.flush(ZMQ_POLLOUT);
+    ASSERT_EQ(s.pull.socket().poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    EXPECT_EQ(s.pull.flush(ZMQ_POLLIN, 1), 1u);
+    EXPECT_EQ(flushes_waiting, 2) << "the waiting callback's first flush is refused, its second nests";
+    EXPECT_EQ(got.size(), 17u);
+    s.pull.flush(ZMQ_POLLIN); // the rest
+    ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i)
+        ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
+}
+
+// Callbacks that each wait in flush for the next message nest without end,
+// as in pyzmq: past 32 levels flush throws, where the stack would overflow.
+TEST_F(zmq_stream, flushes_nested_past_the_limit_throw_rather_than_overflow_the_stack)
+{
+    constexpr std::size_t n = 100;
+    push_pull s(ctx, loop);
+    std::size_t got = 0;
+    std::vector<std::string> errors;
+    std::vector<std::size_t> failed_at;
+    s.pull.on_recv([&](message&) {
+        const std::size_t want = ++got + 1;
+        int spins = 0; // a guard only
+        try {
+            while (got < want && got < n && ++spins < 1000)
+                s.pull.flush(ZMQ_POLLIN, 1);
+        } catch (const std::runtime_error& e) {
+            errors.emplace_back(e.what());
+            failed_at.push_back(got);
+        }
+    });
+    for (std::size_t i = 0; i < n; ++i)
+        s.push.send_string("m");
+    s.push.flush(ZMQ_POLLOUT);
+    ASSERT_EQ(s.pull.socket().poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    while (got < n && s.pull.flush(ZMQ_POLLIN, 1) == 1) {
+    }
+    EXPECT_EQ(got, n);
+    EXPECT_EQ(failed_at, (std::vector<std::size_t>{32, 64, 96})) << "one failure per chain";
+    ASSERT_FALSE(errors.empty());
+    EXPECT_NE(errors[0].find("nested 32 deep"), std::string::npos) << errors[0];
+}
+
 // The nesting cap counts the calling fiber's flushes: a callback parked 16
 // flushes deep in one fiber must not turn another fiber's first flush away.
 TEST_F(zmq_stream, a_flush_nests_only_on_its_own_fibers_flushes)

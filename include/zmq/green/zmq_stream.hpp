@@ -77,8 +77,10 @@ public:
     // is set) and sends while the socket allows, at most limit of them in all
     // (0: no limit). Returns how many it handled. Until the next iteration's
     // callbacks, the loop then skips this stream's own dispatch. Nested 16
-    // deep in the stream's own callbacks, in the calling fiber, it handles
-    // nothing and returns 0: the flush below it or the loop's next turn does.
+    // deep in the stream's own callbacks, in the calling fiber, a callback's
+    // first flush handles nothing and returns 0: the flush below it or the
+    // loop's next turn does. Its next flushes (a loop waiting for a reply)
+    // nest deeper, and past 32 levels throw std::runtime_error.
     std::size_t flush(short events = ZMQ_POLLIN | ZMQ_POLLOUT, std::size_t limit = 0);
 
     void set_close_callback(close_callback fn);
