@@ -367,8 +367,6 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             flush_frame* frame;
             ~leave_frame() { flushes.erase(std::find(flushes.begin(), flushes.end(), frame)); }
         } frame_guard{flushes, &frame};
-        const bool already_flushed = flushed;
-        flushed = false;
         auto wanted = [&] {
             return static_cast<short>((events & ZMQ_POLLIN)
                                       | (sending() ? (events & ZMQ_POLLOUT) : 0));
@@ -407,17 +405,15 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             flag = wanted();
             ev = static_cast<short>(level() & flag);
         }
-        if (count > 0) {
-            if (!already_flushed) {
-                std::weak_ptr<stream_state> weak = keep;
-                loop.add_callback([weak] {
-                    if (auto self = weak.lock())
-                        self->flushed = false;
-                });
-            }
-            flushed = true;
-        } else {
-            flushed = already_flushed;
+        // The mark is set exactly while its reset is pending: a flush whose
+        // callback parked over the loop's round of callbacks must schedule
+        // another, not trust what it saw on entry.
+        if (count > 0 && !std::exchange(flushed, true)) {
+            std::weak_ptr<stream_state> weak = keep;
+            loop.add_callback([weak] {
+                if (auto self = weak.lock())
+                    self->flushed = false;
+            });
         }
         rebuild_io_state();
         return count;

@@ -718,6 +718,42 @@ TEST_F(zmq_stream, a_flush_nests_only_on_its_own_fibers_flushes)
     EXPECT_EQ(got.back(), "16");
 }
 
+// A flush marks the stream flushed until the loop's next round of callbacks.
+// One whose callback parks over that round, begun while an earlier flush's
+// mark was set, must leave a mark that the loop resets again: kept for good,
+// it held the loop's dispatch of the stream back for ever.
+TEST_F(zmq_stream, a_flush_whose_callback_parks_over_the_loops_callbacks_leaves_no_lasting_mark)
+{
+    push_pull s(ctx, loop);
+    green::event release;
+    std::vector<std::string> got;
+    s.pull.on_recv([&](message& m) {
+        got.push_back(m[0].to_string());
+        if (got.back() == "park")
+            release.wait(5000ms);
+        if (got.back() == "last")
+            loop.stop();
+    });
+    s.push.send_string("first");
+    s.push.send_string("park");
+    s.push.flush(ZMQ_POLLOUT);
+    ASSERT_EQ(s.pull.socket().poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    ASSERT_EQ(s.pull.flush(ZMQ_POLLIN, 1), 1u); // marked, its reset queued
+    test::run_fibers({[&] { EXPECT_EQ(s.pull.flush(ZMQ_POLLIN, 1), 1u); },
+                      [&] {
+                          // The first round resets the mark under the parked
+                          // flush; the second lets that flush end.
+                          loop.add_callback([&] {
+                              loop.add_callback([&] {
+                                  release.set();
+                                  loop.add_callback([&] { s.push.send_string("last"); });
+                              });
+                          });
+                          loop.start();
+                      }});
+    EXPECT_EQ(got, (std::vector<std::string>{"first", "park", "last"}));
+}
+
 TEST_F(zmq_stream, destroying_a_stream_inside_its_own_callback)
 {
     auto ep = test::unique_inproc();
