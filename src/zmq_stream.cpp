@@ -367,8 +367,12 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             flush_frame* frame;
             ~leave_frame() { flushes.erase(std::find(flushes.begin(), flushes.end(), frame)); }
         } frame_guard{flushes, &frame};
+        // Without a callback flush receives to drop, as in pyzmq. But one that
+        // a callback removes mid-flush pauses receiving, as it does anywhere
+        // else: the rest stays in libzmq, where pyzmq dropped it.
+        const bool drop = !receiving();
         auto wanted = [&] {
-            return static_cast<short>((events & ZMQ_POLLIN)
+            return static_cast<short>(((drop || receiving()) ? (events & ZMQ_POLLIN) : 0)
                                       | (sending() ? (events & ZMQ_POLLOUT) : 0));
         };
         auto level = [&]() -> short {

@@ -754,6 +754,32 @@ TEST_F(zmq_stream, a_flush_whose_callback_parks_over_the_loops_callbacks_leaves_
     EXPECT_EQ(got, (std::vector<std::string>{"first", "park", "last"}));
 }
 
+// A callback that pauses receiving inside a flush: the flush stops there,
+// and the messages after it wait in libzmq for the next on_recv. The flush
+// went on receiving them without a callback, dropping them.
+TEST_F(zmq_stream, stop_on_recv_inside_a_flush_leaves_the_rest_waiting)
+{
+    push_pull s(ctx, loop);
+    std::vector<std::string> got;
+    s.pull.on_recv([&](message& m) {
+        got.push_back(m[0].to_string());
+        s.pull.stop_on_recv();
+    });
+    for (int i = 0; i < 3; ++i)
+        s.push.send_string(std::to_string(i));
+    s.push.flush(ZMQ_POLLOUT);
+    ASSERT_EQ(s.pull.socket().poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    EXPECT_EQ(s.pull.flush(), 1u);
+    EXPECT_FALSE(s.pull.receiving());
+    s.pull.on_recv([&](message& m) {
+        got.push_back(m[0].to_string());
+        if (got.size() == 3)
+            loop.stop();
+    });
+    loop.start();
+    EXPECT_EQ(got, (std::vector<std::string>{"0", "1", "2"}));
+}
+
 TEST_F(zmq_stream, destroying_a_stream_inside_its_own_callback)
 {
     auto ep = test::unique_inproc();

@@ -74,8 +74,9 @@ public:
     void send_string(const std::string& s, send_callback fn = {});
 
     // Handles pending events now: receives (dropping messages if no callback
-    // is set) and sends while the socket allows, at most limit of them in all
-    // (0: no limit). Returns how many it handled. Until the next iteration's
+    // is set when it starts; a callback that removes itself ends the
+    // receiving) and sends while the socket allows, at most limit of them in
+    // all (0: no limit). Returns how many it handled. Until the next iteration's
     // callbacks, the loop then skips this stream's own dispatch. Nested 16
     // deep in the stream's own callbacks, in the calling fiber, a callback's
     // first flush handles nothing and returns 0: the flush below it or the
