@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <thread>
 #include <type_traits>
 
 using namespace std::chrono_literals;
@@ -465,6 +466,72 @@ TEST_F(devices_test, a_device_process_stops_while_a_later_one_runs)
     a.stop();
     EXPECT_TRUE(a.done());
     EXPECT_FALSE(b.done());
+}
+
+namespace {
+
+// Another thread that looks green sockets up, as fast as it can, until
+// destroyed: green::poll looks up each item not of its own thread, here
+// many copies of a plain socket, then refuses the green socket of another
+// thread that ends the list. Past its limit the thread kills this process's
+// children instead: a device process stuck in its setup then fails start()
+// rather than hang the test.
+class green_lookups {
+public:
+    green_lookups(void* foreign_green_socket, std::chrono::seconds limit)
+        : thread_([this, foreign_green_socket, limit] { run(foreign_green_socket, limit); })
+    {
+    }
+    ~green_lookups()
+    {
+        done_ = true;
+        thread_.join();
+    }
+    green_lookups(const green_lookups&) = delete;
+    green_lookups& operator=(const green_lookups&) = delete;
+
+private:
+    void run(void* foreign_green_socket, std::chrono::seconds limit)
+    {
+        zmq::context_t ctx;
+        zmq::socket_t plain(ctx, zmq::socket_type::pair);
+        std::vector<zmq_pollitem_t> items(256, {plain.handle(), 0, ZMQ_POLLIN, 0});
+        items.push_back({foreign_green_socket, 0, ZMQ_POLLIN, 0});
+        const auto give_up = std::chrono::steady_clock::now() + limit;
+        while (!done_) {
+            if (std::chrono::steady_clock::now() > give_up) {
+                for (pid_t pid : test::child_pids())
+                    ::kill(pid, SIGKILL);
+                return;
+            }
+            try {
+                green::poll(items, 0ms);
+                ADD_FAILURE() << "poll took a green socket of another thread";
+                return;
+            } catch (const green::thread_error&) {
+            }
+        }
+    }
+
+    std::atomic<bool> done_{false};
+    std::thread thread_;
+};
+
+} // namespace
+
+// The registry of green sockets has a lock, which another thread may hold
+// at the moment a device process forks; that thread does not follow into
+// the child, whose first green socket would wait for the lock for ever.
+TEST_F(devices_test, a_device_process_starts_while_another_thread_looks_up_green_sockets)
+{
+    SKIP_FORK_UNDER_ASAN();
+    auto mine = make(ctx, zmq::socket_type::pair);
+    green_lookups other(mine.handle(), 20s);
+    for (int i = 0; i < 100; ++i) {
+        devices::process_device dev(ZMQ_QUEUE, ZMQ_PAIR, ZMQ_PAIR);
+        dev.start();
+        dev.stop();
+    }
 }
 
 namespace {
