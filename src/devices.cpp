@@ -848,10 +848,9 @@ device_base::device_base(run_mode mode, int type, int in_type, int out_type)
 
 background_device::runner device_base::make_runner() const
 {
-    const bool back_to_front = type_ == ZMQ_QUEUE;
-    return [back_to_front](socket_ref in, socket_ref out, socket_ref, socket_ref, void* counters) {
-        detail::device_loop_options opts;
-        opts.back_to_front = back_to_front;
+    return [type = type_](socket_ref in, socket_ref out, socket_ref, socket_ref, void* counters) {
+        // device()'s own: one place says which way each type forwards.
+        auto opts = detail::device_options(type);
         opts.counters = static_cast<detail::device_counters*>(counters);
         detail::run_device_loop(in, out, opts);
     };
