@@ -398,9 +398,9 @@ short socket_base::poll(short events, std::chrono::milliseconds timeout)
 
 } // namespace detail
 
-socket_t::socket_t(context_t& context, int type)
+socket_t::socket_t(const std::shared_ptr<detail::context_core>& context, int type)
 {
-    void* ctx = context.handle();
+    void* ctx = context ? context->handle : nullptr;
     if (ctx == nullptr)
         throw zmq::error_t(EFAULT); // as zmq_socket on a closed context
     const auto& r = hub::current().reactor();
@@ -414,7 +414,7 @@ socket_t::socket_t(context_t& context, int type)
         zmq_close(h);
         throw zmq::error_t(err);
     }
-    auto* core = new detail::socket_core(r, context.core(), h, fd);
+    auto* core = new detail::socket_core(r, context, h, fd);
     core->lockstep_inproc = type == ZMQ_REQ || type == ZMQ_REP;
     try {
         r->add_socket(*core);

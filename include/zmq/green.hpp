@@ -11,6 +11,7 @@
 #include <zmq/green/event.hpp>
 #include <zmq/green/hub.hpp>
 #include <zmq/green/io_loop.hpp>
+#include <zmq/green/monitor.hpp>
 #include <zmq/green/multipart.hpp>
 #include <zmq/green/poll.hpp>
 #include <zmq/green/socket.hpp>

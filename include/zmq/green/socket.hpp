@@ -21,6 +21,7 @@ namespace zmq::green {
 
 class socket_t;
 class socket_ref;
+class monitor_t;
 
 namespace detail {
 
@@ -98,6 +99,7 @@ protected:
 
 private:
     friend class message_frames;
+    friend class zmq::green::monitor_t;
 
     void events_read() const noexcept;
     // Ends the message the fiber caller left unfinished, if it did.
@@ -146,7 +148,7 @@ private:
 class socket_t : public detail::socket_base {
 public:
     socket_t() noexcept = default;
-    socket_t(context_t& context, int type);
+    socket_t(context_t& context, int type) : socket_t(context.core(), type) {}
     socket_t(context_t& context, socket_type type) : socket_t(context, static_cast<int>(type)) {}
     ~socket_t() { close(); }
 
@@ -171,6 +173,11 @@ public:
     // would make that thread consume this socket's signals.
     operator void*();
     operator void const*() const;
+
+private:
+    friend class monitor_t;
+    // A socket of the context behind ctx: monitor_t's, of its socket's.
+    socket_t(const std::shared_ptr<detail::context_core>& ctx, int type);
 };
 
 inline void swap(socket_t& a, socket_t& b) noexcept { a.swap(b); }
