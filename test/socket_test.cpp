@@ -142,6 +142,24 @@ TEST_F(socket, recv_into_buffer_reports_truncation)
     EXPECT_EQ(std::string(buf, 4), "0123");
 }
 
+// pyzmq test_recv_into: an empty buffer takes the message and discards it,
+// reporting its real size; the next receive gets the next message.
+TEST_F(socket, recv_into_an_empty_buffer_discards_the_message)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    test::run_fibers({[&] {
+                          const auto r = p.b.recv(zmq::mutable_buffer());
+                          ASSERT_TRUE(r);
+                          EXPECT_EQ(r->size, 0u);
+                          EXPECT_EQ(r->untruncated_size, 10u);
+                          EXPECT_EQ(recv_str(p.b), "next");
+                      },
+                      [&] {
+                          p.a.send(zmq::str_buffer("discard me"));
+                          p.a.send(zmq::str_buffer("next"));
+                      }});
+}
+
 TEST_F(socket, dontwait_gives_an_empty_result)
 {
     test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
@@ -375,6 +393,35 @@ TEST_F(socket, closed_socket_operations_fail_with_enotsock)
         zmq::message_t m;
         (void)s.recv(m);
     });
+}
+
+// pyzmq #199: a receive that succeeds at once processes every command the
+// socket holds, and drains its fd: the command that lets a parked sender go
+// on brings no edge any more. The receive itself must wake the sender.
+TEST_F(socket, a_receive_wakes_the_sender_whose_signal_it_consumed)
+{
+    green::hub::current().set_fallback_interval(0ms);
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    for (auto* s : {&p.a, &p.b}) {
+        s->set(zmq::sockopt::sndhwm, 1);
+        s->set(zmq::sockopt::rcvhwm, 1);
+    }
+    p.a.set(zmq::sockopt::sndtimeo, 5000); // a sender never woken fails, not hangs
+    int queued = 0;
+    while (p.a.send(zmq::str_buffer("fill"), zmq::send_flags::dontwait))
+        ++queued;
+    bool sent = false;
+    boost::fibers::fiber sender([&] { sent = static_cast<bool>(p.a.send(zmq::str_buffer("last"))); });
+    boost::this_fiber::yield(); // it finds the pipe full and parks
+    // No yield from here to the receive: the hub sees no edge meanwhile.
+    for (int i = 0; i < queued; ++i)
+        EXPECT_EQ(recv_str(p.b), "fill"); // room again: a command to a
+    p.b.send(zmq::str_buffer("reply"));   // and a message
+    EXPECT_EQ(recv_str(p.a), "reply");
+    sender.join();
+    green::hub::current().set_fallback_interval(1000ms);
+    ASSERT_TRUE(sent);
+    EXPECT_EQ(recv_str(p.b), "last");
 }
 
 TEST_F(socket, hundred_thousand_ping_pongs_without_the_fallback)
