@@ -53,6 +53,32 @@ TEST_F(poll, req_rep_events_follow_the_state_machine)
     EXPECT_EQ(req.poll(ZMQ_POLLOUT, 0ms), ZMQ_POLLOUT);
 }
 
+// pyzmq test_pubsub: a PUB is always writable and never readable, a SUB the
+// reverse, and only while a message waits.
+TEST_F(poll, pub_and_sub_each_report_their_one_direction)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pub, zmq::socket_type::sub, test::unique_inproc());
+    p.b.set(zmq::sockopt::subscribe, "");
+    std::vector<zmq_pollitem_t> items{{p.a, 0, ZMQ_POLLIN | ZMQ_POLLOUT, 0},
+                                      {p.b, 0, ZMQ_POLLIN | ZMQ_POLLOUT, 0}};
+    EXPECT_EQ(green::poll(items, 0ms), 1);
+    EXPECT_EQ(items[0].revents, ZMQ_POLLOUT);
+    EXPECT_EQ(items[1].revents, 0);
+    // The PUB drops until the subscription has arrived (inproc: a message
+    // is in the pipe once the send returns).
+    zmq::message_t m;
+    while (!(p.a.send(zmq::str_buffer("sync")), p.b.recv(m, zmq::recv_flags::dontwait))) {
+    }
+    p.a.send(zmq::str_buffer("x"));
+    EXPECT_EQ(green::poll(items, 5000ms), 2);
+    EXPECT_EQ(items[0].revents, ZMQ_POLLOUT);
+    EXPECT_EQ(items[1].revents, ZMQ_POLLIN);
+    ASSERT_TRUE(p.b.recv(m));
+    EXPECT_EQ(m.to_string(), "x");
+    EXPECT_EQ(green::poll(items, 0ms), 1);
+    EXPECT_EQ(items[1].revents, 0);
+}
+
 TEST_F(poll, raw_fd_reports_readability)
 {
     int fds[2];
@@ -279,6 +305,31 @@ TEST_F(poll, poller_add_modify_remove_wait_all)
     EXPECT_THROW(poller.wait_all(events, -1ms), zmq::error_t);
     ::close(fds[0]);
     ::close(fds[1]);
+}
+
+// As socket.a_lost_edge_is_rescued_by_the_fallback_and_counted, for a
+// fiber parked in poll (pyzmq's green Poller re-polls every 1.33 s for it).
+TEST_F(poll, a_lost_edge_is_rescued_by_the_fallback_and_counted)
+{
+    std::thread([this] {
+        green::hub& h = green::hub::current();
+        h.set_fallback_interval(10ms);
+        test::bound_pair p(ctx, zmq::socket_type::pull, zmq::socket_type::push,
+                           test::unique_inproc());
+        int rc = -1;
+        boost::fibers::fiber poller([&] {
+            zmq_pollitem_t item{p.a, 0, ZMQ_POLLIN, 0};
+            rc = green::poll(&item, 1, 10000ms); // a re-check that never comes fails
+        });
+        boost::this_fiber::yield(); // the poller finds nothing and parks
+        const green::hub_stats before = h.stats();
+        p.b.send(zmq::str_buffer("lost"));
+        EXPECT_EQ(test::lose_edges(p.a.get(zmq::sockopt::fd)), 1);
+        poller.join();
+        EXPECT_EQ(rc, 1);
+        EXPECT_EQ(h.stats().rescues - before.rescues, 1u);
+        EXPECT_EQ(h.stats().fd_wakeups, before.fd_wakeups);
+    }).join();
 }
 
 TEST_F(poll, closing_a_polled_socket_is_enotsock)
