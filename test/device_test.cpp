@@ -79,6 +79,25 @@ TEST_F(device, green_device_rep_echo)
     EXPECT_TRUE(returned);
 }
 
+// Scenario 28 as pyzmq ends it: the fiber running the device is killed.
+TEST_F(device, a_killed_device_task_ends_and_leaves_its_socket_usable)
+{
+    auto rep = make(ctx, zmq::socket_type::rep);
+    rep.bind(test::unique_inproc());
+    auto req = make(ctx, zmq::socket_type::req);
+    req.connect(rep.get(zmq::sockopt::last_endpoint));
+    const green::task dev = green::spawn([&] { green::device(green::device_type::queue, rep, rep); });
+    send_strs(req, {"hi"});
+    EXPECT_EQ(recv_strs(req), strings{"hi"});
+    dev.kill();
+    EXPECT_TRUE(dev.ready());
+    EXPECT_TRUE(dev.killed());
+    EXPECT_FALSE(dev.exception());
+    // Killed while it waited for the next request: the REP takes it.
+    send_strs(req, {"after"});
+    EXPECT_EQ(recv_strs(rep), strings{"after"});
+}
+
 TEST_F(device, queue_forwards_both_ways)
 {
     rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,

@@ -93,6 +93,24 @@ TEST_F(devices_test, single_socket_connect_process) {
     single_socket_connect<devices::process_device>(ctx);
 }
 
+// Scenario 31's second round: with out_type -1 the out calls configure the
+// one socket too.
+TEST_F(devices_test, single_socket_out_calls_reach_the_in_socket)
+{
+    auto req = make(ctx, zmq::socket_type::req);
+    req.bind("tcp://127.0.0.1:*");
+    devices::thread_device dev(ZMQ_QUEUE, ZMQ_REP, -1);
+    dev.setsockopt_out(zmq::sockopt::linger, 0);
+    dev.connect_out(req.get(zmq::sockopt::last_endpoint));
+    const int port = dev.bind_out_to_random_port("tcp://127.0.0.1");
+    dev.start();
+    expect_echo(req, "hello again");
+    auto req2 = make(ctx, zmq::socket_type::req);
+    req2.connect(local(port));
+    expect_echo(req2, "bound too");
+    dev.stop();
+}
+
 // Scenario 32, twice, with connect_out hitting the same socket.
 TEST_F(devices_test, single_socket_bind_to_random_port)
 {
