@@ -875,6 +875,86 @@ TEST_F(zmq_stream, streams_on_the_current_loop_and_close_all)
     EXPECT_EQ(b.handle(), nullptr);
 }
 
+// pyzmq #1177: a ZMQ_STREAM socket's fd says only that something may have
+// happened; the stream must take the connection notice and the data.
+TEST_F(zmq_stream, a_stream_socket_serves_a_raw_tcp_client)
+{
+    green::zmq_stream server(green::socket_t(ctx, zmq::socket_type::stream), loop);
+    server.set(zmq::sockopt::linger, 0);
+    server.bind("tcp://127.0.0.1:*");
+    const std::string ep = server.get(zmq::sockopt::last_endpoint);
+    std::vector<std::string> seen;
+    server.on_recv([&](message& m) {
+        ASSERT_EQ(m.size(), 2u);
+        seen.push_back(m[1].to_string());
+        if (m[1].size() != 0) {
+            message reply;
+            reply.push_back(std::move(m[0]));
+            reply.emplace_back("world", 5);
+            server.send_multipart(std::move(reply));
+        }
+    });
+    std::string answer;
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          sockaddr_in addr{};
+                          addr.sin_family = AF_INET;
+                          addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+                          addr.sin_port = htons(static_cast<std::uint16_t>(
+                              std::stoi(ep.substr(ep.rfind(':') + 1))));
+                          const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                          ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+                          ASSERT_EQ(::write(fd, "hello", 5), 5);
+                          char buf[16];
+                          while (answer.size() < 5 && green::wait_readable(fd, 10s)) {
+                              const ssize_t n = ::read(fd, buf, sizeof buf);
+                              if (n <= 0)
+                                  break;
+                              answer.append(buf, static_cast<size_t>(n));
+                          }
+                          ::close(fd);
+                          loop.stop();
+                      }});
+    EXPECT_EQ(answer, "world");
+    ASSERT_GE(seen.size(), 2u);
+    EXPECT_EQ(seen[0], ""); // the connection
+    EXPECT_EQ(seen[1], "hello");
+}
+
+// pyzmq #374: senders that queue their messages without waiting and exit at
+// once (closing socket and context, with the default linger) lose none of
+// them on the way to a stream.
+TEST_F(zmq_stream, senders_that_exit_at_once_deliver_every_message)
+{
+    constexpr int senders = 10, each = 100;
+    green::zmq_stream pull(green::socket_t(ctx, zmq::socket_type::pull), loop);
+    pull.set(zmq::sockopt::linger, 0);
+    pull.bind("tcp://127.0.0.1:*");
+    const std::string ep = pull.get(zmq::sockopt::last_endpoint);
+    std::map<std::string, int> got;
+    int total = 0;
+    pull.on_recv([&](message& m) {
+        ++got[m.at(0).to_string()];
+        if (++total == senders * each)
+            loop.stop();
+    });
+    std::vector<std::thread> threads;
+    for (int t = 0; t < senders; ++t)
+        threads.emplace_back([&ep, t] {
+            green::context_t own;
+            green::socket_t push(own, zmq::socket_type::push);
+            push.connect(ep);
+            for (int i = 0; i < each; ++i)
+                EXPECT_TRUE(push.send(zmq::buffer(std::to_string(t) + ":" + std::to_string(i)),
+                                      zmq::send_flags::dontwait));
+        });
+    loop.start();
+    for (auto& t : threads)
+        t.join();
+    EXPECT_EQ(total, senders * each);
+    EXPECT_EQ(got.size(), static_cast<size_t>(senders * each)); // each message once
+}
+
 TEST_F(zmq_stream, a_closed_socket_cannot_make_a_stream)
 {
     green::socket_t s;
