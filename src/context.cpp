@@ -3,12 +3,16 @@
 
 #include "context_core.hpp"
 #include "reactor.hpp"
+#include "socket_core.hpp"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cstdint>
+#include <limits>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 
 namespace zmq::green {
@@ -118,6 +122,33 @@ void context_t::shutdown() noexcept
 {
     if (core_)
         zmq_ctx_shutdown(core_->handle);
+}
+
+void context_t::destroy() { destroy_with(nullptr); }
+
+void context_t::destroy(std::chrono::milliseconds linger)
+{
+    if (linger.count() < -1 || linger.count() > std::numeric_limits<int>::max())
+        throw std::invalid_argument("zmq::green::context_t::destroy: linger "
+                                    + std::to_string(linger.count())
+                                    + " ms is neither -1 (for ever) nor a count of ms");
+    const int ms = static_cast<int>(linger.count());
+    destroy_with(&ms);
+}
+
+void context_t::destroy_with(const int* linger)
+{
+    if (!core_)
+        return;
+    if (detail::reactor* r = detail::reactor::current()) {
+        // Before the shutdown in close(): libzmq refuses options from then on.
+        for (detail::socket_core* s : r->sockets_of(*core_)) {
+            if (linger != nullptr)
+                zmq_setsockopt(s->handle, ZMQ_LINGER, linger, sizeof *linger);
+            s->close();
+        }
+    }
+    close();
 }
 
 void* context_t::handle() noexcept { return core_ ? core_->handle : nullptr; }

@@ -612,6 +612,15 @@ socket_core* reactor::find_socket(void* handle) const noexcept
     return it == sockets_.end() ? nullptr : it->second;
 }
 
+std::vector<socket_core*> reactor::sockets_of(const context_core& ctx) const
+{
+    std::vector<socket_core*> found;
+    for (const auto& entry : sockets_)
+        if (entry.second->ctx.get() == &ctx)
+            found.push_back(entry.second);
+    return found;
+}
+
 hub_stats reactor::stats() const noexcept
 {
     hub_stats s = stats_;

@@ -121,6 +121,7 @@ protected:
 };
 
 class socket_core;
+struct context_core;
 
 // A raw fd in the epoll set, registered while fibers wait on it or io_loop
 // handlers watch it.
@@ -215,6 +216,8 @@ public:
     void add_socket(socket_core& core);
     void remove_socket(socket_core& core) noexcept;
     socket_core* find_socket(void* handle) const noexcept;
+    // This thread's open sockets of the context ctx.
+    std::vector<socket_core*> sockets_of(const context_core& ctx) const;
 
     // Parked socket waiters arm the fallback re-check.
     void socket_wait_started() noexcept { ++parked_socket_waits_; }

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <thread>
 
 using namespace std::chrono_literals;
@@ -213,4 +214,99 @@ TEST(context, BadInput_bad_options_are_einval_and_the_context_still_works)
     a.send(zmq::str_buffer("x"));
     zmq::message_t m;
     EXPECT_TRUE(b.recv(m));
+}
+
+// pyzmq's destroy(): the sockets nobody waits on, which would keep close()
+// parked for ever, are closed; a fiber parked on one wakes with ENOTSOCK.
+TEST(context, destroy_closes_this_threads_sockets_and_terminates)
+{
+    green::context_t ctx;
+    green::context_t other;
+    green::socket_t idle(ctx, zmq::socket_type::pair);
+    green::socket_t waited(ctx, zmq::socket_type::pull);
+    green::socket_t elsewhere(other, zmq::socket_type::pair);
+    int woke_with = 0;
+    test::run_fibers({[&] {
+                          try {
+                              zmq::message_t m;
+                              (void)waited.recv(m);
+                          } catch (const zmq::error_t& e) {
+                              woke_with = e.num();
+                          }
+                      },
+                      [&] { ctx.destroy(); }});
+    EXPECT_EQ(woke_with, ENOTSOCK);
+    EXPECT_FALSE(ctx);
+    EXPECT_FALSE(idle);
+    EXPECT_FALSE(waited);
+    try {
+        idle.send(zmq::str_buffer("x"));
+        ADD_FAILURE() << "sent on a destroyed context's socket";
+    } catch (const zmq::error_t& e) {
+        EXPECT_EQ(e.num(), ENOTSOCK);
+    }
+    // Another context's socket is left alone.
+    EXPECT_TRUE(elsewhere);
+    elsewhere.bind(test::unique_inproc());
+    ctx.destroy(); // again: nothing left to do
+}
+
+// A message queued for a peer that never comes would hold the termination
+// for ever with the default linger (-1).
+TEST(context, destroy_with_a_linger_does_not_wait_for_an_absent_peer)
+{
+    green::context_t ctx;
+    sockaddr_in addr{};
+    const int refusing = test::bound_loopback_socket(addr); // bound, never listening
+    green::socket_t push(ctx, zmq::socket_type::push);
+    push.connect("tcp://127.0.0.1:" + std::to_string(ntohs(addr.sin_port)));
+    EXPECT_TRUE(push.send(zmq::str_buffer("never delivered"), zmq::send_flags::dontwait));
+    ctx.destroy(0ms);
+    EXPECT_FALSE(ctx);
+    EXPECT_FALSE(push);
+    ::close(refusing);
+}
+
+// Another thread's sockets are not this thread's to close: that thread's
+// fibers wake with ETERM, and destroy() waits for them to close.
+TEST(context, destroy_waits_for_another_threads_sockets)
+{
+    green::context_t ctx;
+    green::socket_t mine(ctx, zmq::socket_type::pair);
+    std::atomic<bool> parked{false};
+    int theirs_woke_with = 0;
+    std::thread other([&] {
+        green::socket_t theirs(ctx, zmq::socket_type::pull);
+        theirs.set(zmq::sockopt::linger, 0);
+        parked = true;
+        try {
+            zmq::message_t m;
+            (void)theirs.recv(m);
+        } catch (const zmq::error_t& e) {
+            theirs_woke_with = e.num();
+        }
+    });
+    while (!parked)
+        boost::this_fiber::yield();
+    ctx.destroy(); // returns once `theirs` closed on its thread
+    other.join();
+    EXPECT_EQ(theirs_woke_with, ETERM);
+    EXPECT_FALSE(mine);
+}
+
+TEST(context, BadInput_destroy_with_a_linger_below_minus_one)
+{
+    green::context_t ctx;
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    try {
+        ctx.destroy(-2ms);
+        ADD_FAILURE() << "linger -2 accepted";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("-2"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(ctx); // nothing was closed
+    EXPECT_TRUE(s);
+    EXPECT_THROW(ctx.destroy(std::chrono::hours(1000)), std::invalid_argument);
+    ctx.destroy(-1ms);
+    EXPECT_FALSE(s);
 }

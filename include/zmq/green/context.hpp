@@ -3,6 +3,7 @@
 
 #include <zmq.hpp>
 
+#include <chrono>
 #include <memory>
 
 namespace zmq::green {
@@ -37,6 +38,15 @@ public:
     // scoped timeout meanwhile meets the fiber at its next green wait.
     void close() noexcept;
 
+    // pyzmq's destroy(): closes this thread's sockets of the context (their
+    // parked fibers wake with ENOTSOCK), then close(). Sockets of other
+    // threads are theirs to close, as libzmq sockets are not thread-safe:
+    // their fibers wake with ETERM, and this call parks until they have.
+    void destroy();
+    // The same, with ZMQ_LINGER set to linger (-1: for ever) on each socket
+    // it closes; below -1 is std::invalid_argument.
+    void destroy(std::chrono::milliseconds linger);
+
     void* handle() noexcept;
     explicit operator bool() const noexcept { return core_ != nullptr; }
     operator void*() noexcept { return handle(); }
@@ -47,6 +57,8 @@ public:
     const std::shared_ptr<detail::context_core>& core() const noexcept { return core_; }
 
 private:
+    void destroy_with(const int* linger);
+
     std::shared_ptr<detail::context_core> core_;
 };
 
