@@ -80,9 +80,17 @@ bool monitor_t::check_event(int timeout)
         if (event_frame.more())
             (void)monitor_socket_.recv(addr_frame);
     } catch (const zmq::error_t& e) {
-        if (e.num() == ETERM)
+        // The events end. ENOTSOCK: the monitor's own socket was closed
+        // under the wait (context_t::destroy, or init() in another fiber,
+        // whose new socket this one must leave alone). ETERM: the context
+        // shut down, and nothing but this object closes the socket, which
+        // would hold up the context's close() while this object lives.
+        if (e.num() == ENOTSOCK)
             return false;
-        throw;
+        if (e.num() != ETERM)
+            throw;
+        monitor_socket_.close();
+        return false;
     }
     // The frame is a 16-bit event and a 32-bit value, unaligned.
     zmq_event_t event{};

@@ -143,6 +143,50 @@ TEST(monitor, check_event_returns_false_when_the_context_shuts_down)
     EXPECT_FALSE(result);
 }
 
+// The monitor's socket outlives nothing: once the context shut down, the
+// monitor lets it go, or a monitor that outlives the context would hold its
+// close() for ever.
+TEST(monitor, a_monitor_that_saw_the_context_shut_down_does_not_hold_up_its_close)
+{
+    recording_monitor mon; // outlives the context
+    green::context_t ctx;
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    mon.init(s, test::unique_inproc());
+    bool first = true;
+    test::run_fibers({[&] {
+                          first = mon.check_event(-1);
+                          s.close();
+                      },
+                      [&] { ctx.close(); }});
+    EXPECT_FALSE(first);
+    EXPECT_FALSE(mon.check_event(-1)); // stopped: at once
+}
+
+// destroy() closes the monitor's own socket too: the monitor ends there as
+// it does on a shutdown, where its fiber would have met ENOTSOCK.
+TEST(monitor, monitor_returns_when_the_context_is_destroyed)
+{
+    green::context_t ctx;
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    recording_monitor mon;
+    bool returned = false;
+    std::string threw;
+    test::run_fibers({[&] {
+                          try {
+                              mon.monitor(s, test::unique_inproc());
+                              returned = true;
+                          } catch (const std::exception& e) {
+                              threw = e.what();
+                          }
+                      },
+                      [&] {
+                          wait_started(mon);
+                          ctx.destroy(0ms);
+                      }});
+    EXPECT_TRUE(returned) << threw;
+    EXPECT_FALSE(mon.check_event(-1));
+}
+
 TEST(monitor, a_moved_monitor_goes_on_reporting)
 {
     green::context_t ctx;
@@ -196,4 +240,32 @@ TEST(monitor, BadInput_another_threads_socket_is_a_thread_error)
     }).join();
     mine.abort();
     EXPECT_FALSE(mine.check_event(-1));
+}
+
+// Another fiber's init() ends the monitor a fiber waits in; the new one
+// goes on.
+TEST(monitor, init_in_another_fiber_ends_the_wait_and_the_new_monitor_reports)
+{
+    green::context_t ctx;
+    green::socket_t first(ctx, zmq::socket_type::pair), second(ctx, zmq::socket_type::pair);
+    second.set(zmq::sockopt::linger, 0);
+    recording_monitor mon;
+    bool returned = false;
+    std::string threw;
+    test::run_fibers({[&] {
+                          try {
+                              mon.monitor(first, test::unique_inproc());
+                              returned = true;
+                          } catch (const std::exception& e) {
+                              threw = e.what();
+                          }
+                      },
+                      [&] {
+                          wait_started(mon);
+                          mon.init(second, test::unique_inproc());
+                      }});
+    EXPECT_TRUE(returned) << threw;
+    second.bind("tcp://127.0.0.1:*");
+    EXPECT_TRUE(mon.check_event(-1));
+    EXPECT_TRUE(mon.seen(ZMQ_EVENT_LISTENING));
 }

@@ -14,7 +14,7 @@ namespace zmq::green {
 // an inproc endpoint and connects a green PAIR socket to it; check_event()
 // receives one event and calls its handler. Unlike cppzmq's:
 // - monitor() returns once the monitor stops (abort(), the socket closes) or
-//   the context shuts down, where cppzmq's loops for ever;
+//   the context shuts down or is destroyed, where cppzmq's loops for ever;
 // - ZMQ_EVENT_MONITOR_STOPPED is always monitored, as the end of the events;
 // - check_event() before init() throws std::logic_error, and returns false
 //   at once after the monitor stopped.
@@ -45,7 +45,8 @@ public:
     void init(socket_t& socket, const char* addr, int events = ZMQ_EVENT_ALL);
 
     // Waits up to timeout ms (-1: no limit) for an event and calls its
-    // handler. False on timeout, when the monitor stopped, and on ETERM.
+    // handler. False on timeout, when the monitor stopped, and once the
+    // context shut down or was destroyed (as stopped from then on).
     bool check_event(int timeout = 0);
 
     // Stops the monitor: the next check_event() reads the stop and returns
