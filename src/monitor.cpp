@@ -14,6 +14,7 @@ monitor_t::~monitor_t() { close(); }
 
 monitor_t::monitor_t(monitor_t&& other) noexcept
     : watched_(std::exchange(other.watched_, nullptr)),
+      generation_(other.generation_),
       monitor_socket_(std::move(other.monitor_socket_)),
       started_(std::exchange(other.started_, false))
 {
@@ -24,6 +25,7 @@ monitor_t& monitor_t::operator=(monitor_t&& other) noexcept
     if (this != &other) {
         close();
         watched_ = std::exchange(other.watched_, nullptr);
+        generation_ = other.generation_;
         monitor_socket_ = std::move(other.monitor_socket_);
         started_ = std::exchange(other.started_, false);
     }
@@ -51,6 +53,7 @@ void monitor_t::init(socket_t& socket, const char* addr, int events)
     detail::socket_core* core = socket.core();
     core->retain();
     watched_ = core;
+    generation_ = ++core->monitors;
     started_ = true;
     try {
         socket_t pair(core->ctx, ZMQ_PAIR);
@@ -148,7 +151,7 @@ void monitor_t::abort()
     if (!owned_here(*watched_))
         throw thread_error("zmq::green::monitor_t::abort: the monitored socket belongs to "
                            "another thread");
-    if (!watched_->closed)
+    if (!watched_->closed && watched_->monitors == generation_)
         zmq_socket_monitor(watched_->handle, nullptr, 0);
     std::exchange(watched_, nullptr)->release();
 }

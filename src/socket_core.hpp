@@ -106,6 +106,9 @@ public:
     // costs switches.
     bool lockstep_inproc = false;
     bool sent_last = false;
+    // monitor_t inits on the socket so far: libzmq keeps one monitor per
+    // socket, and a monitor replaced by a newer one must not stop that one.
+    unsigned monitors = 0;
 
     // Tells the watchers, but except, that the state may have changed.
     void tell_watchers(const change_watch* except = nullptr, bool lost_edge = false) noexcept

@@ -269,3 +269,24 @@ TEST(monitor, init_in_another_fiber_ends_the_wait_and_the_new_monitor_reports)
     EXPECT_TRUE(mon.check_event(-1));
     EXPECT_TRUE(mon.seen(ZMQ_EVENT_LISTENING));
 }
+
+// libzmq keeps one monitor per socket: the replaced one's events end, and
+// its going must not end the newer one's.
+TEST(monitor, a_replaced_monitor_going_leaves_the_newer_one_running)
+{
+    green::context_t ctx;
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    s.set(zmq::sockopt::linger, 0);
+    recording_monitor newer;
+    {
+        recording_monitor replaced;
+        replaced.init(s, test::unique_inproc());
+        newer.init(s, test::unique_inproc());
+        EXPECT_FALSE(replaced.check_event(-1)); // stopped by the newer one
+    }
+    s.bind("tcp://127.0.0.1:*");
+    EXPECT_TRUE(newer.check_event(-1));
+    EXPECT_TRUE(newer.seen(ZMQ_EVENT_LISTENING));
+    newer.abort();
+    EXPECT_FALSE(newer.check_event(-1)); // its own abort still stops it
+}

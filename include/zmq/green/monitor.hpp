@@ -17,7 +17,10 @@ namespace zmq::green {
 //   the context shuts down or is destroyed, where cppzmq's loops for ever;
 // - ZMQ_EVENT_MONITOR_STOPPED is always monitored, as the end of the events;
 // - check_event() before init() throws std::logic_error, and returns false
-//   at once after the monitor stopped.
+//   at once after the monitor stopped;
+// - libzmq keeps one monitor per socket: a monitor that a newer one replaced
+//   (its events ended there) leaves the newer one running when it goes or
+//   aborts, where cppzmq's stops it.
 class monitor_t {
 public:
     monitor_t() noexcept = default;
@@ -77,6 +80,7 @@ private:
     // The monitored socket's state, kept alive (not open) by a reference:
     // the socket may close first.
     detail::socket_core* watched_ = nullptr;
+    unsigned generation_ = 0; // which of watched_'s monitors this one started
     socket_t monitor_socket_;
     bool started_ = false;
 };
