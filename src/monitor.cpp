@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 namespace zmq::green {
@@ -73,6 +74,10 @@ bool monitor_t::check_event(int timeout)
             return false; // stopped
         throw std::logic_error("zmq::green::monitor_t::check_event: call init() first");
     }
+    if (timeout < -1)
+        throw std::invalid_argument("zmq::green::monitor_t::check_event: timeout "
+                                    + std::to_string(timeout)
+                                    + " ms is neither -1 (no limit) nor a count of ms");
     zmq::message_t event_frame;
     zmq::message_t addr_frame;
     try {

@@ -88,6 +88,12 @@ TEST(monitor, check_event_without_an_event_returns_false)
     mon.init(s, test::unique_inproc());
     EXPECT_FALSE(mon.check_event());
     EXPECT_FALSE(mon.check_event(5));
+    try {
+        (void)mon.check_event(-2);
+        ADD_FAILURE() << "timeout -2 accepted";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("check_event"), std::string::npos) << e.what();
+    }
 }
 
 // cppzmq's monitor() never returns; here it ends with the events.

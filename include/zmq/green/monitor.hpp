@@ -13,8 +13,9 @@ namespace zmq::green {
 // As cppzmq's monitor_t: init() starts libzmq's monitor of a green socket on
 // an inproc endpoint and connects a green PAIR socket to it; check_event()
 // receives one event and calls its handler. Unlike cppzmq's:
-// - monitor() returns once the monitor stops (abort(), the socket closes) or
-//   the context shuts down or is destroyed, where cppzmq's loops for ever;
+// - monitor() returns once the monitor stops (abort(), or the socket closed
+//   and libzmq let it go: after its ZMQ_LINGER if messages wait) or the
+//   context shuts down or is destroyed, where cppzmq's loops for ever;
 // - ZMQ_EVENT_MONITOR_STOPPED is always monitored, as the end of the events;
 // - check_event() before init() throws std::logic_error, and returns false
 //   at once after the monitor stopped;
@@ -40,15 +41,16 @@ public:
 
     // Stops the monitor this object had, if any, and monitors socket.
     // Throws zmq::error_t (EPROTONOSUPPORT for an endpoint not inproc,
-    // ENOTSOCK for a closed socket, ETERM).
+    // ENOTSOCK for a closed socket, ETERM; EADDRINUSE for the endpoint of a
+    // monitor just stopped, which libzmq releases later: use a new one).
     void init(socket_t& socket, const std::string& addr, int events = ZMQ_EVENT_ALL)
     {
         init(socket, addr.c_str(), events);
     }
     void init(socket_t& socket, const char* addr, int events = ZMQ_EVENT_ALL);
 
-    // Waits up to timeout ms (-1: no limit) for an event and calls its
-    // handler. False on timeout, when the monitor stopped, and once the
+    // Waits up to timeout ms (-1: no limit; below is std::invalid_argument,
+    // where cppzmq waits for ever) for an event and calls its handler. False on timeout, when the monitor stopped, and once the
     // context shut down or was destroyed (as stopped from then on).
     bool check_event(int timeout = 0);
 
