@@ -90,13 +90,17 @@ context_t::context_t(int io_threads, int max_sockets) : core_(make_core())
 
 context_t::~context_t() { close(); }
 
-context_t::context_t(context_t&& other) noexcept : core_(std::move(other.core_)) {}
+context_t::context_t(context_t&& other) noexcept
+    : core_(std::move(other.core_)), closing_(std::move(other.closing_))
+{
+}
 
 context_t& context_t::operator=(context_t&& other) noexcept
 {
     if (this != &other) {
         close();
         core_ = std::move(other.core_);
+        closing_ = std::move(other.closing_);
     }
     return *this;
 }
@@ -138,11 +142,13 @@ void context_t::destroy(std::chrono::milliseconds linger)
 
 void context_t::destroy_with(const int* linger)
 {
-    if (!core_)
+    const std::shared_ptr<detail::context_core> core = core_ ? core_ : closing_.lock();
+    if (!core)
         return;
     if (detail::reactor* r = detail::reactor::current()) {
-        // Before the shutdown in close(): libzmq refuses options from then on.
-        for (detail::socket_core* s : r->sockets_of(*core_)) {
+        // Before the shutdown in close(): libzmq refuses options from then on
+        // (a close() in progress has shut down already: linger is too late).
+        for (detail::socket_core* s : r->sockets_of(*core)) {
             if (linger != nullptr)
                 zmq_setsockopt(s->handle, ZMQ_LINGER, linger, sizeof *linger);
             s->close();
@@ -160,6 +166,8 @@ void context_t::close() noexcept
     if (!core_)
         return;
     const auto core = std::move(core_);
+    // The wait below must not touch *this: another fiber may destroy it.
+    closing_ = core;
     zmq_ctx_shutdown(core->handle);
     if (hub::installed() == nullptr && core->open_sockets.load() == 0) {
         // No fiber can run here (or the thread is exiting): nothing to park.

@@ -310,3 +310,26 @@ TEST(context, BadInput_destroy_with_a_linger_below_minus_one)
     ctx.destroy(-1ms);
     EXPECT_FALSE(s);
 }
+
+// destroy() is the way out of a close() parked for a socket nobody closes:
+// called from another fiber meanwhile, it closes that socket.
+TEST(context, destroy_releases_a_close_parked_for_a_socket_nobody_closes)
+{
+    green::context_t ctx;
+    green::socket_t idle(ctx, zmq::socket_type::pair);
+    bool closing = false;
+    bool closed = false;
+    test::run_fibers({[&] {
+                          closing = true;
+                          ctx.close(); // parks: `idle` is open
+                          closed = true;
+                      },
+                      [&] {
+                          while (!closing)
+                              boost::this_fiber::yield();
+                          EXPECT_FALSE(closed);
+                          ctx.destroy();
+                      }});
+    EXPECT_TRUE(closed);
+    EXPECT_FALSE(idle);
+}

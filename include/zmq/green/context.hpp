@@ -42,6 +42,8 @@ public:
     // parked fibers wake with ENOTSOCK), then close(). Sockets of other
     // threads are theirs to close, as libzmq sockets are not thread-safe:
     // their fibers wake with ETERM, and this call parks until they have.
+    // While another fiber's close() waits, it closes the sockets that close()
+    // waits for (on this thread) and returns.
     void destroy();
     // The same, with ZMQ_LINGER set to linger (-1: for ever) on each socket
     // it closes; below -1 is std::invalid_argument.
@@ -52,7 +54,11 @@ public:
     operator void*() noexcept { return handle(); }
     operator void const*() const noexcept;
 
-    void swap(context_t& other) noexcept { core_.swap(other.core_); }
+    void swap(context_t& other) noexcept
+    {
+        core_.swap(other.core_);
+        closing_.swap(other.closing_);
+    }
 
     const std::shared_ptr<detail::context_core>& core() const noexcept { return core_; }
 
@@ -60,6 +66,9 @@ private:
     void destroy_with(const int* linger);
 
     std::shared_ptr<detail::context_core> core_;
+    // The context a close() in progress waits for: destroy() from another
+    // fiber meanwhile closes its sockets, which that wait may need.
+    std::weak_ptr<detail::context_core> closing_;
 };
 
 inline void swap(context_t& a, context_t& b) noexcept { a.swap(b); }
