@@ -132,10 +132,10 @@ void context_t::destroy() { destroy_with(nullptr); }
 
 void context_t::destroy(std::chrono::milliseconds linger)
 {
-    if (linger.count() < -1 || linger.count() > std::numeric_limits<int>::max())
+    detail::check_wait_timeout(linger, "context_t::destroy", "linger");
+    if (linger.count() > std::numeric_limits<int>::max()) // ZMQ_LINGER is an int
         throw std::invalid_argument("zmq::green::context_t::destroy: linger "
-                                    + std::to_string(linger.count())
-                                    + " ms is neither -1 (for ever) nor a count of ms");
+                                    + std::to_string(linger.count()) + " ms is beyond ZMQ_LINGER");
     const int ms = static_cast<int>(linger.count());
     destroy_with(&ms);
 }

@@ -641,13 +641,9 @@ void io_loop::close(bool all_fds)
 void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeout)
 {
     s_->check_thread("run_sync");
-    detail::wait_deadline(timeout, "io_loop::run_sync");
+    detail::check_wait_timeout(timeout, "io_loop::run_sync");
     if (!fn)
         throw std::invalid_argument("zmq::green::io_loop::run_sync: empty function");
-    if (timeout.count() < -1)
-        throw std::invalid_argument("zmq::green::io_loop::run_sync: the timeout must be -1 "
-                                    "(none) or >= 0 ms, got "
-                                    + std::to_string(timeout.count()) + " ms");
     struct outcome {
         io_loop* loop = nullptr;
         bool done = false;

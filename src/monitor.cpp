@@ -74,10 +74,7 @@ bool monitor_t::check_event(int timeout)
             return false; // stopped
         throw std::logic_error("zmq::green::monitor_t::check_event: call init() first");
     }
-    if (timeout < -1)
-        throw std::invalid_argument("zmq::green::monitor_t::check_event: timeout "
-                                    + std::to_string(timeout)
-                                    + " ms is neither -1 (no limit) nor a count of ms");
+    detail::check_wait_timeout(std::chrono::milliseconds{timeout}, "monitor_t::check_event");
     zmq::message_t event_frame;
     zmq::message_t addr_frame;
     try {
@@ -140,20 +137,11 @@ void monitor_t::dispatch(const zmq_event_t& event, const char* addr)
     }
 }
 
-namespace {
-
-bool owned_here(const detail::socket_core& core) noexcept
-{
-    return detail::reactor::current() == &core.owner || !core.owner.alive();
-}
-
-} // namespace
-
 void monitor_t::abort()
 {
     if (watched_ == nullptr)
         return;
-    if (!owned_here(*watched_))
+    if (!watched_->touchable_here())
         throw thread_error("zmq::green::monitor_t::abort: the monitored socket belongs to "
                            "another thread");
     if (!watched_->closed && watched_->monitors == generation_)
@@ -163,7 +151,7 @@ void monitor_t::abort()
 
 void monitor_t::close() noexcept
 {
-    if (watched_ != nullptr && !owned_here(*watched_)) {
+    if (watched_ != nullptr && !watched_->touchable_here()) {
         // As a socket_t closed there: its thread's structures cannot be
         // touched from here, so the monitor runs on.
         std::fprintf(stderr, "zmq::green: monitor_t destroyed on a thread that does not own "

@@ -175,12 +175,17 @@ clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept
     return timeout.count() < 0 ? no_deadline : saturating_deadline(timeout);
 }
 
-clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* what)
+void check_wait_timeout(std::chrono::milliseconds timeout, const char* what, const char* name)
 {
     if (timeout.count() < -1)
-        throw std::invalid_argument(std::string("zmq::green::") + what
-                                    + ": timeout must be -1 (forever) or >= 0 ms, not "
+        throw std::invalid_argument(std::string("zmq::green::") + what + ": " + name
+                                    + " must be -1 (forever) or >= 0 ms, not "
                                     + std::to_string(timeout.count()));
+}
+
+clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* what)
+{
+    check_wait_timeout(timeout, what);
     return deadline_after(timeout);
 }
 

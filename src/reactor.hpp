@@ -339,6 +339,10 @@ short to_poll_events(short zmq_events) noexcept;
 
 // Deadline after timeout from now; negative timeouts never expire.
 clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept;
+// std::invalid_argument naming the call `what`, unless timeout is -1
+// (forever) or >= 0 ms; `name` says which of its arguments it is.
+void check_wait_timeout(std::chrono::milliseconds timeout, const char* what,
+                        const char* name = "timeout");
 // The deadline of a public call's timeout argument: -1 is forever, other
 // negative values are std::invalid_argument naming the call `what`.
 clock::time_point wait_deadline(std::chrono::milliseconds timeout, const char* what);

@@ -436,7 +436,7 @@ void socket_t::close() noexcept
 {
     if (core_ == nullptr)
         return;
-    if (detail::reactor::current() != &core_->owner && core_->owner.alive()) {
+    if (!core_->touchable_here()) {
         // Its hub's structures cannot be touched from here, and a destructor
         // must not throw: say so and leave the socket open, and owned, so
         // that its own thread can still close it.

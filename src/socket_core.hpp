@@ -82,6 +82,13 @@ public:
     // Wakes every waiter with ENOTSOCK and closes the libzmq socket.
     void close() noexcept;
 
+    // Whether the calling thread may touch this state: the owner's, or any
+    // once the owner's hub has gone.
+    bool touchable_here() const noexcept
+    {
+        return reactor::current() == &owner || !owner.alive();
+    }
+
     void retain() noexcept { ++refs_; }
     void release() noexcept
     {

@@ -202,11 +202,12 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     // Up to `burst` calls of step while wanted() and step makes progress,
     // and until a callback flushes: pyzmq's `_flushed`, which holds the
     // loop's dispatch of this stream back until the next iteration, and
-    // which flush() itself ignores. A REQ or REP socket sends and receives by turns, and the loop's
-    // ZMQ_EVENTS read vouches only for a burst's first step: a later one
-    // fails with EFSM (a REP whose callback queued the reply, a REQ with
-    // requests queued behind the one in flight). That is no error: the turn
-    // has passed, the burst ends, and a message to send stays queued.
+    // which flush() itself ignores. A REQ or REP socket sends and receives
+    // by turns, and the loop's ZMQ_EVENTS read vouches only for a burst's
+    // first step: a later one fails with EFSM (a REP whose callback queued
+    // the reply, a REQ with requests queued behind the one in flight). That
+    // is no error: the turn has passed, the burst ends, and a message to send
+    // stays queued.
     burst_end run_burst(bool (stream_state::*wanted)() const noexcept,
                         bool (stream_state::*step)() noexcept)
     {
