@@ -22,6 +22,20 @@ struct pipe_fds {
     int fd[2]{-1, -1};
 };
 
+// The pair's sockets still work on this thread: a message goes from a to b
+// between two fibers.
+void expect_the_pair_delivers(test::bound_pair& p)
+{
+    std::string got;
+    test::run_fibers({[&] {
+                          zmq::message_t m;
+                          EXPECT_NO_THROW(EXPECT_TRUE(p.b.recv(m)));
+                          got = m.to_string();
+                      },
+                      [&] { EXPECT_NO_THROW(p.a.send(zmq::str_buffer("x"))); }});
+    EXPECT_EQ(got, "x");
+}
+
 } // namespace
 
 TEST(hub, installed_by_the_first_green_call_on_a_thread)
@@ -319,18 +333,10 @@ TEST(hub, installing_it_again_keeps_the_threads_sockets_working)
         green::context_t ctx;
         test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair,
                            test::unique_inproc());
-        green::socket_t &a = p.a, &b = p.b;
         green::hub& first = green::hub::current();
         boost::fibers::use_scheduling_algorithm<green::hub>();
         EXPECT_NE(&green::hub::current(), &first);
-        std::string got;
-        test::run_fibers({[&] {
-                              zmq::message_t m;
-                              EXPECT_NO_THROW(EXPECT_TRUE(b.recv(m)));
-                              got = m.to_string();
-                          },
-                          [&] { EXPECT_NO_THROW(a.send(zmq::str_buffer("x"))); }});
-        EXPECT_EQ(got, "x");
+        expect_the_pair_delivers(p);
     }).join();
 }
 
@@ -391,14 +397,7 @@ TEST(hub, a_hub_never_installed_hands_the_thread_back_when_it_goes)
             EXPECT_EQ(green::hub::installed(), &stray);
         }
         EXPECT_EQ(green::hub::installed(), &installed);
-        std::string got;
-        test::run_fibers({[&] {
-                              zmq::message_t m;
-                              EXPECT_NO_THROW(EXPECT_TRUE(p.b.recv(m)));
-                              got = m.to_string();
-                          },
-                          [&] { EXPECT_NO_THROW(p.a.send(zmq::str_buffer("x"))); }});
-        EXPECT_EQ(got, "x");
+        expect_the_pair_delivers(p);
     }).join();
 }
 

@@ -1,6 +1,8 @@
 // monitor_t: cppzmq's socket monitor, waiting in a fiber.
 #include "support.hpp"
 
+#include <functional>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -37,6 +39,26 @@ void wait_started(const recording_monitor& m)
 {
     while (!m.started)
         boost::this_fiber::yield();
+}
+
+// Runs mon.monitor(s) in one fiber and, once it has started, act in another.
+// Returns what monitor() threw, or "" when it returned.
+std::string monitor_until(recording_monitor& mon, green::socket_t& s,
+                          const std::function<void()>& act, int events = ZMQ_EVENT_ALL)
+{
+    std::string threw;
+    test::run_fibers({[&] {
+                          try {
+                              mon.monitor(s, test::unique_inproc(), events);
+                          } catch (const std::exception& e) {
+                              threw = e.what();
+                          }
+                      },
+                      [&] {
+                          wait_started(mon);
+                          act();
+                      }});
+    return threw;
 }
 
 } // namespace
@@ -102,17 +124,12 @@ TEST(monitor, monitor_returns_once_aborted)
     green::context_t ctx;
     green::socket_t s(ctx, zmq::socket_type::pair);
     recording_monitor mon;
-    bool returned = false;
-    test::run_fibers({[&] {
-                          mon.monitor(s, test::unique_inproc());
-                          returned = true;
-                      },
-                      [&] {
-                          wait_started(mon);
-                          s.bind("tcp://127.0.0.1:*"); // an event before the stop
-                          mon.abort();
-                      }});
-    EXPECT_TRUE(returned);
+    EXPECT_EQ(monitor_until(mon, s,
+                            [&] {
+                                s.bind("tcp://127.0.0.1:*"); // an event before the stop
+                                mon.abort();
+                            }),
+              "");
     EXPECT_TRUE(mon.seen(ZMQ_EVENT_LISTENING));
     EXPECT_FALSE(mon.check_event(-1)); // stopped: at once
     s.set(zmq::sockopt::linger, 0);
@@ -125,16 +142,7 @@ TEST(monitor, monitor_returns_when_the_socket_closes)
     green::context_t ctx;
     green::socket_t s(ctx, zmq::socket_type::pair);
     recording_monitor mon;
-    bool returned = false;
-    test::run_fibers({[&] {
-                          mon.monitor(s, test::unique_inproc(), ZMQ_EVENT_LISTENING);
-                          returned = true;
-                      },
-                      [&] {
-                          wait_started(mon);
-                          s.close();
-                      }});
-    EXPECT_TRUE(returned);
+    EXPECT_EQ(monitor_until(mon, s, [&] { s.close(); }, ZMQ_EVENT_LISTENING), "");
     EXPECT_NO_THROW(mon.abort());
 }
 
@@ -175,21 +183,7 @@ TEST(monitor, monitor_returns_when_the_context_is_destroyed)
     green::context_t ctx;
     green::socket_t s(ctx, zmq::socket_type::pair);
     recording_monitor mon;
-    bool returned = false;
-    std::string threw;
-    test::run_fibers({[&] {
-                          try {
-                              mon.monitor(s, test::unique_inproc());
-                              returned = true;
-                          } catch (const std::exception& e) {
-                              threw = e.what();
-                          }
-                      },
-                      [&] {
-                          wait_started(mon);
-                          ctx.destroy(0ms);
-                      }});
-    EXPECT_TRUE(returned) << threw;
+    EXPECT_EQ(monitor_until(mon, s, [&] { ctx.destroy(0ms); }), "");
     EXPECT_FALSE(mon.check_event(-1));
 }
 
@@ -256,21 +250,7 @@ TEST(monitor, init_in_another_fiber_ends_the_wait_and_the_new_monitor_reports)
     green::socket_t first(ctx, zmq::socket_type::pair), second(ctx, zmq::socket_type::pair);
     second.set(zmq::sockopt::linger, 0);
     recording_monitor mon;
-    bool returned = false;
-    std::string threw;
-    test::run_fibers({[&] {
-                          try {
-                              mon.monitor(first, test::unique_inproc());
-                              returned = true;
-                          } catch (const std::exception& e) {
-                              threw = e.what();
-                          }
-                      },
-                      [&] {
-                          wait_started(mon);
-                          mon.init(second, test::unique_inproc());
-                      }});
-    EXPECT_TRUE(returned) << threw;
+    EXPECT_EQ(monitor_until(mon, first, [&] { mon.init(second, test::unique_inproc()); }), "");
     second.bind("tcp://127.0.0.1:*");
     EXPECT_TRUE(mon.check_event(-1));
     EXPECT_TRUE(mon.seen(ZMQ_EVENT_LISTENING));

@@ -30,6 +30,14 @@ test::bound_pair with_backlog(green::context_t& ctx, int n)
     return p;
 }
 
+// got holds 0 .. n-1, each once, in order.
+void expect_in_order(const std::vector<int>& got, int n)
+{
+    ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i)
+        ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
+}
+
 std::vector<std::string> strings(const message& m)
 {
     std::vector<std::string> out;
@@ -595,9 +603,7 @@ TEST_F(zmq_stream, a_callback_that_flushes_for_each_message_does_not_overflow_th
         });
         inner.start();
     }).join();
-    ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i)
-        ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
+    expect_in_order(got, n);
 }
 
 // An unlimited flush whose callback flushes one more: past the nesting cap
@@ -618,9 +624,7 @@ TEST_F(zmq_stream, an_unlimited_flush_over_nested_flushes_takes_every_message_on
     s.push.flush(ZMQ_POLLOUT);
     const std::size_t outer = s.pull.flush(ZMQ_POLLIN);
     EXPECT_EQ(outer + nested, static_cast<std::size_t>(n)) << "each message counted once";
-    ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i)
-        ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
+    expect_in_order(got, n);
 }
 
 // A callback 16 flushes deep that flushes until the next message comes, as a
@@ -651,9 +655,7 @@ TEST_F(zmq_stream, a_callback_at_the_nesting_cap_that_flushes_until_a_message_co
     EXPECT_EQ(flushes_waiting, 2) << "the waiting callback's first flush is refused, its second nests";
     EXPECT_EQ(got.size(), 17u);
     s.pull.flush(ZMQ_POLLIN); // the rest
-    ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i)
-        ASSERT_EQ(got[static_cast<std::size_t>(i)], i) << "out of order";
+    expect_in_order(got, n);
 }
 
 // Callbacks that each wait in flush for the next message nest without end,
