@@ -771,6 +771,45 @@ TEST_F(io_loop, a_closed_socket_gets_pollerr_once_and_is_removed)
     EXPECT_EQ(seen, ZMQ_POLLERR);
 }
 
+TEST_F(io_loop, a_terminated_context_gives_its_sockets_handler_pollerr_once)
+{
+    green::socket_t s(ctx, zmq::socket_type::pull);
+    int calls = 0;
+    short seen = 0;
+    loop.add_handler(s, [&](short e) {
+        ++calls;
+        seen = e;
+    }, ZMQ_POLLIN);
+    loop.add_callback([&] { ctx.shutdown(); });
+    loop.call_later(20ms, [&] { loop.stop(); });
+    loop.start();
+    EXPECT_EQ(calls, 1);
+    EXPECT_EQ(seen, ZMQ_POLLERR);
+}
+
+// As tornado: a handler's stop() still lets the callbacks and timeouts it
+// added run, in the next iteration, before the loop ends.
+TEST_F(io_loop, a_stop_from_a_handler_runs_what_it_added_first)
+{
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull);
+    ASSERT_TRUE(p.a.send(zmq::str_buffer("go")));
+    int handled = 0;
+    bool callback_ran = false, timeout_ran = false;
+    loop.add_handler(p.b, [&](short) {
+        ++handled;
+        zmq::message_t m;
+        ASSERT_TRUE(p.b.recv(m, zmq::recv_flags::dontwait));
+        loop.add_callback([&] { callback_ran = true; });
+        loop.call_later(0ms, [&] { timeout_ran = true; });
+        loop.stop();
+    }, ZMQ_POLLIN);
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_EQ(handled, 1);
+    EXPECT_TRUE(callback_ran);
+    EXPECT_TRUE(timeout_ran);
+}
+
 // pyzmq test_close_all.
 TEST_F(io_loop, close_all_fds_closes_the_sockets)
 {
@@ -854,7 +893,7 @@ TEST_F(io_loop, run_sync_returns_rethrows_and_times_out)
                          ended.set_value();
                      },
                      10ms),
-                 std::runtime_error);
+                 green::timeout_error);
     EXPECT_FALSE(finished);
     // The abandoned fiber goes on; let it end before the loop goes away.
     release.set_value();
@@ -908,6 +947,9 @@ TEST_F(io_loop, bad_input_is_rejected_clearly)
     } catch (const std::system_error& e) {
         EXPECT_EQ(e.code().value(), EBADF);
     }
+    // A green socket's ZMQ_FD is the hub's already.
+    EXPECT_THROW(loop.add_handler(s.get(zmq::sockopt::fd), [](short) {}, ZMQ_POLLIN),
+                 std::system_error);
     EXPECT_THROW(loop.add_callback(nullptr), std::invalid_argument);
     EXPECT_THROW(loop.call_later(1ms, nullptr), std::invalid_argument);
     EXPECT_THROW(loop.set_fallback_interval(-1ms), std::invalid_argument);
