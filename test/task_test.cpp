@@ -183,3 +183,42 @@ TEST_F(task_test, a_kill_after_the_fiber_was_woken_is_raised_by_its_next_wait)
     EXPECT_TRUE(first_returned);
     EXPECT_TRUE(t.killed());
 }
+
+// gevent's greenlet.kill() from inside only marks it (kill() with block
+// would otherwise wait for itself): the fiber's next green wait ends it.
+TEST_F(task_test, a_kill_from_inside_the_task_is_raised_by_its_next_wait)
+{
+    bool kill_returned = false;
+    green::task self;
+    self = green::spawn([&] {
+        self.kill();
+        kill_returned = true;
+        green::sleep_for(1h);
+    });
+    EXPECT_TRUE(self.join(10s)); // a hang guard
+    EXPECT_TRUE(kill_returned);
+    EXPECT_TRUE(self.killed());
+}
+
+TEST_F(task_test, an_exception_that_escapes_is_reported_in_one_line)
+{
+    testing::internal::CaptureStderr();
+    green::task bad = green::spawn([] { throw std::runtime_error("boom"); });
+    EXPECT_TRUE(bad.join());
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(err.find('\n'), err.size() - 1) << err;
+    EXPECT_NE(err.find("boom"), std::string::npos) << err;
+}
+
+TEST_F(task_test, BadInput_a_pool_of_another_thread_is_thread_error)
+{
+    green::pool p(1);
+    std::thread([&] {
+        EXPECT_THROW(p.spawn([] { ADD_FAILURE() << "spawned on another thread"; }),
+                     green::thread_error);
+        EXPECT_THROW(p.wait_available(0ms), green::thread_error);
+        EXPECT_THROW(p.join(0ms), green::thread_error);
+    }).join();
+    EXPECT_EQ(p.running(), 0u);
+    EXPECT_TRUE(p.spawn([] {}).join());
+}
