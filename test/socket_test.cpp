@@ -950,3 +950,23 @@ TEST_F(socket, a_poll_and_dontwait_loop_lets_the_blocked_owner_run)
                       }});
     EXPECT_EQ(received, 1);
 }
+
+// As in zmq.green (pyzmq #622): sends and receives that succeed at once do not
+// yield, so the thread's other fibers wait until this one parks.
+TEST_F(socket, calls_that_succeed_at_once_do_not_yield)
+{
+    green::socket_t pub(ctx, zmq::socket_type::pub);
+    pub.bind(test::unique_inproc());
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    bool other_ran = false;
+    boost::fibers::fiber other([&] { other_ran = true; });
+    for (int i = 0; i < 1000; ++i) {
+        ASSERT_TRUE(pub.send(zmq::str_buffer("dropped"))); // no subscriber: never blocks
+        ASSERT_TRUE(p.a.send(zmq::str_buffer("x")));
+        zmq::message_t m;
+        ASSERT_TRUE(p.b.recv(m));
+    }
+    EXPECT_FALSE(other_ran);
+    other.join();
+    EXPECT_TRUE(other_ran);
+}
