@@ -162,6 +162,35 @@ TEST_F(cli, steerable_ends_on_terminate_and_prints_stats)
     EXPECT_EQ(c.wait(), 0);
 }
 
+// SIGINT ends the tool as SIGTERM does, with the last counters; socket types
+// may be in any case, and the bound lines come in, out, mon, ctrl.
+TEST_F(cli, sigint_ends_the_tool_with_0_after_the_last_stats)
+{
+    child c({"steerable", "--ctrl", "pair=@tcp://127.0.0.1:*", "--mon", "Pub=@tcp://127.0.0.1:*",
+             "--out", "push=@tcp://127.0.0.1:*", "--in", "PULL=@tcp://127.0.0.1:*", "--stats",
+             "1000"});
+    for (const std::string name : {"in", "out", "mon", "ctrl"}) {
+        const auto l = c.line();
+        EXPECT_EQ(l.rfind("bound " + name + " tcp://127.0.0.1:", 0), 0u) << l;
+    }
+    ::kill(c.pid, SIGINT);
+    const auto stats = c.line();
+    EXPECT_EQ(stats.rfind("{\"frontend\":{\"msgs_in\":0,", 0), 0u) << stats;
+    EXPECT_EQ(c.wait(), 0);
+}
+
+TEST_F(cli, help_exits_0_with_the_usage)
+{
+    child c({"--help"});
+    std::string usage;
+    char chunk[256];
+    ssize_t n;
+    while (green::wait_readable(c.out), (n = ::read(c.out, chunk, sizeof chunk)) > 0)
+        usage.append(chunk, static_cast<size_t>(n));
+    EXPECT_NE(usage.find("Usage:"), std::string::npos) << usage;
+    EXPECT_EQ(c.wait(), 0);
+}
+
 TEST_F(cli, bad_arguments_exit_2)
 {
     const std::vector<std::vector<std::string>> bad = {
