@@ -1108,3 +1108,25 @@ TEST_F(zmq_stream, BadInput_socket_of_another_thread_is_thread_error)
     loop.start();
     EXPECT_EQ(got, "x");
 }
+
+// close(linger) sets the owned socket's ZMQ_LINGER before closing it: a message
+// for a peer that never comes then does not hold up the context's close().
+TEST_F(zmq_stream, close_with_a_linger_lets_the_context_close)
+{
+    green::context_t own;
+    green::zmq_stream push(green::socket_t(own, zmq::socket_type::push), loop);
+    push.connect("tcp://127.0.0.1:1"); // nothing listens there
+    push.send_string("never delivered");
+    ASSERT_EQ(push.flush(ZMQ_POLLOUT), 1u); // now in libzmq's queue
+    push.close(0);
+    own.close(); // with libzmq's default linger, for ever
+}
+
+// A stream's state belongs to its thread, and a destructor cannot throw.
+TEST_F(zmq_stream, BadInput_destroying_a_stream_on_another_thread_terminates_naming_it)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    auto stream = std::make_unique<green::zmq_stream>(
+        green::socket_t(ctx, zmq::socket_type::pull), loop);
+    EXPECT_DEATH(std::thread([&] { stream.reset(); }).join(), "thread_error");
+}
