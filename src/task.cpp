@@ -194,6 +194,8 @@ bool pool::join(std::chrono::milliseconds timeout)
 
 void pool::kill(bool block)
 {
+    // As the pool's other calls, even when it has no task to refuse.
+    s_->room.check_thread("pool::kill");
     killall(s_->tasks, block);
 }
 

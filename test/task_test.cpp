@@ -218,6 +218,7 @@ TEST_F(task_test, BadInput_a_pool_of_another_thread_is_thread_error)
                      green::thread_error);
         EXPECT_THROW(p.wait_available(0ms), green::thread_error);
         EXPECT_THROW(p.join(0ms), green::thread_error);
+        EXPECT_THROW(p.kill(), green::thread_error);
     }).join();
     EXPECT_EQ(p.running(), 0u);
     EXPECT_TRUE(p.spawn([] {}).join());
