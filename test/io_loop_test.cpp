@@ -901,6 +901,32 @@ TEST_F(io_loop, run_sync_returns_rethrows_and_times_out)
     EXPECT_TRUE(finished);
 }
 
+// As tornado's run_sync: a stop() before fn returns ends run_sync with an
+// error (not a timeout), and fn's fiber is left to finish on its own.
+TEST_F(io_loop, run_sync_raises_when_the_loop_stops_before_the_function_returns)
+{
+    boost::fibers::promise<void> release;
+    auto released = release.get_future();
+    boost::fibers::promise<void> ended;
+    auto has_ended = ended.get_future();
+    std::string error;
+    try {
+        loop.run_sync([&] {
+            loop.add_callback([&] { loop.stop(); });
+            released.wait();
+            ended.set_value();
+        });
+        error = "returned";
+    } catch (const green::timeout_error& e) {
+        error = std::string("timeout_error: ") + e.what();
+    } catch (const std::runtime_error& e) {
+        error = e.what();
+    }
+    EXPECT_NE(error.find("stopped before the function returned"), std::string::npos) << error;
+    release.set_value();
+    has_ended.wait();
+}
+
 TEST_F(io_loop, bad_input_is_rejected_clearly)
 {
     green::socket_t none;

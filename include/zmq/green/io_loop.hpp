@@ -77,8 +77,9 @@ public:
 
     // Runs fn in a new fiber of this thread and the loop until fn returns,
     // then rethrows what fn threw. Throws timeout_error if the timeout (-1:
-    // none) or a scoped timeout passes first; fn's fiber is then left to
-    // finish on its own.
+    // none) or a scoped timeout passes first, std::runtime_error if stop()
+    // ends the loop first (as tornado); fn's fiber is then left to finish on
+    // its own.
     void run_sync(std::function<void()> fn,
                   std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
 
