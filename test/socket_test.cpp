@@ -776,6 +776,24 @@ TEST_F(socket, moved_sockets_keep_working)
     EXPECT_FALSE(ref == moved);
 }
 
+// cppzmq code tests poller events and optional sockets against nullptr.
+TEST_F(socket, a_socket_ref_compares_with_nullptr_as_cppzmqs_does)
+{
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    const green::socket_ref none = nullptr;
+    EXPECT_FALSE(none);
+    EXPECT_TRUE(none == nullptr);
+    EXPECT_TRUE(nullptr == none);
+    EXPECT_FALSE(none != nullptr);
+    const green::socket_ref ref = s;
+    EXPECT_TRUE(ref != nullptr);
+    EXPECT_TRUE(nullptr != ref);
+    EXPECT_FALSE(ref == nullptr);
+    EXPECT_FALSE(s == nullptr);
+    s.close();
+    EXPECT_TRUE(green::socket_ref(s) == nullptr);
+}
+
 TEST_F(socket, bad_socket_type_and_endpoint_are_errors)
 {
     EXPECT_THROW(green::socket_t(ctx, 999), zmq::error_t);

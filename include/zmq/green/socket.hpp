@@ -186,8 +186,16 @@ inline void swap(socket_t& a, socket_t& b) noexcept { a.swap(b); }
 class socket_ref : public detail::socket_base {
 public:
     socket_ref() noexcept = default;
+    // As cppzmq's: an empty reference, e.g. for a proxy's missing capture.
+    socket_ref(std::nullptr_t) noexcept {}
     socket_ref(socket_t& socket) noexcept : socket_base(socket.core()) {}
 };
+
+// As cppzmq's: an fd's poller_event has a null socket.
+inline bool operator==(const socket_ref& s, std::nullptr_t) noexcept { return !s; }
+inline bool operator==(std::nullptr_t, const socket_ref& s) noexcept { return !s; }
+inline bool operator!=(const socket_ref& s, std::nullptr_t) noexcept { return bool(s); }
+inline bool operator!=(std::nullptr_t, const socket_ref& s) noexcept { return bool(s); }
 
 inline bool operator==(const detail::socket_base& a, const detail::socket_base& b) noexcept
 {
