@@ -919,7 +919,10 @@ TEST_F(socket, BadInput_close_on_a_foreign_thread_keeps_the_socket)
     auto* local = new green::context_t;
     {
         green::socket_t s(*local, zmq::socket_type::pair);
+        testing::internal::CaptureStderr();
         std::thread([&] { s.close(); }).join();
+        const std::string err = testing::internal::GetCapturedStderr();
+        EXPECT_NE(err.find("thread that does not own it"), std::string::npos) << err;
         if (s.handle() == nullptr)
             FAIL() << "the socket_t lost its socket (the context is leaked, not closed)";
         expect_usable(*local, s);
