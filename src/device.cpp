@@ -319,6 +319,16 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
             }
         if (opts.control)
             add_item(items, opts.control, ZMQ_POLLIN);
+        // Closing any of its sockets ends the device (ENOTSOCK), also one it
+        // is not waiting on now: an idle direction's destination, the
+        // capture, every socket while paused. ZMQ_POLLERR parks on a socket
+        // for its errors and close only: zmq_poll never reports it.
+        for (const auto& d : dirs) {
+            add_item(items, d.src, ZMQ_POLLERR);
+            add_item(items, d.dst, ZMQ_POLLERR);
+        }
+        if (const socket_ref copies = opts.monitor ? opts.monitor : opts.capture)
+            add_item(items, copies, ZMQ_POLLERR);
         poll(items);
 
         if (opts.control && (revents_of(items, opts.control) & ZMQ_POLLIN)) {

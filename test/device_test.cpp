@@ -98,6 +98,47 @@ TEST_F(device, a_killed_device_task_ends_and_leaves_its_socket_usable)
     EXPECT_EQ(recv_strs(rep), strings{"after"});
 }
 
+// The docs: a device ends when one of its sockets is closed. Closing one it
+// was not waiting on (a PULL->PUSH proxy parks on the PULL only; a paused
+// steerable proxy on its control socket only) must end it too, not leave it
+// parked until the next message.
+TEST_F(device, closing_a_socket_the_device_does_not_wait_on_ends_it)
+{
+    for (int which = 0; which < 4; ++which) {
+        SCOPED_TRACE(which);
+        rig r(ctx, zmq::socket_type::pull, zmq::socket_type::push, zmq::socket_type::push,
+              zmq::socket_type::pull);
+        auto capture = make(ctx, zmq::socket_type::pub);
+        auto control = make(ctx, zmq::socket_type::pair);
+        auto steer = make(ctx, zmq::socket_type::pair);
+        const auto ca = test::unique_inproc();
+        control.bind(ca);
+        steer.connect(ca);
+        const green::task dev = green::spawn([&] {
+            if (which < 2)
+                green::proxy(r.front, r.back, capture);
+            else
+                green::proxy_steerable(r.front, r.back, capture, control);
+        });
+        // A message through, so the device is past its checks and parked.
+        send_strs(r.a, {"one"});
+        EXPECT_EQ(recv_strs(r.b), strings{"one"});
+        if (which == 3) {
+            steer.send(zmq::str_buffer("PAUSE"));
+            boost::this_fiber::yield();
+        }
+        switch (which) {
+        case 0: r.back.close(); break;
+        case 1: capture.close(); break;
+        case 2: r.back.close(); break;
+        default: r.front.close(); break;
+        }
+        // Only a hang guard: it ends at once, or never.
+        EXPECT_TRUE(dev.join(5s));
+        EXPECT_FALSE(dev.exception());
+    }
+}
+
 TEST_F(device, queue_forwards_both_ways)
 {
     rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,
