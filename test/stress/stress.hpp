@@ -3,12 +3,18 @@
 
 #include "../support.hpp"
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
+#include <mutex>
 #include <random>
 #include <string>
+#include <thread>
+#include <vector>
 
 // Sanitized builds run every scenario with the message counts divided by this
 // (test/stress/CMakeLists.txt sets it); a plain build runs the full counts.
@@ -120,5 +126,99 @@ protected:
 private:
     int fds_before_ = 0;
 };
+
+// The seeded torture programs: a hang guard that needs no hub, and the seeds.
+namespace torture {
+
+// The hang guard: a thread, since a lost wake-up leaves a hub asleep.
+inline std::atomic<std::uint64_t> progress{0};
+inline std::atomic<std::uint32_t> current_seed{0};
+inline std::atomic<std::int64_t> seed_started{0}; // steady_clock ticks; 0 between seeds
+inline std::function<void()> dump_state; // read racily by the hang guard, just before abort
+constexpr int max_slots = 64;
+inline std::array<std::atomic<const char*>, max_slots> last_ops{};
+
+inline void op(int slot, const char* what)
+{
+    ++progress;
+    if (slot >= 0 && slot < max_slots)
+        last_ops[static_cast<size_t>(slot)].store(what);
+}
+
+inline void begin_seed(std::uint32_t seed)
+{
+    current_seed = seed;
+    for (auto& o : last_ops)
+        o.store(nullptr);
+    seed_started = std::chrono::steady_clock::now().time_since_epoch().count();
+}
+
+// Aborts, printing the seed and each slot's last operation, after 10 s without
+// progress or a seed that runs 10 s (a seed takes well under a second).
+inline void start_hang_guard()
+{
+    static std::once_flag once;
+    std::call_once(once, [] {
+        std::thread([] {
+            using namespace std::chrono_literals;
+            auto last = progress.load();
+            auto since = std::chrono::steady_clock::now();
+            for (;;) {
+                std::this_thread::sleep_for(100ms);
+                const auto now = std::chrono::steady_clock::now();
+                if (progress.load() != last) {
+                    last = progress.load();
+                    since = now;
+                }
+                const auto started = seed_started.load();
+                const bool stalled = started != 0 && now - since > 10s;
+                const bool spinning =
+                    started != 0
+                    && now.time_since_epoch().count() - started
+                           > std::chrono::steady_clock::duration(10s).count();
+                if (stalled || spinning) {
+                    std::cerr << (stalled ? "HANG" : "SPIN") << ": seed " << current_seed.load()
+                              << "; last operations:\n";
+                    for (int i = 0; i < max_slots; ++i)
+                        if (const char* w = last_ops[static_cast<size_t>(i)].load())
+                            std::cerr << "  slot " << i << ": " << w << "\n";
+                    if (dump_state)
+                        dump_state();
+                    if (std::getenv("ZMQ_GREEN_TORTURE_PAUSE"))
+                        std::this_thread::sleep_for(120s); // time to attach a debugger
+                    std::abort();
+                }
+            }
+        }).detach();
+    });
+}
+
+inline unsigned long env_or(const char* name, unsigned long fallback)
+{
+    const char* v = std::getenv(name);
+    return v ? std::strtoul(v, nullptr, 10) : fallback;
+}
+
+// ZMQ_GREEN_TORTURE_LIST (comma-separated), else ZMQ_GREEN_TORTURE_SEEDS seeds
+// from ZMQ_GREEN_TORTURE_FIRST (default: 1 to count).
+inline std::vector<std::uint32_t> seeds(std::uint32_t count)
+{
+    std::vector<std::uint32_t> out;
+    if (const char* list = std::getenv("ZMQ_GREEN_TORTURE_LIST")) {
+        for (char* end = nullptr;; list = end + 1) {
+            out.push_back(static_cast<std::uint32_t>(std::strtoul(list, &end, 10)));
+            if (*end != ',')
+                break;
+        }
+        return out;
+    }
+    const auto first = static_cast<std::uint32_t>(env_or("ZMQ_GREEN_TORTURE_FIRST", 1));
+    count = static_cast<std::uint32_t>(env_or("ZMQ_GREEN_TORTURE_SEEDS", count));
+    for (std::uint32_t s = first; s < first + count; ++s)
+        out.push_back(s);
+    return out;
+}
+
+} // namespace torture
 
 } // namespace stress

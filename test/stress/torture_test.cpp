@@ -26,58 +26,7 @@ namespace green = zmq::green;
 
 namespace {
 
-// The hang guard: a thread, since a lost wake-up leaves the hub asleep.
-std::atomic<std::uint64_t> progress{0};
-std::atomic<std::uint32_t> current_seed{0};
-std::atomic<std::int64_t> seed_started{0}; // steady_clock ticks
-std::function<void()> dump_state; // read racily by the hang guard, just before abort
-constexpr int max_slots = 64;
-std::array<std::atomic<const char*>, max_slots> last_ops{};
-
-void op(int slot, const char* what)
-{
-    ++progress;
-    if (slot >= 0 && slot < max_slots)
-        last_ops[static_cast<size_t>(slot)].store(what);
-}
-
-void start_hang_guard()
-{
-    static std::once_flag once;
-    std::call_once(once, [] {
-        std::thread([] {
-            auto last = progress.load();
-            auto since = std::chrono::steady_clock::now();
-            for (;;) {
-                std::this_thread::sleep_for(100ms);
-                const auto now = std::chrono::steady_clock::now();
-                if (progress.load() != last) {
-                    last = progress.load();
-                    since = now;
-                }
-                const auto started = seed_started.load(); // 0: between seeds
-                const bool stalled = started != 0 && now - since > 10s;
-                // A seed takes well under a second: one that runs on spins.
-                const bool spinning =
-                    started != 0
-                    && now.time_since_epoch().count() - started
-                           > std::chrono::steady_clock::duration(10s).count();
-                if (stalled || spinning) {
-                    std::cerr << (stalled ? "HANG" : "SPIN") << ": seed " << current_seed.load()
-                              << "; last operations:\n";
-                    for (int i = 0; i < max_slots; ++i)
-                        if (const char* w = last_ops[static_cast<size_t>(i)].load())
-                            std::cerr << "  fiber " << i << ": " << w << "\n";
-                    if (dump_state)
-                        dump_state();
-                    if (std::getenv("ZMQ_GREEN_TORTURE_PAUSE"))
-                        std::this_thread::sleep_for(120s); // time to attach a debugger
-                    std::abort();
-                }
-            }
-        }).detach();
-    });
-}
+using namespace stress::torture;
 
 struct header {
     std::uint32_t pair;
@@ -593,10 +542,7 @@ void chaos_fiber(world& w, int ops)
 
 void run_seed(std::uint32_t seed)
 {
-    current_seed = seed;
-    seed_started = std::chrono::steady_clock::now().time_since_epoch().count();
-    for (auto& o : last_ops)
-        o.store(nullptr);
+    begin_seed(seed);
     world w(seed);
     auto& hub = green::hub::current();
     const bool fallback_off = w.chance(50);
@@ -875,32 +821,13 @@ void run_seed(std::uint32_t seed)
         ADD_FAILURE() << "seed " << seed << ": " << f;
 }
 
-unsigned long env_or(const char* name, unsigned long fallback)
-{
-    const char* v = std::getenv(name);
-    return v ? std::strtoul(v, nullptr, 10) : fallback;
-}
-
 } // namespace
 
 TEST(torture, random_operations_on_one_hub)
 {
     start_hang_guard();
-    const auto first = static_cast<std::uint32_t>(env_or("ZMQ_GREEN_TORTURE_FIRST", 1));
-    const auto count = static_cast<std::uint32_t>(env_or("ZMQ_GREEN_TORTURE_SEEDS", 20));
     const bool verbose = std::getenv("ZMQ_GREEN_TORTURE_VERBOSE") != nullptr;
-    std::vector<std::uint32_t> seeds;
-    if (const char* list = std::getenv("ZMQ_GREEN_TORTURE_LIST")) {
-        for (char* end = nullptr;; list = end + 1) {
-            seeds.push_back(static_cast<std::uint32_t>(std::strtoul(list, &end, 10)));
-            if (*end != ',')
-                break;
-        }
-    } else {
-        for (std::uint32_t s = first; s < first + count; ++s)
-            seeds.push_back(s);
-    }
-    for (const std::uint32_t s : seeds) {
+    for (const std::uint32_t s : seeds(20)) {
         if (verbose)
             std::cerr << "seed " << s << std::endl;
         run_seed(s);
