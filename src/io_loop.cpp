@@ -376,6 +376,13 @@ struct loop_state {
             return true;
         }
         stats.level_checks += due.size();
+        // An fd the re-check presumed lost may have an edge epoll holds but
+        // has not delivered: delivered now, it is not counted as a rescue.
+        for (auto& h : due)
+            if (h->lost_edge) {
+                owner->deliver_pending();
+                break;
+            }
         bool any = false;
         for (std::size_t i = 0; rc > 0 && i < fds.size(); ++i) {
             loop_handler& h = *due[i];
@@ -475,7 +482,8 @@ struct loop_state {
 
 void loop_handler::changed(bool lost) noexcept
 {
-    lost_edge = lost_edge || lost;
+    // An fd hears otherwise only from epoll: an edge, so not lost after all.
+    lost_edge = core == nullptr ? lost : lost_edge || lost;
     loop->mark_due(*this);
 }
 

@@ -437,10 +437,7 @@ void reactor::recheck_sockets() noexcept
     }
     if (suspects.empty())
         return;
-    // Deliver the edges epoll already holds, so they do not count as lost.
-    std::array<epoll_event, 128> pending;
-    deliver(pending.data(),
-            ::epoll_wait(epfd_, pending.data(), static_cast<int>(pending.size()), 0));
+    deliver_pending();
     for (auto [core, edges] : suspects) {
         if (core->edges != edges)
             continue;
@@ -448,6 +445,13 @@ void reactor::recheck_sockets() noexcept
         if (!core->waiters.empty())
             stats_.rescues += core->refresh().woken;
     }
+}
+
+void reactor::deliver_pending() noexcept
+{
+    std::array<epoll_event, 128> pending;
+    deliver(pending.data(),
+            ::epoll_wait(epfd_, pending.data(), static_cast<int>(pending.size()), 0));
 }
 
 void reactor::notify() noexcept

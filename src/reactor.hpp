@@ -242,6 +242,9 @@ public:
     // no edge announced, and wakes their waiters and tells their watchers.
     // One epoll_wait however many sockets exist.
     void recheck_sockets() noexcept;
+    // Delivers the edges epoll holds now, without waiting: a re-check that
+    // finds something ready must not count an edge not yet delivered as lost.
+    void deliver_pending() noexcept;
 
 private:
     bool others_ready() const noexcept; // a fiber other than the dispatcher

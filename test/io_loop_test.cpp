@@ -608,6 +608,40 @@ TEST_F(io_loop, a_lost_edge_is_rescued_by_the_fallback_and_counted)
     rescues_expected = 1;
 }
 
+// The fallback re-check polls the fd handlers; an fd that became ready
+// after the hub last read epoll has its edge waiting there, not lost, and
+// must not count as a rescue. Here a fiber woken by the same turn of the hub
+// as the loop's re-check writes first (another thread can at any time).
+TEST_F(io_loop, an_fd_edge_epoll_has_not_delivered_yet_is_not_a_rescue)
+{
+    const int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ASSERT_GE(efd, 0);
+    loop.set_fallback_interval(20ms);
+    int calls = 0;
+    loop.add_handler(
+        efd,
+        [&](short) {
+            std::uint64_t v = 0;
+            EXPECT_EQ(::read(efd, &v, sizeof v), static_cast<ssize_t>(sizeof v));
+            ++calls;
+            loop.stop();
+        },
+        ZMQ_POLLIN);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          green::sleep_for(10ms);
+                          const std::uint64_t one = 1;
+                          EXPECT_EQ(::write(efd, &one, sizeof one),
+                                    static_cast<ssize_t>(sizeof one));
+                      },
+                      // Keeps the thread past both deadlines, so that one
+                      // turn of the hub wakes both fibers.
+                      [&] { std::this_thread::sleep_for(60ms); }});
+    loop.remove_handler(efd);
+    ::close(efd);
+    EXPECT_EQ(calls, 1);
+}
+
 // A fiber's own call on the socket may take the signal the loop waits for
 // (here a ZMQ_EVENTS read processes the command that brought the message):
 // the handler must still run, without the fallback re-check.
