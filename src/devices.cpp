@@ -6,7 +6,6 @@
 #include "reactor.hpp"
 
 #include <boost/fiber/fiber.hpp>
-#include <boost/fiber/future.hpp>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -21,7 +20,9 @@
 #include <climits>
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <new>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -191,6 +192,56 @@ struct event_fd {
     }
 };
 
+// A line a worker hands to its owner, who waits for it in a green wait.
+// Not a boost::fibers::promise across threads: a worker thread that sets it
+// while the owner's wait holds the promise's fiber mutex parks on that mutex,
+// the owner's unlock wakes it from the owner's thread, and Boost 1.74 calls
+// the worker's hub (notify) only after releasing its queue, by when the
+// worker may have run on, ended and destroyed that hub: a use after free. A
+// std::mutex never parks a fiber, and an eventfd write reaches the owner's
+// epoll whatever becomes of the worker.
+class handoff {
+public:
+    void set(std::string line)
+    {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (line_)
+                return; // the first line stands
+            line_ = std::move(line);
+        }
+        ready_.signal();
+    }
+    // Waits up to timeout (-1: no limit); true once set. Interruptible as
+    // other green waits (a kill, a scoped timeout) unless told otherwise.
+    // Once true, what the worker wrote before set() is visible: is_set()
+    // takes the mutex after the eventfd said so.
+    bool wait(std::chrono::milliseconds timeout, bool interruptible = true)
+    {
+        return is_set()
+               || (hub::current().reactor()->wait_fd(ready_.fd, ZMQ_POLLIN,
+                                                     detail::deadline_after(timeout), interruptible)
+                   && is_set());
+    }
+    std::string get()
+    {
+        wait(std::chrono::milliseconds{-1});
+        std::lock_guard<std::mutex> lock(mutex_);
+        return *line_;
+    }
+
+private:
+    bool is_set()
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return line_.has_value();
+    }
+
+    event_fd ready_;
+    std::mutex mutex_;
+    std::optional<std::string> line_;
+};
+
 // Terminating a context waits for its sockets' ZMQ_LINGER, forever for a
 // message whose peer never comes. A thread of its own waits for it, so that
 // join() can time out and stop() can detach it: the thread owns all it uses.
@@ -253,9 +304,8 @@ struct background_device::state {
     bool dropped = false;                    // the worker closed its sockets without linger
     std::shared_ptr<event_fd> terminated;    // the worker's context has terminated
     std::thread terminator;                  // the thread that terminates it
-    boost::fibers::promise<std::string> setup_promise;
-    boost::fibers::promise<std::string> end_promise;
-    boost::fibers::shared_future<std::string> end_future;
+    handoff setup_line;
+    handoff end_line;
     std::thread thread;
     boost::fibers::fiber fiber;
 
@@ -274,7 +324,6 @@ struct background_device::state {
         if (mem == MAP_FAILED)
             throw std::system_error(errno, std::generic_category(), "mmap device counters");
         counters = new (mem) detail::device_counters();
-        end_future = end_promise.get_future().share();
     }
     ~state()
     {
@@ -333,12 +382,8 @@ struct background_device::state {
     {
         if (finished)
             return true;
-        if (mode != run_mode::process) {
-            if (timeout.count() < 0)
-                end_future.wait();
-            return end_future.wait_for(std::max(timeout, 0ms))
-                   == boost::fibers::future_status::ready;
-        }
+        if (mode != run_mode::process)
+            return end_line.wait(timeout);
         std::string line;
         while (!end_read) {
             const auto got = read_line(line, timeout);
@@ -383,7 +428,7 @@ struct background_device::state {
         if (finished) // another fiber completed the wait meanwhile
             return true;
         finished = true;
-        end_report = end_future.get();
+        end_report = end_line.get();
         if (terminator.joinable())
             terminator.join();
         if (thread.joinable())
@@ -744,16 +789,15 @@ void background_device::start()
     st.ctx = std::make_unique<context_t>();
     st.stop_event = std::make_unique<event_fd>();
     st.terminated = std::make_shared<event_fd>();
-    auto setup = st.setup_promise.get_future();
     // The worker uses the state only: the device's derived parts may be
     // destroyed while it runs.
     auto body = [&s = st] {
         const auto end = end_line_of([&] {
             work(s, s.ctx.get(),
-                 [&s](const std::string& report) { s.setup_promise.set_value(report); });
+                 [&s](const std::string& report) { s.setup_line.set(report); });
         });
         s.terminator = start_terminator(std::move(*s.ctx), s.terminated);
-        s.end_promise.set_value(end);
+        s.end_line.set(end);
     };
     if (st.mode == run_mode::thread)
         st.thread = std::thread(body);
@@ -762,7 +806,7 @@ void background_device::start()
     else
         body();
     try {
-        st.parse_setup(setup.get());
+        st.parse_setup(st.setup_line.get());
     } catch (...) {
         join(); // the worker is ending: leave nothing running
         throw;
@@ -804,7 +848,9 @@ void background_device::stop() noexcept
             st.stop_fd = -1;
         } else {
             st.stop_event->signal();
-            st.end_future.wait();
+            // Uninterruptible: stop() is noexcept, and must not leave the
+            // worker running unjoined.
+            st.end_line.wait(std::chrono::milliseconds{-1}, false);
             // A worker that ended by itself may still be delivering what it
             // forwarded, for as long as its sockets' linger: not waited for.
             if (!st.dropped) {
