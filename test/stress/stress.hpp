@@ -219,6 +219,47 @@ inline std::vector<std::uint32_t> seeds(std::uint32_t count)
     return out;
 }
 
+// A torture message's first frame: which stream (pair, flow) and sender it
+// belongs to, its place in that sender's sequence, and how many frames the
+// message has (the others carry seq and their index).
+struct header {
+    std::uint32_t stream;
+    std::uint32_t sender;
+    std::uint32_t seq;
+    std::uint32_t frames;
+};
+constexpr std::uint32_t end_marker = 0xffffffff; // as sender: no more messages
+
+inline std::vector<zmq::message_t> make_message(const header& h)
+{
+    std::vector<zmq::message_t> frames;
+    frames.emplace_back(&h, sizeof h);
+    for (std::uint32_t i = 1; i < h.frames; ++i) {
+        const std::uint32_t body[2] = {h.seq, i};
+        frames.emplace_back(body, sizeof body);
+    }
+    return frames;
+}
+
+// Runs run_seed(seed) for each of seeds(20) under the hang guard, stopping
+// at the first seed that fails (ZMQ_GREEN_TORTURE_VERBOSE names each one).
+template<class Run>
+void run_seeds(Run run_seed)
+{
+    start_hang_guard();
+    const bool verbose = std::getenv("ZMQ_GREEN_TORTURE_VERBOSE") != nullptr;
+    for (const std::uint32_t s : seeds(20)) {
+        if (verbose)
+            std::cerr << "seed " << s << std::endl;
+        run_seed(s);
+        seed_started = 0;
+        if (::testing::Test::HasFailure()) {
+            std::cerr << "failed at seed " << s << std::endl;
+            break;
+        }
+    }
+}
+
 } // namespace torture
 
 } // namespace stress

@@ -28,13 +28,6 @@ namespace {
 
 using namespace stress::torture;
 
-struct header {
-    std::uint32_t pair;
-    std::uint32_t sender;
-    std::uint32_t seq;
-    std::uint32_t frames;
-};
-constexpr std::uint32_t end_marker = 0xffffffff;
 
 enum class kind { pair, pushpull, dealer_router, pubsub, reqrep };
 const char* kind_name(kind k)
@@ -99,6 +92,21 @@ struct world {
             fail(std::string(where) + ": unknown exception");
         }
     }
+
+    // Runs body: an error that kind k's breakers allow ends it quietly, any
+    // other exception is a failure of where.
+    template<class Body>
+    void guarded(kind k, const char* where, Body&& body)
+    {
+        try {
+            body();
+        } catch (const zmq::error_t& e) {
+            if (!allowed(e, k))
+                unexpected(where);
+        } catch (...) {
+            unexpected(where);
+        }
+    }
 };
 
 std::string endpoint(world& w, bool tcp)
@@ -118,16 +126,6 @@ void connect_pair(world& w, green::socket_t& x, green::socket_t& y, bool tcp)
     connecter.connect(binder.get(zmq::sockopt::last_endpoint));
 }
 
-std::vector<zmq::message_t> make_message(const header& h)
-{
-    std::vector<zmq::message_t> frames;
-    frames.emplace_back(&h, sizeof h);
-    for (std::uint32_t i = 1; i < h.frames; ++i) {
-        const std::uint32_t body[2] = {h.seq, i};
-        frames.emplace_back(body, sizeof body);
-    }
-    return frames;
-}
 
 // Checks one received message against its pair's expectations; false on an
 // end marker.
@@ -305,7 +303,7 @@ std::optional<std::vector<zmq::message_t>> recv_one(world& w, green::socket_t& s
 void sender_fiber(world& w, tracked& p, std::uint32_t id)
 {
     const int slot = w.slot();
-    try {
+    w.guarded(p.k, "sender", [&] {
         for (int seq = 0; seq < p.per_sender; ++seq) {
             header h{p.index, id,
                      static_cast<std::uint32_t>(seq), static_cast<std::uint32_t>(w.pick(1, 3))};
@@ -322,19 +320,14 @@ void sender_fiber(world& w, tracked& p, std::uint32_t id)
                 send_one(w, p.a, make_message(h), 0, slot);
             }
         }
-    } catch (const zmq::error_t& e) {
-        if (!allowed(e, p.k))
-            w.unexpected("sender");
-    } catch (...) {
-        w.unexpected("sender");
-    }
+    });
     op(slot, "sender done");
 }
 
 void receiver_fiber(world& w, tracked& p)
 {
     const int slot = w.slot();
-    try {
+    w.guarded(p.k, "receiver", [&] {
         for (;;) {
             auto m = recv_one(w, p.b, w.pick(0, 6), slot);
             if (!m)
@@ -342,12 +335,7 @@ void receiver_fiber(world& w, tracked& p)
             else if (!account(w, p, *m, "receiver"))
                 break;
         }
-    } catch (const zmq::error_t& e) {
-        if (!allowed(e, p.k))
-            w.unexpected("receiver");
-    } catch (...) {
-        w.unexpected("receiver");
-    }
+    });
     ++p.receivers_done;
     op(slot, "receiver done");
 }
@@ -355,7 +343,7 @@ void receiver_fiber(world& w, tracked& p)
 void req_fiber(world& w, tracked& p)
 {
     const int slot = w.slot();
-    try {
+    w.guarded(p.k, "req", [&] {
         for (int i = 0; i < p.per_sender; ++i) {
             header h{0, 0, static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(w.pick(1, 3))};
             send_one(w, p.a, make_message(h), w.chance(50) ? 0 : 1, slot);
@@ -369,19 +357,14 @@ void req_fiber(world& w, tracked& p)
         }
         header h{0, end_marker, 0, 1};
         send_one(w, p.a, make_message(h), 0, slot);
-    } catch (const zmq::error_t& e) {
-        if (!allowed(e, p.k))
-            w.unexpected("req");
-    } catch (...) {
-        w.unexpected("req");
-    }
+    });
     op(slot, "req done");
 }
 
 void rep_fiber(world& w, tracked& p)
 {
     const int slot = w.slot();
-    try {
+    w.guarded(p.k, "rep", [&] {
         for (;;) {
             auto m = recv_one(w, p.b, w.pick(0, 6), slot);
             if (!m) {
@@ -395,12 +378,7 @@ void rep_fiber(world& w, tracked& p)
                 break;
             send_one(w, p.b, std::move(*m), w.pick(0, 3), slot);
         }
-    } catch (const zmq::error_t& e) {
-        if (!allowed(e, p.k))
-            w.unexpected("rep");
-    } catch (...) {
-        w.unexpected("rep");
-    }
+    });
     op(slot, "rep done");
 }
 
@@ -408,7 +386,7 @@ void rep_fiber(world& w, tracked& p)
 void stream_fiber(world& w, tracked& p)
 {
     const int slot = w.slot();
-    try {
+    w.guarded(p.k, "stream", [&] {
         green::io_loop loop;
         loop.set_fallback_interval(green::hub::current().fallback_interval());
         green::zmq_stream stream(green::socket_ref(p.b), loop);
@@ -445,12 +423,7 @@ void stream_fiber(world& w, tracked& p)
         op(slot, "stream loop stopped");
         if (loop.stats().rescues != 0)
             w.fail("io_loop rescues");
-    } catch (const zmq::error_t& e) {
-        if (!allowed(e, p.k))
-            w.unexpected("stream");
-    } catch (...) {
-        w.unexpected("stream");
-    }
+    });
     ++p.receivers_done;
     op(slot, "stream done");
 }
@@ -825,16 +798,5 @@ void run_seed(std::uint32_t seed)
 
 TEST(torture, random_operations_on_one_hub)
 {
-    start_hang_guard();
-    const bool verbose = std::getenv("ZMQ_GREEN_TORTURE_VERBOSE") != nullptr;
-    for (const std::uint32_t s : seeds(20)) {
-        if (verbose)
-            std::cerr << "seed " << s << std::endl;
-        run_seed(s);
-        seed_started = 0;
-        if (::testing::Test::HasFailure()) {
-            std::cerr << "failed at seed " << s << std::endl;
-            break;
-        }
-    }
+    run_seeds(run_seed);
 }

@@ -47,24 +47,7 @@ using namespace stress::torture;
 
 namespace {
 
-struct header {
-    std::uint32_t flow;
-    std::uint32_t sender;
-    std::uint32_t seq;
-    std::uint32_t frames;
-};
-constexpr std::uint32_t end_marker = 0xffffffff;
 
-std::vector<zmq::message_t> make_message(const header& h)
-{
-    std::vector<zmq::message_t> frames;
-    frames.emplace_back(&h, sizeof h);
-    for (std::uint32_t i = 1; i < h.frames; ++i) {
-        const std::uint32_t body[2] = {h.seq, i};
-        frames.emplace_back(body, sizeof body);
-    }
-    return frames;
-}
 
 // Whole, and the header; nullopt (and a failure) if malformed.
 std::optional<header> parse(const std::vector<zmq::message_t>& frames, size_t first,
@@ -407,7 +390,7 @@ struct worker {
                     ++ends;
                     continue;
                 }
-                if (h->flow != f.index || h->sender >= f.next.size()) {
+                if (h->stream != f.index || h->sender >= f.next.size()) {
                     sh.fail("flow " + std::to_string(f.index) + ": foreign message");
                     continue;
                 }
@@ -1386,16 +1369,5 @@ void run_seed(std::uint32_t seed)
 
 TEST(torture_threads, random_operations_across_threads)
 {
-    start_hang_guard();
-    const bool verbose = std::getenv("ZMQ_GREEN_TORTURE_VERBOSE") != nullptr;
-    for (const std::uint32_t s : seeds(20)) {
-        if (verbose)
-            std::cerr << "seed " << s << std::endl;
-        run_seed(s);
-        seed_started = 0;
-        if (::testing::Test::HasFailure()) {
-            std::cerr << "failed at seed " << s << std::endl;
-            break;
-        }
-    }
+    run_seeds(run_seed);
 }
