@@ -327,8 +327,8 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
             add_item(items, d.src, ZMQ_POLLERR);
             add_item(items, d.dst, ZMQ_POLLERR);
         }
-        if (const socket_ref copies = opts.monitor ? opts.monitor : opts.capture)
-            add_item(items, copies, ZMQ_POLLERR);
+        if (opts.copies())
+            add_item(items, opts.copies(), ZMQ_POLLERR);
         poll(items);
 
         if (opts.control && (revents_of(items, opts.control) & ZMQ_POLLIN)) {
@@ -374,7 +374,7 @@ void check_sockets(socket_ref frontend, socket_ref backend, const device_loop_op
 {
     require_socket(frontend);
     require_socket(backend);
-    const socket_ref copies = opts.monitor ? opts.monitor : opts.capture;
+    const socket_ref copies = opts.copies();
     const char* const* names = opts.role_names;
     const std::string prefix = std::string("zmq::green::") + opts.name + ": the ";
     auto refuse_overlap = [&](socket_ref s, int role) {

@@ -35,6 +35,9 @@ struct device_loop_options {
     std::string back_prefix;        // monitor prefix for backend -> frontend
     bool swap_ids = false;          // ROUTER-ROUTER monitored_queue
     device_counters* counters = nullptr; // optional: also visible outside the loop
+
+    // The socket that gets copies: a device has a capture or a monitor.
+    socket_ref copies() const { return monitor ? monitor : capture; }
 };
 
 // The socket types a device is built from; -1 for an absent socket. Checked
