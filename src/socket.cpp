@@ -4,6 +4,7 @@
 #include "socket_core.hpp"
 #include "system_stack.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -29,6 +30,7 @@ void socket_core::on_ready(std::uint32_t) noexcept
 refresh_result socket_core::refresh(const change_watch* reader) noexcept
 {
     tell_watchers(reader);
+    replies_since_commands = 0;
     refresh_result r;
     int events = 0;
     size_t size = sizeof events;
@@ -46,6 +48,21 @@ refresh_result socket_core::refresh(const change_watch* reader) noexcept
     if (events != 0)
         r.woken = owner.wake_matching(waiters, static_cast<short>(events));
     return r;
+}
+
+void socket_core::refresh_stale_reply_count() noexcept
+{
+    // The peer reports what it has read once every `lwm` messages, lwm being
+    // about half the HWM and at most 1024 below it (libzmq's pipe), so once
+    // processed the count lags by at most lwm - 1 replies, and each reply
+    // sent since adds one. Processing again after a quarter of the HWM (of
+    // 2048 at most) keeps a reply the peer made room for from being dropped.
+    int hwm = 0;
+    size_t size = sizeof hwm;
+    if (zmq_getsockopt(handle, ZMQ_SNDHWM, &hwm, &size) != 0 || hwm <= 0)
+        return; // unlimited; or the send meets the error
+    if (replies_since_commands >= static_cast<unsigned>(std::max(1, std::min(hwm, 2048) / 4)))
+        (void)refresh();
 }
 
 bool socket_core::acquire(direction& dir, clock::time_point deadline)
@@ -416,6 +433,7 @@ socket_t::socket_t(const std::shared_ptr<detail::context_core>& context, int typ
     }
     auto* core = new detail::socket_core(r, context, h, fd);
     core->lockstep_inproc = type == ZMQ_REQ || type == ZMQ_REP;
+    core->counts_replies = type == ZMQ_REP;
     try {
         r->add_socket(*core);
     } catch (...) {

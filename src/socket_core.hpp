@@ -61,8 +61,13 @@ public:
     void completed(short event) noexcept
     {
         sent_last = lockstep_inproc && event == ZMQ_POLLOUT;
+        if (counts_replies && event == ZMQ_POLLOUT)
+            ++replies_since_commands;
         after_op();
     }
+
+    // Before a REP's reply: see replies_since_commands.
+    void refresh_stale_reply_count() noexcept;
 
     // Runs op, a non-blocking libzmq call (returns >= 0, or -1 with errno),
     // in direction dir, parking the fiber until the socket has `event` as
@@ -113,6 +118,15 @@ public:
     // costs switches.
     bool lockstep_inproc = false;
     bool sent_last = false;
+    // A REP drops a reply, silently, when its count of the replies its peer
+    // has read says the pipe is full, and that count advances only when the
+    // REP processes libzmq's commands: a REP whose receives all succeed at
+    // once (after the lockstep yield, or with requests queued) would never
+    // see its peer read. So a REP counts its replies since it last processed
+    // them (a ZMQ_EVENTS read or a failed receive), and reads ZMQ_EVENTS
+    // before a reply that could otherwise find the pipe full.
+    bool counts_replies = false;
+    unsigned replies_since_commands = 0;
     // monitor_t inits on the socket so far: libzmq keeps one monitor per
     // socket, and a monitor replaced by a newer one must not stop that one.
     unsigned monitors = 0;
@@ -181,6 +195,8 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
     }
     // Fast path: nobody owns the direction, so nobody is queued either.
     if (dir.owner == nullptr) {
+        if (replies_since_commands != 0 && event == ZMQ_POLLOUT)
+            refresh_stale_reply_count();
         const int rc = op(more);
         if (rc >= 0) {
             if (more)
@@ -194,6 +210,8 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             after_op();
             throw zmq::error_t(err);
         }
+        if (event == ZMQ_POLLIN && errno == EAGAIN)
+            replies_since_commands = 0; // the failed receive processed them
         if (dontwait && errno == EAGAIN) {
             // The failed call may have consumed a signal others wait for.
             after_op();
@@ -231,6 +249,8 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             return -1;
         }
         dir.owner = self;
+        if (replies_since_commands != 0 && event == ZMQ_POLLOUT)
+            refresh_stale_reply_count();
     }
 
     // Set once ZMQ_EVENTS said ready and the retry failed all the same: the
@@ -255,6 +275,8 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
         const int err = errno;
         if (err == EINTR)
             continue;
+        if (event == ZMQ_POLLIN && err == EAGAIN)
+            replies_since_commands = 0;
         if (err != EAGAIN || dontwait) {
             release(dir);
             after_op();
