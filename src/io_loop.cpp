@@ -483,7 +483,10 @@ struct loop_state {
 void loop_handler::changed(bool lost) noexcept
 {
     // An fd hears otherwise only from epoll: an edge, so not lost after all.
-    lost_edge = core == nullptr ? lost : lost_edge || lost;
+    // A socket handler already due will be checked anyway: the re-check (any
+    // loop's, or the hub's) rescues nothing, though it finds the signal of
+    // the edge that made it due still unread.
+    lost_edge = core == nullptr ? lost : lost_edge || (lost && !due_hook.is_linked());
     loop->mark_due(*this);
 }
 

@@ -642,6 +642,36 @@ TEST_F(io_loop, an_fd_edge_epoll_has_not_delivered_yet_is_not_a_rescue)
     EXPECT_EQ(calls, 1);
 }
 
+// Another loop's fallback re-check (every loop's sweeps the hub's sockets)
+// finds a socket's signal unread while this loop's handler is already due for
+// the edge that brought it: the handler was to be checked anyway, so its call
+// is no rescue. Several zmq_streams on one hub, each on a loop of its own.
+TEST_F(io_loop, a_due_handler_another_loops_recheck_finds_is_not_a_rescue)
+{
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
+    std::string got;
+    stop_at_first_message(p.b, got); // due from the start
+    zmq::message_t none;
+    ASSERT_FALSE(p.b.recv(none, zmq::recv_flags::dontwait)); // the pipe sleeps: a signal will wake it
+    p.a.send(zmq::str_buffer("edge"));
+    green::io_loop other;
+    test::bound_pair idle(ctx, zmq::socket_type::pair, zmq::socket_type::pair,
+                          test::unique_inproc());
+    other.add_handler(idle.a, [](short) {}, ZMQ_POLLIN);
+    // Its first park lets the hub deliver the edge; the next ones end by its
+    // fallback re-check, about fifty of them.
+    other.set_fallback_interval(1ms);
+    other.call_later(50ms, [&] { other.stop(); });
+    other.start();
+    other.remove_handler(idle.a);
+    EXPECT_GT(other.stats().parks, 1u);
+    {
+        watchdog guard(loop);
+        loop.start();
+    }
+    EXPECT_EQ(got, "edge"); // and TearDown: no rescue
+}
+
 // A fiber's own call on the socket may take the signal the loop waits for
 // (here a ZMQ_EVENTS read processes the command that brought the message):
 // the handler must still run, without the fallback re-check.
