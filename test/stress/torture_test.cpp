@@ -573,9 +573,13 @@ void run_seed(std::uint32_t seed)
                 if (p->b.recv(m))
                     break;
             }
+            // Hellos still on their way (over tcp) come before this one.
+            (void)p->a.send(zmq::str_buffer("ready"), zmq::send_flags::dontwait);
+            p->b.set(zmq::sockopt::rcvtimeo, -1);
             zmq::message_t m;
-            while (p->b.recv(m, zmq::recv_flags::dontwait)) {
-            }
+            do {
+                (void)p->b.recv(m);
+            } while (m.to_string_view() != "ready");
         }
         w.pairs.push_back(std::move(p));
     }
