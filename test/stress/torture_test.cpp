@@ -3,11 +3,17 @@
 // timeouts, multipart frame by frame, poll, poller_t, socket poll, zmq_stream
 // on an io_loop, monitor_t), while a seed may close a pair under its waiters,
 // or shut down, destroy or close the context from a fiber or another thread.
+// A DEALER/ROUTER pair may have several DEALERs, and half the PAIR and
+// DEALER/ROUTER pairs carry messages both ways at once: the ROUTER
+// (mandatory) replies to each DEALER it has heard from, and several fibers
+// send and receive on each socket, so that whole messages must not mix.
 // Every fiber must end, only the documented errors may escape, and every
-// message of a pair nothing broke arrives exactly once, in order per sender.
+// message of a pair nothing broke arrives exactly once, in order per sender,
+// in both directions, at the socket it was meant for.
 // ZMQ_GREEN_TORTURE_FIRST and ZMQ_GREEN_TORTURE_SEEDS pick the seeds.
 #include "stress.hpp"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstring>
@@ -15,6 +21,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <string>
@@ -42,26 +49,56 @@ const char* kind_name(kind k)
     return "?";
 }
 
+// A breaker's errors. EHOSTUNREACH: a ROUTER_MANDATORY reply to a DEALER a
+// breaker closed (on a pair nothing broke, the reply's loss fails the count).
 bool allowed(const zmq::error_t& e, kind k)
 {
-    return e.num() == ETERM || e.num() == ENOTSOCK || (k == kind::reqrep && e.num() == EFSM);
+    return e.num() == ETERM || e.num() == ENOTSOCK || (k == kind::reqrep && e.num() == EFSM)
+           || (k == kind::dealer_router && e.num() == EHOSTUNREACH);
 }
 
+// The messages of one direction of a pair. A message's header.stream is the
+// DEALER it comes from or goes to (0 on other kinds), so a sender is known by
+// (stream, sender) and each receiving DEALER checks that its replies are its.
+struct flow {
+    int senders = 1;   // fibers on each sending socket
+    int receivers = 1; // fibers on each receiving socket, unless a zmq_stream receives
+    bool stream = false;
+    int per_sender = 0;            // messages of a sender (to each DEALER, from a ROUTER)
+    std::vector<int> senders_done; // per sending socket
+    int sockets_done = 0;          // sending sockets whose senders are all done
+    int receivers_done = 0;
+    std::vector<std::uint32_t> next;      // per (stream, sender)
+    std::vector<std::uint64_t> received;  // per stream
+    std::vector<int> ended;               // per stream: end markers received
+};
+
 struct tracked {
-    std::uint32_t index = 0;
     kind k;
     bool tcp;
-    bool stream = false; // received by a zmq_stream on an io_loop
-    green::socket_t a;   // sends
-    green::socket_t b;   // receives
-    int senders = 1;
-    int receivers = 1;
-    int per_sender = 0;
-    int senders_done = 0;
-    int receivers_done = 0;
-    std::vector<std::uint32_t> next; // per sender
-    std::uint64_t received = 0;
+    std::vector<green::socket_t> a; // sends: one socket, or 1-3 DEALERs on one ROUTER
+    green::socket_t b;              // receives
+    flow out;                       // a -> b
+    bool duplex = false;            // also b -> a, at the same time
+    flow back;                      // b -> a: the ROUTER replies to every DEALER
+    std::vector<std::string> identities; // per DEALER, as its ROUTER heard it
+    // Signalled when the ROUTER hears a DEALER, a flow completes, or a
+    // receiving fiber ends.
+    boost::fibers::mutex mutex;
+    boost::fibers::condition_variable changed;
     bool broken = false; // closed by the torture
+
+    void notify()
+    {
+        std::lock_guard<boost::fibers::mutex> lock(mutex);
+        changed.notify_all();
+    }
+    template<class Pred>
+    void wait(Pred pred)
+    {
+        std::unique_lock<boost::fibers::mutex> lock(mutex);
+        changed.wait(lock, pred);
+    }
 };
 
 struct world {
@@ -127,38 +164,72 @@ void connect_pair(world& w, green::socket_t& x, green::socket_t& y, bool tcp)
 }
 
 
-// Checks one received message against its pair's expectations; false on an
-// end marker.
-bool account(world& w, tracked& p, std::vector<zmq::message_t>& frames, const char* who)
+// Whether every sending socket of flow f has had an end marker through.
+bool ended(const flow& f)
 {
-    size_t first = p.k == kind::dealer_router ? 1 : 0;
+    return std::all_of(f.ended.begin(), f.ended.end(), [](int n) { return n > 0; });
+}
+
+// Checks one received message of flow f against its pair's expectations;
+// false on an end marker that ends the receiving fiber. at: the receiving
+// socket, a's index, or -1 for b.
+bool account(world& w, tracked& p, flow& f, std::vector<zmq::message_t>& frames, int at,
+             const char* who)
+{
+    const bool router = p.k == kind::dealer_router && at < 0;
+    const size_t first = router ? 1 : 0;
     if (frames.size() <= first || frames[first].size() != sizeof(header)) {
         w.fail(std::string(who) + ": malformed message on " + kind_name(p.k));
         return true;
     }
     header h{};
     std::memcpy(&h, frames[first].data(), sizeof h);
-    if (h.sender == end_marker)
-        return false;
-    if (h.sender >= p.next.size() || frames.size() - first != h.frames) {
+    if (h.stream >= p.a.size() || (at >= 0 && h.stream != static_cast<std::uint32_t>(at))) {
+        w.fail(std::string(who) + ": " + kind_name(p.k) + " message of stream "
+               + std::to_string(h.stream) + " reached socket " + std::to_string(at));
+        return true;
+    }
+    if (router) {
+        const std::string id(frames[0].data<char>(), frames[0].size());
+        auto& known = p.identities[h.stream];
+        if (known.empty()) {
+            known = id;
+            p.notify();
+        } else if (known != id) {
+            w.fail(std::string(who) + ": DEALER " + std::to_string(h.stream)
+                   + " came with two identities");
+        }
+    }
+    if (h.sender == end_marker) {
+        if (at >= 0)
+            return false; // from b, the one sending socket: a marker per receiving fiber
+        // Several sending sockets each end with one marker, through pipes
+        // that need not keep order between them: the receivers all end
+        // once every one has (see end_flow).
+        if (++f.ended[h.stream] == 1 && ended(f))
+            p.notify();
+        return !ended(f);
+    }
+    if (h.sender >= static_cast<std::uint32_t>(f.senders) || frames.size() - first != h.frames) {
         w.fail(std::string(who) + ": bad header/frame count on " + kind_name(p.k));
         return true;
     }
     for (std::uint32_t i = 1; i < h.frames; ++i) {
         std::uint32_t body[2] = {};
-        const auto& f = frames[first + i];
-        if (f.size() == sizeof body)
-            std::memcpy(body, f.data(), sizeof body);
+        const auto& fr = frames[first + i];
+        if (fr.size() == sizeof body)
+            std::memcpy(body, fr.data(), sizeof body);
         if (body[0] != h.seq || body[1] != i)
             w.fail(std::string(who) + ": frame " + std::to_string(i) + " mixed up on "
                    + kind_name(p.k));
     }
-    if (h.seq != p.next[h.sender])
-        w.fail(std::string(who) + ": " + kind_name(p.k) + " sender " + std::to_string(h.sender)
-               + " expected seq " + std::to_string(p.next[h.sender]) + " got "
-               + std::to_string(h.seq));
-    p.next[h.sender] = h.seq + 1;
-    ++p.received;
+    auto& next = f.next[h.stream * static_cast<std::uint32_t>(f.senders) + h.sender];
+    if (h.seq != next)
+        w.fail(std::string(who) + ": " + kind_name(p.k) + " stream " + std::to_string(h.stream)
+               + " sender " + std::to_string(h.sender) + " expected seq " + std::to_string(next)
+               + " got " + std::to_string(h.seq));
+    next = h.seq + 1;
+    ++f.received[h.stream];
     return true;
 }
 
@@ -183,7 +254,8 @@ void send_one(world& w, green::socket_t& s, std::vector<zmq::message_t> frames, 
             bool ok = true;
             for (size_t i = 0; i < frames.size() && ok; ++i) {
                 zmq::message_t m(frames[i].data(), frames[i].size());
-                static const char* const names[] = {"send frame 0", "send frame 1", "send frame 2"};
+                static const char* const names[] = {"send frame 0", "send frame 1", "send frame 2",
+                                                    "send frame 3"};
                 op(slot, names[i]);
                 ok = s.send(m, i + 1 < frames.size() ? zmq::send_flags::sndmore
                                                      : zmq::send_flags::none)
@@ -300,43 +372,105 @@ std::optional<std::vector<zmq::message_t>> recv_one(world& w, green::socket_t& s
     }
 }
 
-void sender_fiber(world& w, tracked& p, std::uint32_t id)
+// The identity of DEALER d once its ROUTER has heard from it; null if the
+// ROUTER's receivers ended first (a breaker).
+const std::string* identity_of(tracked& p, std::uint32_t d)
+{
+    const int receiving = p.out.stream ? 1 : p.out.receivers;
+    p.wait([&] { return !p.identities[d].empty() || p.out.receivers_done == receiving; });
+    return p.identities[d].empty() ? nullptr : &p.identities[d];
+}
+
+// One message of flow f on s, to DEALER `stream` if s is the ROUTER; false if
+// the ROUTER never heard from that DEALER.
+bool send_to(world& w, tracked& p, flow& f, green::socket_t& s, const header& h, int style,
+             int slot)
+{
+    auto frames = make_message(h);
+    if (&f == &p.back && p.k == kind::dealer_router) {
+        const std::string* id = identity_of(p, h.stream);
+        if (id == nullptr)
+            return false;
+        frames.insert(frames.begin(), zmq::message_t(id->data(), id->size()));
+    }
+    send_one(w, s, std::move(frames), style, slot);
+    return true;
+}
+
+// Ends flow f once the senders of sending socket `socket` (s) are done: end
+// markers, one per receiving fiber. From b, the one sending socket, they
+// follow the messages through each pipe. From several DEALERs, whose pipes
+// to the ROUTER do not keep order between them, each sends one, and after
+// the last the receivers are all ended (account): the last socket's sender
+// waits for that, then sends one more per fiber still receiving.
+void end_flow(world& w, tracked& p, flow& f, green::socket_t& s, int socket, int slot)
+{
+    if (++f.senders_done[static_cast<size_t>(socket)] != f.senders || f.stream)
+        return;
+    if (&f == &p.back) {
+        for (std::uint32_t d = 0; d < p.a.size(); ++d)
+            for (int r = 0; r < f.receivers; ++r)
+                if (!send_to(w, p, f, s, header{d, end_marker, 0, 1}, 0, slot))
+                    return;
+        return;
+    }
+    const header marker{static_cast<std::uint32_t>(socket), end_marker, 0, 1};
+    send_one(w, s, make_message(marker), 0, slot);
+    if (++f.sockets_done != static_cast<int>(p.a.size()))
+        return;
+    op(slot, "sender waits for the receivers");
+    p.wait([&] { return ended(f) || f.receivers_done == f.receivers; });
+    for (int r = f.receivers_done; r < f.receivers; ++r)
+        send_one(w, s, make_message(marker), 0, slot);
+}
+
+// Sender `id` of flow f on s, sending socket `socket` of the flow: per_sender
+// messages, from b to each DEALER (or the other PAIR), in a random mix.
+void sender_fiber(world& w, tracked& p, flow& f, green::socket_t& s, int socket, std::uint32_t id)
 {
     const int slot = w.slot();
     w.guarded(p.k, "sender", [&] {
-        for (int seq = 0; seq < p.per_sender; ++seq) {
-            header h{p.index, id,
-                     static_cast<std::uint32_t>(seq), static_cast<std::uint32_t>(w.pick(1, 3))};
-            send_one(w, p.a, make_message(h), w.pick(0, 3), slot);
+        const bool back = &f == &p.back;
+        std::vector<std::uint32_t> streams; // the DEALERs (a's) it still sends to
+        std::vector<std::uint32_t> seqs(p.a.size(), 0);
+        if (back)
+            for (std::uint32_t d = 0; d < p.a.size(); ++d)
+                streams.push_back(d);
+        else
+            streams.push_back(static_cast<std::uint32_t>(socket));
+        while (!streams.empty()) {
+            const auto i = static_cast<size_t>(w.pick(0, static_cast<int>(streams.size()) - 1));
+            const std::uint32_t d = streams[i];
+            const header h{d, id, seqs[d]++, static_cast<std::uint32_t>(w.pick(1, 3))};
+            if (seqs[d] == static_cast<std::uint32_t>(f.per_sender))
+                streams.erase(streams.begin() + static_cast<std::ptrdiff_t>(i));
+            if (!send_to(w, p, f, s, h, w.pick(0, 3), slot))
+                return;
             if (w.chance(20)) {
                 op(slot, "yield");
                 boost::this_fiber::yield();
             }
         }
-        if (++p.senders_done == p.senders && !p.stream) {
-            // After every message, one end marker per receiving fiber.
-            for (int r = 0; r < p.receivers; ++r) {
-                header h{0, end_marker, 0, 1};
-                send_one(w, p.a, make_message(h), 0, slot);
-            }
-        }
+        end_flow(w, p, f, s, socket, slot);
     });
     op(slot, "sender done");
 }
 
-void receiver_fiber(world& w, tracked& p)
+// A receiving fiber of flow f on s (at: a's index, or -1 for b).
+void receiver_fiber(world& w, tracked& p, flow& f, green::socket_t& s, int at)
 {
     const int slot = w.slot();
     w.guarded(p.k, "receiver", [&] {
         for (;;) {
-            auto m = recv_one(w, p.b, w.pick(0, 6), slot);
+            auto m = recv_one(w, s, w.pick(0, 6), slot);
             if (!m)
                 boost::this_fiber::yield(); // as in send_one
-            else if (!account(w, p, *m, "receiver"))
+            else if (!account(w, p, f, *m, at, "receiver"))
                 break;
         }
     });
-    ++p.receivers_done;
+    ++f.receivers_done;
+    p.notify();
     op(slot, "receiver done");
 }
 
@@ -344,19 +478,19 @@ void req_fiber(world& w, tracked& p)
 {
     const int slot = w.slot();
     w.guarded(p.k, "req", [&] {
-        for (int i = 0; i < p.per_sender; ++i) {
+        for (int i = 0; i < p.out.per_sender; ++i) {
             header h{0, 0, static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(w.pick(1, 3))};
-            send_one(w, p.a, make_message(h), w.chance(50) ? 0 : 1, slot);
+            send_one(w, p.a[0], make_message(h), w.chance(50) ? 0 : 1, slot);
             std::optional<std::vector<zmq::message_t>> reply;
             // No timeout: a REQ that gave up on its reply cannot send again.
             const int style = w.pick(0, 5);
-            while (!(reply = recv_one(w, p.a, style, slot)))
+            while (!(reply = recv_one(w, p.a[0], style, slot)))
                 boost::this_fiber::yield();
-            if (!account(w, p, *reply, "req"))
+            if (!account(w, p, p.out, *reply, 0, "req"))
                 w.fail("req got an end marker");
         }
         header h{0, end_marker, 0, 1};
-        send_one(w, p.a, make_message(h), 0, slot);
+        send_one(w, p.a[0], make_message(h), 0, slot);
     });
     op(slot, "req done");
 }
@@ -382,20 +516,27 @@ void rep_fiber(world& w, tracked& p)
     op(slot, "rep done");
 }
 
-// The receiving end of a pair as a zmq_stream on an io_loop of its own fiber.
-void stream_fiber(world& w, tracked& p)
+// The receiving end of flow f on s (at: a's index, or -1 for b) as a
+// zmq_stream on an io_loop of its own fiber.
+void stream_fiber(world& w, tracked& p, flow& f, green::socket_t& s, int at)
 {
     const int slot = w.slot();
     w.guarded(p.k, "stream", [&] {
         green::io_loop loop;
         loop.set_fallback_interval(green::hub::current().fallback_interval());
-        green::zmq_stream stream(green::socket_ref(p.b), loop);
-        const std::uint64_t expected = static_cast<std::uint64_t>(p.senders) * p.per_sender;
+        green::zmq_stream stream(green::socket_ref(s), loop);
+        // Messages to a, or from every a to b.
+        const std::uint64_t expected = static_cast<std::uint64_t>(f.senders) * f.per_sender
+                                       * (at < 0 ? p.a.size() : 1);
+        auto received = [&] {
+            return at < 0 ? std::accumulate(f.received.begin(), f.received.end(), std::uint64_t{0})
+                          : f.received[static_cast<size_t>(at)];
+        };
         std::function<void(green::zmq_stream::message&)> on_msg;
         on_msg = [&](green::zmq_stream::message& m) {
             op(slot, "stream on_recv");
-            account(w, p, m, "stream");
-            if (p.received == expected)
+            account(w, p, f, m, at, "stream");
+            if (received() == expected)
                 loop.stop();
             else if (w.chance(10)) {
                 op(slot, "stream flush");
@@ -424,7 +565,8 @@ void stream_fiber(world& w, tracked& p)
         if (loop.stats().rescues != 0)
             w.fail("io_loop rescues");
     });
-    ++p.receivers_done;
+    ++f.receivers_done;
+    p.notify();
     op(slot, "stream done");
 }
 
@@ -526,55 +668,74 @@ void run_seed(std::uint32_t seed)
     const int npairs = w.pick(1, 4);
     for (int i = 0; i < npairs; ++i) {
         auto p = std::make_unique<tracked>();
-        p->index = static_cast<std::uint32_t>(i);
         p->k = static_cast<kind>(w.pick(0, 4));
         p->tcp = w.chance(40);
+        const int na = p->k == kind::dealer_router ? w.pick(1, 3) : 1;
+        for (int j = 0; j < na; ++j) {
+            switch (p->k) {
+            case kind::pair: p->a.emplace_back(w.ctx, zmq::socket_type::pair); break;
+            case kind::pushpull: p->a.emplace_back(w.ctx, zmq::socket_type::push); break;
+            case kind::dealer_router: p->a.emplace_back(w.ctx, zmq::socket_type::dealer); break;
+            case kind::pubsub: p->a.emplace_back(w.ctx, zmq::socket_type::pub); break;
+            case kind::reqrep: p->a.emplace_back(w.ctx, zmq::socket_type::req); break;
+            }
+        }
         switch (p->k) {
-        case kind::pair:
-            p->a = green::socket_t(w.ctx, zmq::socket_type::pair);
-            p->b = green::socket_t(w.ctx, zmq::socket_type::pair);
-            break;
-        case kind::pushpull:
-            p->a = green::socket_t(w.ctx, zmq::socket_type::push);
-            p->b = green::socket_t(w.ctx, zmq::socket_type::pull);
-            break;
-        case kind::dealer_router:
-            p->a = green::socket_t(w.ctx, zmq::socket_type::dealer);
-            p->b = green::socket_t(w.ctx, zmq::socket_type::router);
-            break;
+        case kind::pair: p->b = green::socket_t(w.ctx, zmq::socket_type::pair); break;
+        case kind::pushpull: p->b = green::socket_t(w.ctx, zmq::socket_type::pull); break;
+        case kind::dealer_router: p->b = green::socket_t(w.ctx, zmq::socket_type::router); break;
         case kind::pubsub:
-            p->a = green::socket_t(w.ctx, zmq::socket_type::pub);
             p->b = green::socket_t(w.ctx, zmq::socket_type::sub);
             p->b.set(zmq::sockopt::subscribe, "");
             break;
-        case kind::reqrep:
-            p->a = green::socket_t(w.ctx, zmq::socket_type::req);
-            p->b = green::socket_t(w.ctx, zmq::socket_type::rep);
-            break;
+        case kind::reqrep: p->b = green::socket_t(w.ctx, zmq::socket_type::rep); break;
         }
-        // PUB drops at its high-water mark.
+        p->duplex = (p->k == kind::pair || p->k == kind::dealer_router) && w.chance(50);
+        // Small high-water marks only where a full pipe blocks: PUB drops
+        // at its mark, and so does REP, whose count of the replies its
+        // peer read can lag (docs/green-sockets.md).
         if (p->k != kind::pubsub && w.chance(30)) {
-            p->a.set(zmq::sockopt::sndhwm, w.pick(1, 4));
+            const int sndhwm = w.pick(1, 4), rcvhwm = w.pick(1, 4);
+            for (auto& a : p->a) {
+                a.set(zmq::sockopt::sndhwm, sndhwm);
+                if (p->duplex)
+                    a.set(zmq::sockopt::rcvhwm, rcvhwm);
+            }
             p->b.set(zmq::sockopt::rcvhwm, w.pick(1, 4));
+            if (p->duplex)
+                p->b.set(zmq::sockopt::sndhwm, w.pick(1, 4));
         }
-        connect_pair(w, p->a, p->b, p->tcp);
-        p->senders = p->k == kind::reqrep ? 1 : w.pick(1, 3);
-        p->receivers = p->k == kind::reqrep ? 1 : w.pick(1, 3);
-        p->stream = p->k != kind::reqrep && p->k != kind::pubsub && w.chance(25);
-        p->per_sender = w.pick(1, 40);
-        p->next.assign(static_cast<size_t>(p->senders), 0);
+        // A ROUTER drops a reply at the high-water mark, or to a peer it does
+        // not know, unless mandatory.
+        if (p->duplex && p->k == kind::dealer_router)
+            p->b.set(zmq::sockopt::router_mandatory, 1);
+        for (auto& a : p->a)
+            connect_pair(w, a, p->b, p->tcp);
+        p->identities.resize(p->a.size());
+        for (flow* f : {&p->out, &p->back}) {
+            if (f == &p->back && !p->duplex)
+                break;
+            f->senders = p->k == kind::reqrep ? 1 : w.pick(1, 3);
+            f->receivers = p->k == kind::reqrep ? 1 : w.pick(1, 3);
+            f->stream = p->k != kind::reqrep && p->k != kind::pubsub && w.chance(25);
+            f->per_sender = w.pick(1, p->duplex ? 25 : 40);
+            f->senders_done.assign(f == &p->out ? p->a.size() : 1, 0);
+            f->next.assign(p->a.size() * static_cast<size_t>(f->senders), 0);
+            f->received.assign(p->a.size(), 0);
+            f->ended.assign(p->a.size(), 0);
+        }
         if (p->k == kind::pubsub) {
             // A handshake, so that the subscription is in place: PUB drops
             // messages nobody subscribed to yet.
             for (;;) {
-                (void)p->a.send(zmq::str_buffer("hello"), zmq::send_flags::dontwait);
+                (void)p->a[0].send(zmq::str_buffer("hello"), zmq::send_flags::dontwait);
                 zmq::message_t m;
                 p->b.set(zmq::sockopt::rcvtimeo, 10);
                 if (p->b.recv(m))
                     break;
             }
             // Hellos still on their way (over tcp) come before this one.
-            (void)p->a.send(zmq::str_buffer("ready"), zmq::send_flags::dontwait);
+            (void)p->a[0].send(zmq::str_buffer("ready"), zmq::send_flags::dontwait);
             p->b.set(zmq::sockopt::rcvtimeo, -1);
             zmq::message_t m;
             do {
@@ -600,19 +761,30 @@ void run_seed(std::uint32_t seed)
     if (std::getenv("ZMQ_GREEN_TORTURE_VERBOSE")) {
         std::cerr << "  fallback " << (fallback_off ? "off" : "on") << ", breaker " << breaker
                   << " after " << delay_us << " us, chaos sockets " << w.chaos.size() << "\n";
-        for (auto& pp : w.pairs)
-            std::cerr << "  " << kind_name(pp->k) << (pp->tcp ? " tcp" : " inproc")
-                      << (pp->stream ? " stream" : "") << " senders " << pp->senders
-                      << " receivers " << pp->receivers << " x" << pp->per_sender << "\n";
+        for (auto& pp : w.pairs) {
+            std::cerr << "  " << kind_name(pp->k) << (pp->tcp ? " tcp" : " inproc") << " x"
+                      << pp->a.size();
+            for (const flow* f : {&pp->out, &pp->back})
+                if (f == &pp->out || pp->duplex)
+                    std::cerr << (f == &pp->out ? ", out" : ", back")
+                              << (f->stream ? " stream" : "") << " senders " << f->senders
+                              << " receivers " << f->receivers << " x" << f->per_sender;
+            std::cerr << "\n";
+        }
     }
     w.slots = 0;
     dump_state = [&w] {
         for (const auto& f : w.failures)
             std::cerr << "  failure: " << f << "\n";
         for (auto& pp : w.pairs)
-            std::cerr << "  " << kind_name(pp->k) << ": senders done " << pp->senders_done
-                      << ", receivers done " << pp->receivers_done << ", received "
-                      << pp->received << ", broken " << pp->broken << "\n";
+            for (const flow* f : {&pp->out, &pp->back})
+                if (f == &pp->out || pp->duplex)
+                    std::cerr << "  " << kind_name(pp->k) << (f == &pp->out ? " out" : " back")
+                              << ": sockets done " << f->sockets_done << ", receivers done "
+                              << f->receivers_done << ", received "
+                              << std::accumulate(f->received.begin(), f->received.end(),
+                                                 std::uint64_t{0})
+                              << ", broken " << pp->broken << "\n";
     };
     std::vector<boost::fibers::fiber> fibers;
     for (auto& pp : w.pairs) {
@@ -622,15 +794,29 @@ void run_seed(std::uint32_t seed)
             fibers.emplace_back([&w, &p] { req_fiber(w, p); });
             continue;
         }
-        if (p.stream) {
-            fibers.emplace_back([&w, &p] { stream_fiber(w, p); });
-        } else {
-            for (int r = 0; r < p.receivers; ++r)
-                fibers.emplace_back([&w, &p] { receiver_fiber(w, p); });
+        // Out: from each a to b; back: from b to each a.
+        auto receive = [&](flow& f, green::socket_t& s, int at) {
+            if (f.stream) {
+                fibers.emplace_back([&w, &p, &f, &s, at] { stream_fiber(w, p, f, s, at); });
+                return;
+            }
+            for (int r = 0; r < f.receivers; ++r)
+                fibers.emplace_back([&w, &p, &f, &s, at] { receiver_fiber(w, p, f, s, at); });
+        };
+        auto send = [&](flow& f, green::socket_t& s, int socket) {
+            for (int i = 0; i < f.senders; ++i)
+                fibers.emplace_back([&w, &p, &f, &s, socket, i] {
+                    sender_fiber(w, p, f, s, socket, static_cast<std::uint32_t>(i));
+                });
+        };
+        receive(p.out, p.b, -1);
+        for (size_t j = 0; j < p.a.size(); ++j) {
+            send(p.out, p.a[j], static_cast<int>(j));
+            if (p.duplex)
+                receive(p.back, p.a[j], static_cast<int>(j));
         }
-        for (int s = 0; s < p.senders; ++s)
-            fibers.emplace_back(
-                [&w, &p, s] { sender_fiber(w, p, static_cast<std::uint32_t>(s)); });
+        if (p.duplex)
+            send(p.back, p.b, 0);
     }
     for (int c = 0; c < (w.chaos.empty() ? 0 : w.pick(1, 3)); ++c)
         fibers.emplace_back([&w, ops = w.pick(1, 30)] { chaos_fiber(w, ops); });
@@ -713,9 +899,13 @@ void run_seed(std::uint32_t seed)
                     op(slot, "breaker closes a pair");
                     tracked& p = *w.pairs[static_cast<size_t>(victim)];
                     p.broken = true;
-                    (b_first ? p.b : p.a).close();
-                    boost::this_fiber::yield();
-                    (b_first ? p.a : p.b).close();
+                    if (b_first)
+                        p.b.close();
+                    for (auto& a : p.a) {
+                        a.close();
+                        boost::this_fiber::yield();
+                    }
+                    p.b.close(); // nothing if b went first
                     break;
                 }
                 case 2:
@@ -768,24 +958,32 @@ void run_seed(std::uint32_t seed)
     if (shutter.joinable())
         shutter.join();
 
-    // Every pair nothing broke delivered everything.
+    // Every pair nothing broke delivered everything, both ways.
     if (!w.shut)
         for (auto& pp : w.pairs) {
             tracked& p = *pp;
             if (p.broken)
                 continue;
-            for (size_t s = 0; s < p.next.size(); ++s)
-                if (p.next[s] != static_cast<std::uint32_t>(p.per_sender))
-                    w.fail(std::string("lost messages on ") + kind_name(p.k) + " sender "
-                           + std::to_string(s) + ": " + std::to_string(p.next[s]) + " of "
-                           + std::to_string(p.per_sender));
+            for (const flow* f : {&p.out, &p.back}) {
+                if (f == &p.back && !p.duplex)
+                    continue;
+                for (size_t i = 0; i < f->next.size(); ++i)
+                    if (f->next[i] != static_cast<std::uint32_t>(f->per_sender))
+                        w.fail(std::string("lost messages on ") + kind_name(p.k)
+                               + (f == &p.out ? " out" : " back") + " stream "
+                               + std::to_string(i / static_cast<size_t>(f->senders)) + " sender "
+                               + std::to_string(i % static_cast<size_t>(f->senders)) + ": "
+                               + std::to_string(f->next[i]) + " of "
+                               + std::to_string(f->per_sender));
+            }
         }
     if (!fallback_off && hub.stats().rescues != rescues_before)
         w.fail("the fallback re-check rescued "
                + std::to_string(hub.stats().rescues - rescues_before) + " waits");
 
     for (auto& pp : w.pairs) {
-        pp->a.close();
+        for (auto& a : pp->a)
+            a.close();
         pp->b.close();
     }
     for (auto& c : w.chaos)
