@@ -691,18 +691,18 @@ void run_seed(std::uint32_t seed)
         case kind::reqrep: p->b = green::socket_t(w.ctx, zmq::socket_type::rep); break;
         }
         p->duplex = (p->k == kind::pair || p->k == kind::dealer_router) && w.chance(50);
-        // Small high-water marks only where a full pipe blocks: PUB drops
-        // at its mark, and so does REP, whose count of the replies its
-        // peer read can lag (docs/green-sockets.md).
+        // Small high-water marks, except on a PUB, which drops at its mark.
+        // A REP's replies too: it must not drop one its peer made room for.
         if (p->k != kind::pubsub && w.chance(30)) {
+            const bool answers = p->duplex || p->k == kind::reqrep;
             const int sndhwm = w.pick(1, 4), rcvhwm = w.pick(1, 4);
             for (auto& a : p->a) {
                 a.set(zmq::sockopt::sndhwm, sndhwm);
-                if (p->duplex)
+                if (answers)
                     a.set(zmq::sockopt::rcvhwm, rcvhwm);
             }
             p->b.set(zmq::sockopt::rcvhwm, w.pick(1, 4));
-            if (p->duplex)
+            if (answers)
                 p->b.set(zmq::sockopt::sndhwm, w.pick(1, 4));
         }
         // A ROUTER drops a reply at the high-water mark, or to a peer it does
