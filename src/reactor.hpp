@@ -174,8 +174,7 @@ public:
     // Suspends the running fiber until something wakes slot (or its deadline
     // passes, if it has one). Returns why it woke. An interruptible park also
     // ends at the fiber's scoped deadline and on a kill, without suspending
-    // if either is already due; a fiber mid-way through a multipart send
-    // parks uninterruptibly, so that a message is never half sent.
+    // if either is already due.
     wake_reason park(park_slot& slot, bool interruptible = true) noexcept;
     // Makes slot's fiber ready, unless something already did. Returns true if
     // this call woke it.

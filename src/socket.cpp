@@ -116,7 +116,7 @@ void socket_core::release(direction& dir) noexcept
 }
 
 wake_reason socket_core::wait_ready(boost::fibers::context* self, short event,
-                                    clock::time_point deadline, bool interruptible) noexcept
+                                    clock::time_point deadline) noexcept
 {
     park_slot slot;
     slot.ctx = self;
@@ -124,7 +124,7 @@ wake_reason socket_core::wait_ready(boost::fibers::context* self, short event,
     wait_node node(slot, event);
     waiters.push_back(node);
     owner.socket_wait_started();
-    const wake_reason why = owner.park(slot, interruptible);
+    const wake_reason why = owner.park(slot);
     owner.socket_wait_ended();
     return why;
 }
@@ -152,9 +152,8 @@ void socket_core::abandon(boost::fibers::context* caller) noexcept
         completed(ZMQ_POLLIN);
     }
     if (send_dir.owner == caller) {
-        // Queued frames cannot be taken back; without a last frame the next
-        // sender's frames would join them.
-        zmq_send(handle, nullptr, 0, ZMQ_DONTWAIT);
+        // Without a last frame the next sender's frames would join them.
+        end_send();
         release(send_dir);
         completed(ZMQ_POLLOUT);
     }
@@ -434,6 +433,7 @@ socket_t::socket_t(const std::shared_ptr<detail::context_core>& context, int typ
     auto* core = new detail::socket_core(r, context, h, fd);
     core->lockstep_inproc = type == ZMQ_REQ || type == ZMQ_REP;
     core->counts_replies = type == ZMQ_REP;
+    core->drops_after_failed_frame = type == ZMQ_PUSH || type == ZMQ_DEALER || type == ZMQ_REQ;
     try {
         r->add_socket(*core);
     } catch (...) {

@@ -127,6 +127,9 @@ public:
     // before a reply that could otherwise find the pipe full.
     bool counts_replies = false;
     unsigned replies_since_commands = 0;
+    // PUSH, DEALER, REQ: libzmq's load balancer, which drops the rest of a
+    // message whose later frame it refused (see perform).
+    bool drops_after_failed_frame = false;
     // monitor_t inits on the socket so far: libzmq keeps one monitor per
     // socket, and a monitor replaced by a newer one must not stop that one.
     unsigned monitors = 0;
@@ -146,7 +149,10 @@ private:
     bool acquire(direction& dir, clock::time_point deadline);
     void release(direction& dir) noexcept;
     wake_reason wait_ready(boost::fibers::context* self, short event,
-                           clock::time_point deadline, bool interruptible) noexcept;
+                           clock::time_point deadline) noexcept;
+    // Ends the message being sent with an empty last frame: queued frames
+    // cannot be taken back.
+    void end_send() noexcept { zmq_send(handle, nullptr, 0, ZMQ_DONTWAIT); }
     clock::time_point deadline_from_option(int timeo_option) const noexcept;
     [[noreturn]] void throw_closed() const;
 
@@ -232,9 +238,23 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
         return deadline;
     };
 
-    // A message already begun by this fiber must be finished: a scoped
-    // timeout or a kill cannot interrupt it half-way.
+    // A message already begun by this fiber. libzmq counts whole messages
+    // against HWM, so a later frame is refused only when the message's pipe
+    // has gone, with the frames queued so far: then the wait is for another
+    // peer and may never end, and a kill or timeout may end it. A load
+    // balancing socket then drops frames until a last one: giving up on a
+    // frame that was not the last ends the message, or the next sender's
+    // message would be dropped, reported sent. Others keep no such state, and
+    // an empty frame could reach a peer that came meanwhile as a message.
     const bool continuing = dir.owner == self;
+    auto give_up = [&] {
+        const bool end = continuing && more && event == ZMQ_POLLOUT && drops_after_failed_frame;
+        if (end)
+            end_send();
+        release(dir);
+        if (end)
+            after_op(); // the call may have consumed a signal others wait for
+    };
     if (!continuing) {
         if (dontwait) {
             // Another fiber owns the direction and may be ready to run: let
@@ -278,7 +298,10 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
         if (event == ZMQ_POLLIN && err == EAGAIN)
             replies_since_commands = 0;
         if (err != EAGAIN || dontwait) {
-            release(dir);
+            if (err == EAGAIN)
+                give_up();
+            else
+                release(dir);
             after_op();
             if (err != EAGAIN)
                 throw zmq::error_t(err);
@@ -305,18 +328,17 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             }
         }
         if (passed(get_deadline())) {
-            release(dir);
+            give_up();
             errno = EAGAIN;
             return -1;
         }
         const wake_reason why = wait_ready(
-            self, event, std::exchange(blind, false) ? recheck_deadline(deadline) : deadline,
-            !continuing);
+            self, event, std::exchange(blind, false) ? recheck_deadline(deadline) : deadline);
         if (why == wake_reason::timeout && !passed(deadline))
             continue;
         if (why == wake_reason::timeout || why == wake_reason::scope_timeout
             || why == wake_reason::cancelled) {
-            release(dir);
+            give_up();
             throw_if_interrupted(why);
             errno = EAGAIN;
             return -1;

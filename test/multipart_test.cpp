@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstddef>
+#include <functional>
 #include <iterator>
 #include <stdexcept>
 #include <vector>
@@ -93,8 +94,9 @@ struct throwing_output {
     int fail_at;
 };
 
-// Buffers whose iterator throws when it steps past the frame numbered fail_at.
-struct throwing_range {
+// Buffers whose iterator calls hook when it steps past the frame numbered
+// hook_at: send_multipart has queued that frame and not yet the next.
+struct hooked_range {
     struct iterator {
         using iterator_category = std::forward_iterator_tag;
         using value_type = zmq::const_buffer;
@@ -105,20 +107,21 @@ struct throwing_range {
         reference operator*() const { return range->frames[i]; }
         iterator& operator++()
         {
-            if (i == range->fail_at)
-                throw std::length_error("no next frame");
+            if (i == range->hook_at)
+                range->hook();
             ++i;
             return *this;
         }
         bool operator==(const iterator& other) const { return i == other.i; }
         bool operator!=(const iterator& other) const { return i != other.i; }
-        const throwing_range* range;
+        const hooked_range* range;
         std::size_t i;
     };
     iterator begin() const { return {this, 0}; }
     iterator end() const { return {this, frames.size()}; }
     std::vector<zmq::const_buffer> frames;
-    std::size_t fail_at;
+    std::size_t hook_at;
+    std::function<void()> hook;
 };
 
 } // namespace
@@ -156,14 +159,82 @@ TEST_F(multipart, an_output_iterator_that_throws_leaves_the_socket_to_the_next_m
 TEST_F(multipart, a_range_that_throws_mid_message_leaves_the_socket_to_the_next_sender)
 {
     test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
-    const throwing_range frames{{zmq::str_buffer("a"), zmq::str_buffer("b"), zmq::str_buffer("c")},
-                                1};
+    const hooked_range frames{{zmq::str_buffer("a"), zmq::str_buffer("b"), zmq::str_buffer("c")},
+                              1, [] { throw std::length_error("no next frame"); }};
     EXPECT_THROW((void)green::send_multipart(p.a, frames), std::length_error);
     p.a.set(zmq::sockopt::sndtimeo, 10000);
     p.b.set(zmq::sockopt::rcvtimeo, 10000);
     boost::fibers::fiber([&] { test::send_strs(p.a, {"next"}); }).join();
     EXPECT_EQ(test::recv_strs(p.b), (test::strings{"a", ""}));
     EXPECT_EQ(test::recv_strs(p.b), test::strings{"next"});
+}
+
+// libzmq refuses a later frame only when the message's pipe has gone (HWM
+// counts whole messages), and a PUSH socket then drops frames until a last
+// one. A send_multipart that gives up there must end its message: else the
+// next message, reported sent, is dropped in its place.
+TEST_F(multipart, a_later_frame_that_fails_ends_its_message)
+{
+    green::socket_t push(ctx, zmq::socket_type::push);
+    green::socket_t next(ctx, zmq::socket_type::pull);
+    push.set(zmq::sockopt::linger, 0);
+    const auto gone = test::unique_inproc();
+    const auto ep = test::unique_inproc();
+    green::socket_t first(ctx, zmq::socket_type::pull);
+    first.bind(gone);
+    next.bind(ep);
+    push.connect(gone);
+    const hooked_range frames{{zmq::str_buffer("a"), zmq::str_buffer("b"), zmq::str_buffer("c")},
+                              1, [&] { push.disconnect(gone); }};
+    EXPECT_FALSE(green::send_multipart(push, frames, zmq::send_flags::dontwait));
+    push.connect(ep);
+    EXPECT_TRUE(push.send(zmq::str_buffer("next")));
+    EXPECT_TRUE(push.send(zmq::str_buffer("after")));
+    EXPECT_EQ(recv_on_another_fiber(next), test::strings{"next"});
+}
+
+// The same under ZMQ_SNDTIMEO: the later frame waits for a peer, in vain.
+TEST_F(multipart, a_later_frame_that_times_out_ends_its_message)
+{
+    green::socket_t push(ctx, zmq::socket_type::push);
+    green::socket_t next(ctx, zmq::socket_type::pull);
+    push.set(zmq::sockopt::linger, 0);
+    const auto gone = test::unique_inproc();
+    const auto ep = test::unique_inproc();
+    green::socket_t first(ctx, zmq::socket_type::pull);
+    first.bind(gone);
+    next.bind(ep);
+    push.connect(gone);
+    push.set(zmq::sockopt::sndtimeo, 1);
+    const hooked_range frames{{zmq::str_buffer("a"), zmq::str_buffer("b"), zmq::str_buffer("c")},
+                              1, [&] { push.disconnect(gone); }};
+    EXPECT_FALSE(green::send_multipart(push, frames));
+    push.set(zmq::sockopt::sndtimeo, -1);
+    push.connect(ep);
+    EXPECT_TRUE(push.send(zmq::str_buffer("next")));
+    EXPECT_TRUE(push.send(zmq::str_buffer("after")));
+    EXPECT_EQ(recv_on_another_fiber(next), test::strings{"next"});
+}
+
+// A refused last frame leaves no message open: nothing more may be sent,
+// or another peer would get it as a message of its own.
+TEST_F(multipart, a_last_frame_that_fails_leaves_nothing_behind)
+{
+    green::socket_t push(ctx, zmq::socket_type::push);
+    green::socket_t next(ctx, zmq::socket_type::pull);
+    push.set(zmq::sockopt::linger, 0);
+    const auto gone = test::unique_inproc();
+    const auto ep = test::unique_inproc();
+    green::socket_t first(ctx, zmq::socket_type::pull);
+    first.bind(gone);
+    next.bind(ep);
+    push.connect(gone); // the first message's pipe
+    push.connect(ep);
+    const hooked_range frames{{zmq::str_buffer("a"), zmq::str_buffer("b")}, 1,
+                              [&] { push.disconnect(gone); }};
+    EXPECT_FALSE(green::send_multipart(push, frames, zmq::send_flags::dontwait));
+    EXPECT_TRUE(push.send(zmq::str_buffer("next")));
+    EXPECT_EQ(recv_on_another_fiber(next), test::strings{"next"});
 }
 
 TEST_F(multipart, dontwait_with_nothing_queued_is_empty)

@@ -54,6 +54,40 @@ TEST_F(task_test, kill_wakes_a_fiber_parked_in_recv_and_frees_the_socket)
     EXPECT_FALSE(queued.killed());
 }
 
+// A message begun is finished before a kill takes effect, but a later frame
+// waits only when the message's pipe has gone: then it could wait for ever
+// (for another peer), and a kill ends it, ending the message too.
+TEST_F(task_test, kill_ends_a_send_whose_message_lost_its_pipe)
+{
+    green::socket_t push(ctx, zmq::socket_type::push);
+    green::socket_t first(ctx, zmq::socket_type::pull), next(ctx, zmq::socket_type::pull);
+    push.set(zmq::sockopt::linger, 0);
+    const auto gone = test::unique_inproc();
+    const auto ep = test::unique_inproc();
+    first.bind(gone);
+    next.bind(ep);
+    push.connect(gone);
+    bool parked = false;
+    green::task t = green::spawn([&] {
+        push.send(zmq::str_buffer("a"), zmq::send_flags::sndmore);
+        push.disconnect(gone);
+        parked = true;
+        push.send(zmq::str_buffer("b"), zmq::send_flags::sndmore);
+        ADD_FAILURE() << "the frame was sent";
+    });
+    boost::this_fiber::yield();
+    ASSERT_TRUE(parked);
+    t.kill(false);
+    EXPECT_TRUE(t.join(10s)); // a hang guard
+    EXPECT_TRUE(t.killed());
+    push.connect(ep);
+    EXPECT_TRUE(push.send(zmq::str_buffer("next")));
+    next.set(zmq::sockopt::rcvtimeo, 10000);
+    zmq::message_t m;
+    ASSERT_TRUE(next.recv(m));
+    EXPECT_EQ(test::str(m), "next");
+}
+
 TEST_F(task_test, a_kill_before_the_first_wait_is_raised_by_it)
 {
     bool started = false;

@@ -58,8 +58,10 @@ public:
 
 // Sets a deadline for the green waits of the calling fiber until the scope
 // ends. Scopes nest: the earliest deadline wins. Code that is not waiting is
-// never interrupted, and a multipart send that has begun is finished first.
-// Leaving the scope leaves nothing behind. Create and destroy it on the
+// never interrupted, and a multipart send that has begun is finished first:
+// libzmq takes its later frames at once, unless the message's peer has gone
+// (then a wait for another could be endless, and the interrupted message is
+// ended with an empty last frame). Leaving the scope leaves nothing behind. Create and destroy it on the
 // same fiber, as a local.
 //
 //     try {
