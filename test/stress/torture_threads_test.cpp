@@ -16,7 +16,9 @@
 // order per sender (of others: never twice nor out of order), a killed
 // multipart send leaves no half message, and the fallback re-checks of the
 // hubs and loops rescue nothing.
-// ZMQ_GREEN_TORTURE_FIRST, _SEEDS and _LIST pick the seeds.
+// ZMQ_GREEN_TORTURE_FIRST, _SEEDS and _LIST pick the seeds; with
+// ZMQ_GREEN_TORTURE_KILL set, a seed runs only kill scenarios (one or two per
+// thread) and its breaker, to hunt a lost or half message there.
 #include "stress.hpp"
 
 #include <zmq/green/devices.hpp>
@@ -146,6 +148,7 @@ struct flow {
 
 struct shared {
     std::uint32_t seed;
+    bool kills_only = false;
     int nthreads = 0;
     green::context_t ctx;
     std::vector<std::unique_ptr<flow>> flows;
@@ -1145,10 +1148,15 @@ struct worker {
             add_loop();
             if (sh.efd_writer_thread == index)
                 add_efd_writer();
-            if (chance(40))
-                add_kill_scenario();
-            if (chance(40))
-                add_foreign_user();
+            if (sh.kills_only) {
+                for (int n = pick(1, 2); n > 0; --n)
+                    add_kill_scenario();
+            } else {
+                if (chance(40))
+                    add_kill_scenario();
+                if (chance(40))
+                    add_foreign_user();
+            }
         } catch (...) {
             unexpected("phase 2");
         }
@@ -1229,7 +1237,8 @@ void run_seed(std::uint32_t seed)
     sh.seed = seed;
     sh.nthreads = pick(2, 3);
     sh.fallback_off = chance(50);
-    const int nflows = pick(1, 4);
+    sh.kills_only = std::getenv("ZMQ_GREEN_TORTURE_KILL") != nullptr;
+    const int nflows = sh.kills_only ? 0 : pick(1, 4);
     for (int i = 0; i < nflows; ++i) {
         auto f = std::make_unique<flow>();
         f->index = static_cast<std::uint32_t>(i);
@@ -1263,16 +1272,16 @@ void run_seed(std::uint32_t seed)
         f->next.assign(static_cast<size_t>(nsenders), 0);
         sh.flows.push_back(std::move(f));
     }
-    if (chance(40)) {
+    if (!sh.kills_only && chance(40)) {
         sh.rep_thread = pick(0, sh.nthreads - 1);
         sh.req_thread = (sh.rep_thread + pick(1, sh.nthreads - 1)) % sh.nthreads;
     }
-    if (chance(40)) {
+    if (!sh.kills_only && chance(40)) {
         sh.xpub_thread = pick(0, sh.nthreads - 1);
         sh.sub_thread = (sh.xpub_thread + pick(1, sh.nthreads - 1)) % sh.nthreads;
     }
     sh.brk = chance(50) ? breaker::none : static_cast<breaker>(pick(1, 5));
-    if (chance(40)) {
+    if (!sh.kills_only && chance(40)) {
         sh.loop_thread = pick(0, sh.nthreads - 1);
         sh.efd_writer_thread = pick(0, sh.nthreads - 1);
         sh.efd_writes = pick(1, 50);
