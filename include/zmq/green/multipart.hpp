@@ -54,7 +54,8 @@ ZMQ_NODISCARD recv_result_t recv_multipart_n(socket_ref s, OutputIt out, size_t 
 
 // Sends a range of message_t or buffers as one message. Returns the number of
 // frames, or an empty result if the first frame could not be queued
-// (dontwait, ZMQ_SNDTIMEO); then nothing was sent.
+// (dontwait, ZMQ_SNDTIMEO), or a later one because the message's peer went
+// away meanwhile; either way nothing of the message is delivered.
 template<class Range,
          typename = std::enable_if_t<
              zmq::detail::is_range<Range>::value

@@ -61,8 +61,8 @@ public:
 // never interrupted, and a multipart send that has begun is finished first:
 // libzmq takes its later frames at once, unless the message's peer has gone
 // (then a wait for another could be endless, and the interrupted message is
-// ended with an empty last frame). Leaving the scope leaves nothing behind. Create and destroy it on the
-// same fiber, as a local.
+// ended with an empty last frame). Leaving the scope leaves nothing behind.
+// Create and destroy it on the same fiber, as a local.
 //
 //     try {
 //         zmq::green::scoped_timeout limit(100ms);
