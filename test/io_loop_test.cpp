@@ -672,6 +672,30 @@ TEST_F(io_loop, a_due_handler_another_loops_recheck_finds_is_not_a_rescue)
     EXPECT_EQ(got, "edge"); // and TearDown: no rescue
 }
 
+// An edge that reaches a socket handler after the hub woke the loop for its
+// fallback re-check, but before the re-check (a callback of that iteration
+// parks and the hub polls), marks the handler due: its level is read anyway,
+// and the signal the re-check then finds on the fd is that edge's, not a lost
+// one. Here a fiber woken in the loop's turn of the hub sends and adds the
+// parking callback (other threads and fibers can at any time).
+TEST_F(io_loop, a_socket_edge_delivered_before_the_fallback_recheck_is_not_a_rescue)
+{
+    test::bound_pair p(ctx, zmq::socket_type::push, zmq::socket_type::pull, test::unique_inproc());
+    loop.set_fallback_interval(20ms);
+    std::string got;
+    stop_at_first_message(p.b, got);
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          green::sleep_for(10ms);
+                          p.a.send(zmq::str_buffer("late"));
+                          loop.add_callback([] { boost::this_fiber::yield(); });
+                      },
+                      // Keeps the thread past both deadlines, so that one
+                      // turn of the hub wakes both fibers.
+                      [&] { std::this_thread::sleep_for(60ms); }});
+    EXPECT_EQ(got, "late"); // and no rescue (TearDown)
+}
+
 // A fiber's own call on the socket may take the signal the loop waits for
 // (here a ZMQ_EVENTS read processes the command that brought the message):
 // the handler must still run, without the fallback re-check.
