@@ -1,19 +1,29 @@
 // A seeded randomized torture across threads: each thread has its own hub
 // and fibers, and they talk over one shared context, inproc and tcp: flows of
 // several senders on several threads to a receiver on another, directly
-// (PUSH/PULL, DEALER/ROUTER with ROUTER_MANDATORY, PAIR, a zmq_stream sender
-// at HWM 1 on an io_loop that also watches an eventfd written from any
-// thread), through a device in a fiber (proxy, killed and replaced at
-// random; proxy_steerable steered with PAUSE, RESUME, STATISTICS, TERMINATE;
-// monitored_queue) or a thread device (started at once or later, stopped at
-// the end or mid-stream); REQ with REQ_RELAXED and REQ_CORRELATE under
-// RCVTIMEO; XPUB with XPUB_NODROP at HWM 1; tasks, some through a pool,
-// killed, joined or timed out while parked in multipart sends and in
-// receives; use of a socket from a thread it does not belong to. A seed may
-// shut the context down from a fiber or a bare thread, or close or destroy it
-// from a fiber. Every fiber and thread must end, only the documented errors
-// may escape, every message of an unbroken flow arrives exactly once and in
-// order per sender (of others: never twice nor out of order), a killed
+// (PUSH/PULL, DEALER/ROUTER with ROUTER_MANDATORY, PAIR), through a device in
+// a fiber (proxy, killed and replaced at random; proxy_steerable steered
+// with PAUSE, RESUME, STATISTICS, TERMINATE; monitored_queue) or a thread
+// device (thread_proxy, _proxy_steerable, _monitored_queue, or a
+// thread_device: STREAMER, FORWARDER or QUEUE, a QUEUE maybe from a ROUTER
+// to a DEALER, binding out or connecting out to a receiver that binds;
+// started at once or later, stopped at the end or mid-stream). A flow's one
+// sender may be a zmq_stream at HWM 1 on an io_loop that also watches an
+// eventfd written from any thread: messages of one frame (send) or several
+// (send_multipart), queued at once, from a callback or in chunks from a
+// fiber of its thread; flushes from callbacks, a periodic callback, that
+// fiber and on_send (nesting to the documented depth where a flush handles
+// nothing); a DEALER's acknowledgements through on_recv; callbacks that park.
+// The loop ends from the callbacks that finish its work, so a wake-up it
+// misses hangs or counts as a rescue rather than waits for a poll. REQ with
+// REQ_RELAXED and REQ_CORRELATE under RCVTIMEO; XPUB with XPUB_NODROP at HWM
+// 1; tasks, some through a pool, killed, joined or timed out while parked in
+// multipart sends and in receives; use of a socket from a thread it does not
+// belong to. A seed may shut the context down from a fiber or a bare thread,
+// or close or destroy it from a fiber. Every fiber and thread must end, only
+// the documented errors may escape, every message of an unbroken flow arrives
+// exactly once and in order per sender, behind its sender's routing id where
+// a ROUTER adds one (of others: never twice nor out of order), a killed
 // multipart send leaves no half message, and the fallback re-checks of the
 // hubs and loops rescue nothing.
 // ZMQ_GREEN_TORTURE_FIRST, _SEEDS and _LIST pick the seeds; with
@@ -27,10 +37,13 @@
 #include <zmq/green/task.hpp>
 #include <zmq/green/timeout.hpp>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -100,11 +113,21 @@ private:
     int n_;
 };
 
-enum class dev { none, proxy, steerable, mq, thread_proxy, thread_steerable, thread_mq };
+enum class dev {
+    none,
+    proxy,
+    steerable,
+    mq,
+    thread_proxy,
+    thread_steerable,
+    thread_mq,
+    thread_device
+};
 const char* dev_name(dev d)
 {
     static const char* const names[] = {"none",         "proxy",            "steerable", "mq",
-                                        "thread_proxy", "thread_steerable", "thread_mq"};
+                                        "thread_proxy", "thread_steerable", "thread_mq",
+                                        "thread_device"};
     return names[static_cast<int>(d)];
 }
 bool threaded(dev d) { return d >= dev::thread_proxy; }
@@ -135,7 +158,19 @@ struct flow {
     int device_thread = 0;
     int stop_early_us = -1; // >= 0: a thread device stopped at a random moment
     bool stream_sender = false; // the one sender is a zmq_stream on an io_loop, HWM 1
+    int stream_frames = 0;      // its messages: 0 of 1-3 frames, 1 of one (send), 2 of 2-5
+    bool stream_feeder = false; // a fiber of its thread queues and flushes, outside the loop
+    int stream_flush_on_send = 0; // percent of on_send calls that flush (nesting flushes)
+    bool stream_flush_periodic = false; // a periodic_callback flushes too
+    bool stream_on_recv = false; // a DEALER's acknowledgements go to on_recv, checked
     bool start_late = false;    // a thread device started by its keeper, on reserved ports
+    // dev::thread_device: ZMQ_STREAMER, _FORWARDER or _QUEUE; a QUEUE may
+    // take the senders (DEALERs) on a ROUTER and hand each message, behind
+    // its sender's routing id, to a DEALER receiver. connect_out: the device
+    // connects out to the receiver, which binds.
+    int device_type = ZMQ_STREAMER;
+    bool router_in = false;
+    bool connect_out = false;
     // Endpoints, set in phase 1.
     std::string in_ep;  // where senders connect
     std::string out_ep; // where the receiver connects (devices)
@@ -144,6 +179,9 @@ struct flow {
     std::atomic<bool> broken{false};
     std::atomic<int> senders_finished{0};
     std::vector<std::uint32_t> next; // per sender, the receiver's
+
+    // Frames before a message's header at the receiver: its sender's routing id.
+    size_t envelope() const { return in_type == zmq::socket_type::router || router_in ? 1 : 0; }
 };
 
 struct shared {
@@ -194,6 +232,7 @@ struct worker {
     std::vector<std::unique_ptr<devices::background_device>> thread_devices;
     std::vector<std::shared_ptr<kill_state>> kills; // for the hang guard's dump
     std::vector<std::pair<flow*, green::socket_t*>> stream_flows;
+    std::vector<std::pair<flow*, devices::background_device*>> connect_outs;
 
     worker(shared& s, int i) : sh(s), index(i), rng(s.seed * 7919u + static_cast<unsigned>(i)) {}
 
@@ -330,7 +369,7 @@ struct worker {
         if (mandatory)
             s.set(zmq::sockopt::router_mandatory, 1);
         fiber("flow receiver", [this, &f, &s, mandatory](int slot) {
-            const size_t first = f.in_type == zmq::socket_type::router ? 1 : 0;
+            const size_t first = f.envelope();
             size_t ends = 0;
             int idle = 0; // empty waits since a broken flow's senders finished
             while (ends < f.sender_threads.size() && !f.abandoned) {
@@ -397,6 +436,10 @@ struct worker {
                     sh.fail("flow " + std::to_string(f.index) + ": foreign message");
                     continue;
                 }
+                if (first == 1 && frames[0].to_string() != "s" + std::to_string(h->sender))
+                    sh.fail("flow " + std::to_string(f.index) + " (" + dev_name(f.device)
+                            + "): sender " + std::to_string(h->sender) + "'s message behind "
+                            + "routing id " + frames[0].to_string());
                 if (mandatory && chance(30)) {
                     op(slot, "ROUTER_MANDATORY to a gone peer");
                     try {
@@ -412,6 +455,7 @@ struct worker {
                     s.set(zmq::sockopt::sndtimeo, pick(0, 2));
                     const std::vector<zmq::const_buffer> ack{
                         zmq::const_buffer(frames[0].data(), frames[0].size()),
+                        zmq::const_buffer(frames[1].data(), frames[1].size()),
                         zmq::str_buffer("ack")};
                     try {
                         (void)green::send_multipart(s, ack);
@@ -555,18 +599,23 @@ struct worker {
             d = std::make_unique<devices::thread_proxy>(ZMQ_PULL, ZMQ_PUSH);
         else if (f.device == dev::thread_steerable)
             d = std::make_unique<devices::thread_proxy_steerable>(ZMQ_PULL, ZMQ_PUSH);
-        else
+        else if (f.device == dev::thread_mq)
             d = std::make_unique<devices::thread_monitored_queue>(ZMQ_PULL, ZMQ_PUSH);
+        else
+            d = std::make_unique<devices::thread_device>(f.device_type,
+                                                         f.router_in ? ZMQ_ROUTER : ZMQ_PULL,
+                                                         f.router_in ? ZMQ_DEALER : ZMQ_PUSH);
         if (f.hwm > 0) {
             d->setsockopt_in(ZMQ_RCVHWM, f.hwm);
             d->setsockopt_out(ZMQ_SNDHWM, f.hwm);
         }
         d->setsockopt_in(ZMQ_LINGER, 0);
-        d->setsockopt_out(ZMQ_LINGER, 0);
+        d->setsockopt_out(zmq::sockopt::linger, 0);
         // Started now, or later by its keeper on ports reserved now: the
-        // senders and the receiver connect before it exists.
+        // senders and the receiver connect before it exists. One that
+        // connects out waits for the receiver's endpoint, known in phase 2.
         const int start_late_us = f.start_late ? pick(0, 2000) : -1;
-        if (start_late_us < 0) {
+        if (start_late_us < 0 && !f.connect_out) {
             d->bind_in("tcp://127.0.0.1:*");
             d->bind_out("tcp://127.0.0.1:*");
             d->start();
@@ -577,26 +626,23 @@ struct worker {
             // the other flows draw from.
             const std::string host = "tcp://127.0.0.1";
             f.in_ep = host + ":" + std::to_string(d->bind_in_to_random_port(host, 20000, 30000));
-            f.out_ep = host + ":" + std::to_string(d->bind_out_to_random_port(host, 20000, 30000));
+            if (!f.connect_out)
+                f.out_ep =
+                    host + ":" + std::to_string(d->bind_out_to_random_port(host, 20000, 30000));
         }
         auto* dp = d.get();
         thread_devices.push_back(std::move(d));
+        if (f.connect_out)
+            connect_outs.push_back({&f, dp});
         fiber("thread device keeper", [this, &f, dp, start_late_us](int slot) {
+            if (f.abandoned)
+                return; // its start in phase 2 failed
             if (start_late_us >= 0) {
                 op(slot, "thread device keeper sleeps before start");
                 boost::this_fiber::sleep_for(std::chrono::microseconds{start_late_us});
                 op(slot, "thread device starts");
-                try {
-                    dp->start();
-                } catch (const devices::device_error& e) {
-                    // Documented: the reserved port was only probed, and
-                    // another socket of the machine may have taken it.
-                    if (e.num() != EADDRINUSE)
-                        throw;
-                    f.broken = true;
-                    f.abandoned = true;
+                if (!start_device(f, *dp))
                     return;
-                }
             }
             if (f.stop_early_us >= 0) {
                 op(slot, "thread device keeper sleeps");
@@ -620,6 +666,32 @@ struct worker {
         });
     }
 
+    // False, the flow abandoned, if the device could not bind a reserved
+    // port: documented, as the port was only probed, and another socket of
+    // the machine may have taken it.
+    static bool start_device(flow& f, devices::background_device& d)
+    {
+        try {
+            d.start();
+            return true;
+        } catch (const devices::device_error& e) {
+            if (e.num() != EADDRINUSE)
+                throw;
+        }
+        f.broken = true;
+        f.abandoned = true;
+        return false;
+    }
+
+    // Phase 2: the devices that connect out to a receiver bound in phase 1.
+    void connect_devices_out()
+    {
+        for (auto& [f, d] : connect_outs) {
+            d->connect_out(f->out_ep);
+            if (!f->start_late)
+                (void)start_device(*f, *d);
+        }
+    }
 
     // ---- io_loop: a zmq_stream sending at HWM 1, an eventfd handler ----
 
@@ -627,6 +699,8 @@ struct worker {
     void add_stream_sender(flow& f)
     {
         auto& s = make(f.out_type, 1);
+        if (f.out_type == zmq::socket_type::dealer)
+            s.set(zmq::sockopt::routing_id, "s0");
         s.connect(f.in_ep);
         stream_flows.push_back({&f, &s});
     }
@@ -651,8 +725,12 @@ struct worker {
             struct sending {
                 flow* f;
                 std::unique_ptr<green::zmq_stream> stream;
-                int acked = 0; // on_send calls
-                int total = 0; // messages queued
+                int acked = 0;      // on_send calls
+                int total = 0;      // messages queued
+                bool fed = false;   // the end marker is queued
+                bool over = false;  // acknowledged, or nobody waits
+                std::map<boost::fibers::fiber::id, int> flushing; // our flushes in progress
+                std::uint32_t next_ack = 0; // the receiver's acknowledgements, in order
             };
             std::vector<sending> streams;
             for (auto& [f, sock] : stream_flows) {
@@ -660,23 +738,99 @@ struct worker {
                 x.f = f;
                 x.stream = std::make_unique<green::zmq_stream>(green::socket_ref(*sock), loop);
             }
-            // Every message queued at once, or in bursts from callbacks; the
-            // end marker last.
+            int efd_sum = 0;
+            // Ends the loop once everything is acknowledged and the eventfd
+            // read, or the context or a device is gone. The callbacks that
+            // complete the work call it, so a wake-up the loop misses hangs
+            // it (the watchdog) or shows as a rescue instead of waiting for
+            // a poll; only seeds where something may go away poll it too.
+            auto settle = [&] {
+                bool finished = sh.loop_thread != index || efd_sum == sh.efd_writes;
+                for (auto& x : streams) {
+                    if (!x.over
+                        && ((x.fed && x.acked == x.total) || x.stream->closed()
+                            || x.f->abandoned)) {
+                        x.over = true;
+                        ++x.f->senders_finished;
+                    }
+                    finished &= x.over;
+                }
+                if (finished || sh.shut)
+                    loop.stop();
+            };
+            const bool may_go = sh.brk != breaker::none
+                                || std::any_of(streams.begin(), streams.end(), [](const sending& x) {
+                                       return x.f->stop_early_us >= 0 || x.f->start_late;
+                                   });
+            // A flush takes POLLIN only where a callback receives: without
+            // one it would drop what arrives, as documented. Nested 16 deep
+            // in the fiber's flushes of the stream, a callback's first flush
+            // (ours are all first) handles nothing.
+            auto flush = [this](sending& x, const char* why, int at) {
+                if (x.stream->closed())
+                    return;
+                op(at, why);
+                const short events =
+                    !x.f->stream_on_recv
+                        ? short{ZMQ_POLLOUT}
+                        : std::array<short, 3>{ZMQ_POLLIN, ZMQ_POLLOUT,
+                                               ZMQ_POLLIN | ZMQ_POLLOUT}[static_cast<size_t>(
+                              pick(0, 2))];
+                int& depth = x.flushing[boost::this_fiber::get_id()];
+                const int below = depth++;
+                struct leave {
+                    int& depth;
+                    ~leave() { --depth; }
+                } nested{depth};
+                const auto handled = x.stream->flush(events, static_cast<std::size_t>(pick(0, 3)));
+                if (below >= 16 && handled != 0)
+                    sh.fail("zmq_stream: a flush nested " + std::to_string(below + 1)
+                            + " deep handled " + std::to_string(handled));
+            };
+            std::vector<boost::fibers::fiber> feeders;
+            // Every message queued at once, then the rest in a callback or
+            // from a fiber in chunks; the end marker last.
             for (auto& x : streams) {
                 sending* px = &x;
-                x.stream->on_send([this, px](const green::zmq_stream::message&,
-                                             const green::send_status& status) {
-                    ++px->acked;
+                // One flush per call at most, so a chain of them nests one
+                // level per message and stops at the documented depth (a
+                // flush that handles nothing) without reaching the one that
+                // throws. Some park in the middle, as the callback of a flush
+                // may.
+                x.stream->on_send([this, px, flush, &settle](const green::zmq_stream::message&,
+                                                             const green::send_status& status) {
+                    if (++px->acked == px->total && px->fed)
+                        settle();
                     if (!status && status.error != ETERM && status.error != ENOTSOCK)
                         sh.fail("zmq_stream on_send: " + status.message());
+                    if (chance(3))
+                        boost::this_fiber::yield();
+                    if (chance(px->f->stream_flush_on_send))
+                        flush(*px, "zmq_stream flush in on_send", -1);
                 });
+                if (x.f->stream_on_recv)
+                    x.stream->on_recv([this, px](green::zmq_stream::message& m) {
+                        header h{};
+                        if (m.size() != 2 || m[0].size() != sizeof h || m[1].to_string() != "ack") {
+                            sh.fail("zmq_stream on_recv: a malformed acknowledgement");
+                            return;
+                        }
+                        std::memcpy(&h, m[0].data(), sizeof h);
+                        if (h.stream != px->f->index || h.sender != 0 || h.seq < px->next_ack)
+                            sh.fail("zmq_stream on_recv: acknowledgement of " + std::to_string(h.seq)
+                                    + " after " + std::to_string(px->next_ack));
+                        px->next_ack = h.seq + 1;
+                    });
                 const int per = x.f->per_sender;
                 auto queue = [this, px, per](int from, int to) {
                     for (int seq = from; seq < to; ++seq) {
+                        const int nframes = px->f->stream_frames == 1   ? 1
+                                            : px->f->stream_frames == 2 ? pick(2, 5)
+                                                                        : pick(1, 3);
                         auto frames = make_message({px->f->index, 0,
                                                     static_cast<std::uint32_t>(seq),
-                                                    static_cast<std::uint32_t>(pick(1, 3))});
-                        if (frames.size() == 1 && chance(50))
+                                                    static_cast<std::uint32_t>(nframes)});
+                        if (frames.size() == 1 && (px->f->stream_frames == 1 || chance(50)))
                             px->stream->send(std::move(frames[0]));
                         else
                             px->stream->send_multipart(std::move(frames));
@@ -685,37 +839,74 @@ struct worker {
                     if (to == per) {
                         px->stream->send_multipart(make_message({px->f->index, end_marker, 0, 1}));
                         ++px->total;
+                        px->fed = true;
                     }
                 };
                 const int split = pick(0, per);
                 queue(0, split);
-                loop.add_callback([this, px, queue, split, per] {
-                    queue(split, per);
-                    if (chance(50))
-                        (void)px->stream->flush(ZMQ_POLLOUT, static_cast<std::size_t>(pick(0, 3)));
-                });
+                if (x.f->stream_feeder) {
+                    // Outside the loop's callbacks: its sends go through the
+                    // loop, or through these flushes.
+                    feeders.emplace_back([this, px, queue, flush, split, per] {
+                        const int fslot = this->slot();
+                        try {
+                            int seq = split;
+                            do {
+                                if (px->stream->closed())
+                                    break; // the context went away
+                                const int to = std::min(per, seq + pick(1, 5));
+                                op(fslot, "zmq_stream feeder queues");
+                                queue(seq, to);
+                                seq = to;
+                                if (chance(40))
+                                    flush(*px, "zmq_stream flush from a fiber", fslot);
+                                if (chance(50))
+                                    boost::this_fiber::yield();
+                                else
+                                    boost::this_fiber::sleep_for(
+                                        std::chrono::microseconds{pick(0, 300)});
+                            } while (seq < per);
+                        } catch (...) {
+                            unexpected("zmq_stream feeder");
+                        }
+                        op(fslot, "done");
+                    });
+                } else {
+                    loop.add_callback([this, px, queue, flush, split, per] {
+                        if (px->stream->closed())
+                            return;
+                        queue(split, per);
+                        if (chance(50))
+                            flush(*px, "zmq_stream flush in a callback", -1);
+                    });
+                }
             }
-            int efd_sum = 0;
+            std::optional<green::periodic_callback> flusher;
+            if (std::any_of(streams.begin(), streams.end(),
+                            [](const sending& x) { return x.f->stream_flush_periodic; })) {
+                flusher.emplace(loop, [&] {
+                    for (auto& x : streams)
+                        if (x.f->stream_flush_periodic && chance(50))
+                            flush(x, "zmq_stream flush in a periodic callback", -1);
+                }, std::chrono::milliseconds{pick(1, 5)});
+                flusher->start();
+            }
             if (sh.loop_thread == index) {
-                loop.add_handler(sh.efd, [this, &efd_sum](short events) {
+                loop.add_handler(sh.efd, [this, &efd_sum, &settle](short events) {
                     if (events & ZMQ_POLLERR)
                         sh.fail("eventfd handler: POLLERR");
                     std::uint64_t v = 0;
                     if (::read(sh.efd, &v, sizeof v) == sizeof v)
                         efd_sum += static_cast<int>(v);
+                    if (efd_sum == sh.efd_writes)
+                        settle();
                 }, ZMQ_POLLIN);
                 sh.loop_running = true;
             }
-            // Ends the loop once everything is acknowledged, or the context
-            // is gone.
-            green::periodic_callback check(loop, [&] {
-                bool finished = sh.loop_thread != index || efd_sum == sh.efd_writes;
-                for (auto& x : streams)
-                    finished &= x.acked == x.total || x.stream->closed();
-                if (finished || sh.shut)
-                    loop.stop();
-            }, 1ms);
-            check.start();
+            green::periodic_callback check(loop, settle, 1ms);
+            if (may_go)
+                check.start();
+            settle(); // nothing to do, or a device already gone
             op(slot, "io_loop runs");
             loop.start();
             op(slot, "io_loop stopped");
@@ -727,6 +918,10 @@ struct worker {
                 sh.fail("the io_loop's fallback re-check rescued "
                         + std::to_string(loop.stats().rescues) + " handlers");
             check.stop();
+            if (flusher)
+                flusher->stop();
+            for (auto& f : feeders)
+                f.join();
             for (auto& x : streams)
                 x.stream->close();
         });
@@ -1110,12 +1305,13 @@ struct worker {
             // Phase 1: what others connect to.
             for (auto& fp : sh.flows) {
                 flow& f = *fp;
-                if (f.device == dev::none && f.receiver_thread == index) {
+                if ((f.device == dev::none || f.connect_out) && f.receiver_thread == index) {
                     auto& s = make(f.in_type, f.hwm);
                     s.bind(endpoint(f.tcp, "flow"));
-                    f.in_ep = s.get(zmq::sockopt::last_endpoint);
+                    (f.connect_out ? f.out_ep : f.in_ep) = s.get(zmq::sockopt::last_endpoint);
                     add_receiver(f, s);
-                } else if (f.device != dev::none && f.device_thread == index) {
+                }
+                if (f.device != dev::none && f.device_thread == index) {
                     if (threaded(f.device))
                         add_thread_device(f);
                     else
@@ -1132,12 +1328,13 @@ struct worker {
         sh.bound->arrive_and_wait();
         try {
             // Phase 2: connect.
+            connect_devices_out();
             for (auto& fp : sh.flows) {
                 flow& f = *fp;
                 for (size_t i = 0; i < f.sender_threads.size(); ++i)
                     if (f.sender_threads[i] == index)
                         add_sender(f, static_cast<std::uint32_t>(i));
-                if (f.device != dev::none && f.receiver_thread == index) {
+                if (f.device != dev::none && !f.connect_out && f.receiver_thread == index) {
                     auto& s = make(f.in_type, f.hwm);
                     s.connect(f.out_ep);
                     add_receiver(f, s);
@@ -1244,8 +1441,15 @@ void run_seed(std::uint32_t seed)
     for (int i = 0; i < nflows; ++i) {
         auto f = std::make_unique<flow>();
         f->index = static_cast<std::uint32_t>(i);
-        f->device = chance(50) ? dev::none : static_cast<dev>(pick(1, 6));
-        if (f->device == dev::none) {
+        f->device = chance(50) ? dev::none : static_cast<dev>(pick(1, 7));
+        if (f->device == dev::thread_device) {
+            static const int types[] = {ZMQ_STREAMER, ZMQ_FORWARDER, ZMQ_QUEUE};
+            f->device_type = types[pick(0, 2)];
+            f->router_in = f->device_type == ZMQ_QUEUE && chance(50);
+            if (f->router_in)
+                f->out_type = f->in_type = zmq::socket_type::dealer;
+            f->connect_out = chance(50);
+        } else if (f->device == dev::none) {
             switch (pick(0, 2)) {
             case 0: break;
             case 1:
@@ -1268,9 +1472,14 @@ void run_seed(std::uint32_t seed)
         if (threaded(f->device) && chance(30))
             f->stop_early_us = pick(0, 3000);
         f->start_late = threaded(f->device) && chance(50);
-        f->stream_sender =
-            f->device == dev::none && nsenders == 1 && f->in_type != zmq::socket_type::pair
-            && chance(30);
+        f->stream_sender = nsenders == 1 && f->in_type != zmq::socket_type::pair && chance(40);
+        if (f->stream_sender) {
+            f->stream_frames = pick(0, 2);
+            f->stream_feeder = chance(50);
+            f->stream_flush_on_send = chance(50) ? pick(10, 100) : 0;
+            f->stream_flush_periodic = chance(50);
+            f->stream_on_recv = f->out_type == zmq::socket_type::dealer && chance(50);
+        }
         f->next.assign(static_cast<size_t>(nsenders), 0);
         sh.flows.push_back(std::move(f));
     }
@@ -1303,13 +1512,22 @@ void run_seed(std::uint32_t seed)
                   << " after " << sh.breaker_delay_us << " us, req " << sh.req_thread << ", xpub "
                   << sh.xpub_thread << ", loop " << sh.loop_thread << " (" << sh.efd_writes
                   << " eventfd writes from " << sh.efd_writer_thread << ")\n";
-        for (auto& f : sh.flows)
+        for (auto& f : sh.flows) {
             std::cerr << "  flow " << f->index << " " << static_cast<int>(f->out_type) << "->"
                       << static_cast<int>(f->in_type) << (f->tcp ? " tcp" : " inproc") << " via "
                       << dev_name(f->device) << " on " << f->device_thread << ", senders "
                       << f->sender_threads.size() << " x" << f->per_sender << ", stop early "
-                      << f->stop_early_us << (f->stream_sender ? ", zmq_stream sender" : "")
-                      << "\n";
+                      << f->stop_early_us << (f->start_late ? ", started late" : "");
+            if (f->device == dev::thread_device)
+                std::cerr << ", type " << f->device_type << (f->router_in ? ", ROUTER in" : "")
+                          << (f->connect_out ? ", connects out" : "");
+            if (f->stream_sender)
+                std::cerr << ", zmq_stream sender: frames " << f->stream_frames << ", feeder "
+                          << f->stream_feeder << ", flush on send " << f->stream_flush_on_send
+                          << "%, periodic flush " << f->stream_flush_periodic << ", on_recv "
+                          << f->stream_on_recv;
+            std::cerr << "\n";
+        }
     }
     dump_state = [&sh] {
         {
