@@ -171,70 +171,67 @@ TEST_F(multipart, a_range_that_throws_mid_message_leaves_the_socket_to_the_next_
 
 // libzmq refuses a later frame only when the message's pipe has gone (HWM
 // counts whole messages), and a PUSH socket then drops frames until a last
-// one. A send_multipart that gives up there must end its message: else the
-// next message, reported sent, is dropped in its place.
+// one. This PUSH loses its first peer after a message's first frame; a second
+// peer is bound and waits to be connected.
+struct push_losing_its_peer {
+    explicit push_losing_its_peer(green::context_t& ctx)
+        : push(ctx, zmq::socket_type::push),
+          first(ctx, zmq::socket_type::pull),
+          next(ctx, zmq::socket_type::pull)
+    {
+        push.set(zmq::sockopt::linger, 0);
+        first.bind(gone);
+        next.bind(ep);
+        push.connect(gone);
+    }
+    hooked_range message(std::vector<zmq::const_buffer> frames)
+    {
+        return {std::move(frames), 1, [this] { push.disconnect(gone); }};
+    }
+    const std::string gone = test::unique_inproc();
+    const std::string ep = test::unique_inproc();
+    green::socket_t push, first, next;
+};
+
+// A send_multipart that gives up there must end its message: else the next
+// message, reported sent, is dropped in its place.
 TEST_F(multipart, a_later_frame_that_fails_ends_its_message)
 {
-    green::socket_t push(ctx, zmq::socket_type::push);
-    green::socket_t next(ctx, zmq::socket_type::pull);
-    push.set(zmq::sockopt::linger, 0);
-    const auto gone = test::unique_inproc();
-    const auto ep = test::unique_inproc();
-    green::socket_t first(ctx, zmq::socket_type::pull);
-    first.bind(gone);
-    next.bind(ep);
-    push.connect(gone);
-    const hooked_range frames{{zmq::str_buffer("a"), zmq::str_buffer("b"), zmq::str_buffer("c")},
-                              1, [&] { push.disconnect(gone); }};
-    EXPECT_FALSE(green::send_multipart(push, frames, zmq::send_flags::dontwait));
-    push.connect(ep);
-    EXPECT_TRUE(push.send(zmq::str_buffer("next")));
-    EXPECT_TRUE(push.send(zmq::str_buffer("after")));
-    EXPECT_EQ(recv_on_another_fiber(next), test::strings{"next"});
+    push_losing_its_peer p(ctx);
+    const auto frames =
+        p.message({zmq::str_buffer("a"), zmq::str_buffer("b"), zmq::str_buffer("c")});
+    EXPECT_FALSE(green::send_multipart(p.push, frames, zmq::send_flags::dontwait));
+    p.push.connect(p.ep);
+    EXPECT_TRUE(p.push.send(zmq::str_buffer("next")));
+    EXPECT_TRUE(p.push.send(zmq::str_buffer("after")));
+    EXPECT_EQ(recv_on_another_fiber(p.next), test::strings{"next"});
 }
 
 // The same under ZMQ_SNDTIMEO: the later frame waits for a peer, in vain.
 TEST_F(multipart, a_later_frame_that_times_out_ends_its_message)
 {
-    green::socket_t push(ctx, zmq::socket_type::push);
-    green::socket_t next(ctx, zmq::socket_type::pull);
-    push.set(zmq::sockopt::linger, 0);
-    const auto gone = test::unique_inproc();
-    const auto ep = test::unique_inproc();
-    green::socket_t first(ctx, zmq::socket_type::pull);
-    first.bind(gone);
-    next.bind(ep);
-    push.connect(gone);
-    push.set(zmq::sockopt::sndtimeo, 1);
-    const hooked_range frames{{zmq::str_buffer("a"), zmq::str_buffer("b"), zmq::str_buffer("c")},
-                              1, [&] { push.disconnect(gone); }};
-    EXPECT_FALSE(green::send_multipart(push, frames));
-    push.set(zmq::sockopt::sndtimeo, -1);
-    push.connect(ep);
-    EXPECT_TRUE(push.send(zmq::str_buffer("next")));
-    EXPECT_TRUE(push.send(zmq::str_buffer("after")));
-    EXPECT_EQ(recv_on_another_fiber(next), test::strings{"next"});
+    push_losing_its_peer p(ctx);
+    p.push.set(zmq::sockopt::sndtimeo, 1);
+    const auto frames =
+        p.message({zmq::str_buffer("a"), zmq::str_buffer("b"), zmq::str_buffer("c")});
+    EXPECT_FALSE(green::send_multipart(p.push, frames));
+    p.push.set(zmq::sockopt::sndtimeo, -1);
+    p.push.connect(p.ep);
+    EXPECT_TRUE(p.push.send(zmq::str_buffer("next")));
+    EXPECT_TRUE(p.push.send(zmq::str_buffer("after")));
+    EXPECT_EQ(recv_on_another_fiber(p.next), test::strings{"next"});
 }
 
 // A refused last frame leaves no message open: nothing more may be sent,
 // or another peer would get it as a message of its own.
 TEST_F(multipart, a_last_frame_that_fails_leaves_nothing_behind)
 {
-    green::socket_t push(ctx, zmq::socket_type::push);
-    green::socket_t next(ctx, zmq::socket_type::pull);
-    push.set(zmq::sockopt::linger, 0);
-    const auto gone = test::unique_inproc();
-    const auto ep = test::unique_inproc();
-    green::socket_t first(ctx, zmq::socket_type::pull);
-    first.bind(gone);
-    next.bind(ep);
-    push.connect(gone); // the first message's pipe
-    push.connect(ep);
-    const hooked_range frames{{zmq::str_buffer("a"), zmq::str_buffer("b")}, 1,
-                              [&] { push.disconnect(gone); }};
-    EXPECT_FALSE(green::send_multipart(push, frames, zmq::send_flags::dontwait));
-    EXPECT_TRUE(push.send(zmq::str_buffer("next")));
-    EXPECT_EQ(recv_on_another_fiber(next), test::strings{"next"});
+    push_losing_its_peer p(ctx);
+    p.push.connect(p.ep);
+    const auto frames = p.message({zmq::str_buffer("a"), zmq::str_buffer("b")});
+    EXPECT_FALSE(green::send_multipart(p.push, frames, zmq::send_flags::dontwait));
+    EXPECT_TRUE(p.push.send(zmq::str_buffer("next")));
+    EXPECT_EQ(recv_on_another_fiber(p.next), test::strings{"next"});
 }
 
 TEST_F(multipart, dontwait_with_nothing_queued_is_empty)
