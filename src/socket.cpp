@@ -30,7 +30,6 @@ void socket_core::on_ready(std::uint32_t) noexcept
 refresh_result socket_core::refresh(const change_watch* reader) noexcept
 {
     tell_watchers(reader);
-    replies_since_commands = 0;
     refresh_result r;
     int events = 0;
     size_t size = sizeof events;
@@ -60,9 +59,11 @@ void socket_core::refresh_stale_reply_count() noexcept
     int hwm = 0;
     size_t size = sizeof hwm;
     if (zmq_getsockopt(handle, ZMQ_SNDHWM, &hwm, &size) != 0 || hwm <= 0)
-        return; // unlimited; or the send meets the error
-    if (replies_since_commands >= static_cast<unsigned>(std::max(1, std::min(hwm, 2048) / 4)))
+        return; // unlimited; or the receive meets the error
+    if (replies_since_commands >= static_cast<unsigned>(std::max(1, std::min(hwm, 2048) / 4))) {
         (void)refresh();
+        replies_since_commands = 0;
+    }
 }
 
 bool socket_core::acquire(direction& dir, clock::time_point deadline)

@@ -66,7 +66,7 @@ public:
         after_op();
     }
 
-    // Before a REP's reply: see replies_since_commands.
+    // Before a REP's receive: see replies_since_commands.
     void refresh_stale_reply_count() noexcept;
 
     // Runs op, a non-blocking libzmq call (returns >= 0, or -1 with errno),
@@ -119,12 +119,16 @@ public:
     bool lockstep_inproc = false;
     bool sent_last = false;
     // A REP drops a reply, silently, when its count of the replies its peer
-    // has read says the pipe is full, and that count advances only when the
-    // REP processes libzmq's commands: a REP whose receives all succeed at
-    // once (after the lockstep yield, or with requests queued) would never
-    // see its peer read. So a REP counts its replies since it last processed
-    // them (a ZMQ_EVENTS read or a failed receive), and reads ZMQ_EVENTS
-    // before a reply that could otherwise find the pipe full.
+    // has read says the pipe is full as the request comes in (the request's
+    // envelope opens the reply), and that count advances only when the REP
+    // processes libzmq's commands: a REP whose receives all succeed at once
+    // (after the lockstep yield, after other work, with requests queued)
+    // would never see its peer read. So a REP counts its replies since it
+    // last processed commands where its peer had read them all (before a
+    // receive that finds a request, whose peer read every reply before it
+    // asked; or a receive that fails), and reads ZMQ_EVENTS before a receive
+    // once the count could make the pipe look full. Other reads do not
+    // count: the peer may not have read the last reply yet.
     bool counts_replies = false;
     unsigned replies_since_commands = 0;
     // PUSH, DEALER, REQ: libzmq's load balancer, which drops the rest of a
@@ -201,7 +205,7 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
     }
     // Fast path: nobody owns the direction, so nobody is queued either.
     if (dir.owner == nullptr) {
-        if (replies_since_commands != 0 && event == ZMQ_POLLOUT)
+        if (replies_since_commands != 0 && event == ZMQ_POLLIN)
             refresh_stale_reply_count();
         const int rc = op(more);
         if (rc >= 0) {
@@ -269,7 +273,7 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             return -1;
         }
         dir.owner = self;
-        if (replies_since_commands != 0 && event == ZMQ_POLLOUT)
+        if (replies_since_commands != 0 && event == ZMQ_POLLIN)
             refresh_stale_reply_count();
     }
 

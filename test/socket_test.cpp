@@ -553,6 +553,45 @@ TEST_F(socket, rep_at_a_small_hwm_loses_no_reply_its_peer_has_read)
     }
 }
 
+// The REP's check comes as the request arrives, not as the reply leaves: a
+// REP that pauses after each reply (other work; here a green sleep) finds
+// the next request already queued, over tcp, where the pipe's HWM is the
+// REP's SNDHWM alone.
+TEST_F(socket, rep_that_pauses_after_its_replies_loses_none_over_tcp)
+{
+    green::socket_t rep(ctx, zmq::socket_type::rep);
+    green::socket_t req(ctx, zmq::socket_type::req);
+    for (auto* s : {&rep, &req}) {
+        s->set(zmq::sockopt::sndhwm, 1);
+        s->set(zmq::sockopt::rcvhwm, 1);
+        s->set(zmq::sockopt::linger, 0);
+        s->set(zmq::sockopt::rcvtimeo, 5000); // a hang guard: a lost reply fails
+    }
+    rep.bind("tcp://127.0.0.1:*");
+    req.connect(rep.get(zmq::sockopt::last_endpoint));
+    constexpr int rounds = 20;
+    int replies = 0;
+    test::run_fibers({[&] {
+                          zmq::message_t m;
+                          for (int i = 0; i < rounds; ++i) {
+                              req.send(zmq::buffer(&i, sizeof i));
+                              if (!req.recv(m))
+                                  break;
+                              ++replies;
+                          }
+                      },
+                      [&] {
+                          zmq::message_t m;
+                          for (int i = 0; i < rounds; ++i) {
+                              if (!rep.recv(m))
+                                  break;
+                              rep.send(m, zmq::send_flags::none);
+                              green::sleep_for(10ms);
+                          }
+                      }});
+    EXPECT_EQ(replies, rounds);
+}
+
 // The same yield when the replier is another thread: the requester still
 // gets every reply, while another fiber of its hub waits on a socket.
 TEST_F(socket, req_to_a_rep_thread_while_another_fiber_waits)
