@@ -301,6 +301,12 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             continue;
         if (event == ZMQ_POLLIN && err == EAGAIN)
             replies_since_commands = 0;
+        // A load balancer that refuses a message's last frame has dropped
+        // the message with its pipe: a retry would send that frame alone to
+        // another peer.
+        if (err == EAGAIN && continuing && !more && event == ZMQ_POLLOUT
+            && drops_after_failed_frame)
+            dontwait = true;
         if (err != EAGAIN || dontwait) {
             if (err == EAGAIN)
                 give_up();

@@ -234,6 +234,18 @@ TEST_F(multipart, a_last_frame_that_fails_leaves_nothing_behind)
     EXPECT_EQ(recv_on_another_fiber(p.next), test::strings{"next"});
 }
 
+// Nor does a blocking send retry it: the load balancer would take the last
+// frame for a message of its own and hand it to the other peer.
+TEST_F(multipart, a_blocking_send_does_not_retry_a_refused_last_frame)
+{
+    push_losing_its_peer p(ctx);
+    p.push.connect(p.ep);
+    const auto frames = p.message({zmq::str_buffer("a"), zmq::str_buffer("b")});
+    EXPECT_FALSE(green::send_multipart(p.push, frames));
+    EXPECT_TRUE(p.push.send(zmq::str_buffer("next")));
+    EXPECT_EQ(recv_on_another_fiber(p.next), test::strings{"next"});
+}
+
 TEST_F(multipart, dontwait_with_nothing_queued_is_empty)
 {
     test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);

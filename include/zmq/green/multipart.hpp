@@ -54,8 +54,12 @@ ZMQ_NODISCARD recv_result_t recv_multipart_n(socket_ref s, OutputIt out, size_t 
 
 // Sends a range of message_t or buffers as one message. Returns the number of
 // frames, or an empty result if the first frame could not be queued
-// (dontwait, ZMQ_SNDTIMEO), or a later one because the message's peer went
-// away meanwhile; either way nothing of the message is delivered.
+// (dontwait, ZMQ_SNDTIMEO); then nothing was sent. If the message's peer goes
+// away after its first frame, a PUSH, DEALER or REQ drops what it queued: the
+// result is empty if that happens at the last frame, or at a later one under
+// dontwait or ZMQ_SNDTIMEO; otherwise the send waits until the socket can
+// send again, libzmq drops the rest as its blocking send does, and the
+// message is reported sent.
 template<class Range,
          typename = std::enable_if_t<
              zmq::detail::is_range<Range>::value
