@@ -509,67 +509,24 @@ TEST_F(socket, req_rep_fibers_of_one_hub_answer_without_epoll_wakeups)
     EXPECT_EQ(green::hub::current().stats().fd_wakeups, wakeups_after_warm_up);
 }
 
-// libzmq's REP drops a reply, silently, when its count of the replies its
-// peer has read says the pipe is full, and that count advances only when the
-// REP processes commands. A REP whose receives all succeed at once (here,
-// after the lockstep yield) would process none: at HWM 1 the third reply was
-// lost. Every reply must arrive, at any HWM.
-TEST_F(socket, rep_at_a_small_hwm_loses_no_reply_its_peer_has_read)
-{
-    for (const int hwm : {1, 2, 7, 60}) {
-        SCOPED_TRACE("hwm " + std::to_string(hwm));
-        green::socket_t rep(ctx, zmq::socket_type::rep);
-        green::socket_t req(ctx, zmq::socket_type::req);
-        for (auto* s : {&rep, &req}) {
-            s->set(zmq::sockopt::sndhwm, hwm);
-            s->set(zmq::sockopt::rcvhwm, hwm);
-            s->set(zmq::sockopt::linger, 0);
-            s->set(zmq::sockopt::rcvtimeo, 5000); // a hang guard: a lost reply fails
-        }
-        const std::string ep = test::unique_inproc();
-        rep.bind(ep);
-        req.connect(ep);
-        constexpr int rounds = 1000;
-        int replies = 0;
-        test::run_fibers({[&] {
-                              zmq::message_t m;
-                              for (int i = 0; i < rounds; ++i) {
-                                  req.send(zmq::buffer(&i, sizeof i));
-                                  if (!req.recv(m))
-                                      break;
-                                  ASSERT_EQ(*m.data<int>(), i);
-                                  ++replies;
-                              }
-                          },
-                          [&] {
-                              zmq::message_t m;
-                              for (int i = 0; i < rounds; ++i) {
-                                  if (!rep.recv(m))
-                                      break;
-                                  rep.send(m, zmq::send_flags::none);
-                              }
-                          }});
-        EXPECT_EQ(replies, rounds);
-    }
-}
+namespace {
 
-// The REP's check comes as the request arrives, not as the reply leaves: a
-// REP that pauses after each reply (other work; here a green sleep) finds
-// the next request already queued, over tcp, where the pipe's HWM is the
-// REP's SNDHWM alone.
-TEST_F(socket, rep_that_pauses_after_its_replies_loses_none_over_tcp)
+// Round trips between a REQ fiber and a REP fiber of this hub, both at HWM
+// `hwm` (RCVTIMEO is a hang guard: a lost reply ends them); after_reply runs
+// in the REP fiber after each reply. Returns the replies the REQ got.
+int rep_round_trips(green::context_t& ctx, const std::string& endpoint, int hwm, int rounds,
+                    const std::function<void()>& after_reply)
 {
     green::socket_t rep(ctx, zmq::socket_type::rep);
     green::socket_t req(ctx, zmq::socket_type::req);
     for (auto* s : {&rep, &req}) {
-        s->set(zmq::sockopt::sndhwm, 1);
-        s->set(zmq::sockopt::rcvhwm, 1);
+        s->set(zmq::sockopt::sndhwm, hwm);
+        s->set(zmq::sockopt::rcvhwm, hwm);
         s->set(zmq::sockopt::linger, 0);
-        s->set(zmq::sockopt::rcvtimeo, 5000); // a hang guard: a lost reply fails
+        s->set(zmq::sockopt::rcvtimeo, 5000);
     }
-    rep.bind("tcp://127.0.0.1:*");
+    rep.bind(endpoint);
     req.connect(rep.get(zmq::sockopt::last_endpoint));
-    constexpr int rounds = 20;
     int replies = 0;
     test::run_fibers({[&] {
                           zmq::message_t m;
@@ -577,6 +534,7 @@ TEST_F(socket, rep_that_pauses_after_its_replies_loses_none_over_tcp)
                               req.send(zmq::buffer(&i, sizeof i));
                               if (!req.recv(m))
                                   break;
+                              EXPECT_EQ(*m.data<int>(), i);
                               ++replies;
                           }
                       },
@@ -586,10 +544,34 @@ TEST_F(socket, rep_that_pauses_after_its_replies_loses_none_over_tcp)
                               if (!rep.recv(m))
                                   break;
                               rep.send(m, zmq::send_flags::none);
-                              green::sleep_for(10ms);
+                              after_reply();
                           }
                       }});
-    EXPECT_EQ(replies, rounds);
+    return replies;
+}
+
+} // namespace
+
+// libzmq's REP drops a reply, silently, when its count of the replies its
+// peer has read says the pipe is full, and that count advances only when the
+// REP processes commands. A REP whose receives all succeed at once (here,
+// after the lockstep yield) would process none: at HWM 1 the third reply was
+// lost. Every reply must arrive, at any HWM.
+TEST_F(socket, rep_at_a_small_hwm_loses_no_reply_its_peer_has_read)
+{
+    for (const int hwm : {1, 2, 7, 60}) {
+        SCOPED_TRACE("hwm " + std::to_string(hwm));
+        EXPECT_EQ(rep_round_trips(ctx, test::unique_inproc(), hwm, 1000, [] {}), 1000);
+    }
+}
+
+// The REP's check comes as the request arrives, not as the reply leaves: a
+// REP that pauses after each reply (other work; here a green sleep) finds
+// the next request already queued, over tcp, where the pipe's HWM is the
+// REP's SNDHWM alone.
+TEST_F(socket, rep_that_pauses_after_its_replies_loses_none_over_tcp)
+{
+    EXPECT_EQ(rep_round_trips(ctx, "tcp://127.0.0.1:*", 1, 20, [] { green::sleep_for(10ms); }), 20);
 }
 
 // The same yield when the replier is another thread: the requester still
