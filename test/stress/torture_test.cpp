@@ -51,9 +51,10 @@ const char* kind_name(kind k)
 
 // A breaker's errors. EHOSTUNREACH: a ROUTER_MANDATORY reply to a DEALER a
 // breaker closed (on a pair nothing broke, the reply's loss fails the count).
+bool closed_or_shut(const zmq::error_t& e) { return e.num() == ETERM || e.num() == ENOTSOCK; }
 bool allowed(const zmq::error_t& e, kind k)
 {
-    return e.num() == ETERM || e.num() == ENOTSOCK || (k == kind::reqrep && e.num() == EFSM)
+    return closed_or_shut(e) || (k == kind::reqrep && e.num() == EFSM)
            || (k == kind::dealer_router && e.num() == EHOSTUNREACH);
 }
 
@@ -130,19 +131,25 @@ struct world {
         }
     }
 
-    // Runs body: an error that kind k's breakers allow ends it quietly, any
-    // other exception is a failure of where.
-    template<class Body>
-    void guarded(kind k, const char* where, Body&& body)
+    // Runs body: an error that `ok` accepts (by default, a close's or a
+    // shutdown's) ends it quietly, any other exception is a failure of where.
+    template<class Body, class Ok = bool (*)(const zmq::error_t&)>
+    void guarded(const char* where, Body&& body, Ok ok = closed_or_shut)
     {
         try {
             body();
         } catch (const zmq::error_t& e) {
-            if (!allowed(e, k))
+            if (!ok(e))
                 unexpected(where);
         } catch (...) {
             unexpected(where);
         }
+    }
+    // The errors that kind k's breakers allow.
+    template<class Body>
+    void guarded(kind k, const char* where, Body&& body)
+    {
+        guarded(where, body, [k](const zmq::error_t& e) { return allowed(e, k); });
     }
 };
 
@@ -583,7 +590,7 @@ void chaos_fiber(world& w, int ops)
     const int slot = w.slot();
     for (int i = 0; i < ops; ++i) {
         auto& s = w.chaos[static_cast<size_t>(w.pick(0, static_cast<int>(w.chaos.size()) - 1))];
-        try {
+        w.guarded("chaos", [&] {
             zmq::message_t m;
             switch (w.pick(0, 9)) {
             case 0:
@@ -645,12 +652,7 @@ void chaos_fiber(world& w, int ops)
                 }
                 break;
             }
-        } catch (const zmq::error_t& e) {
-            if (e.num() != ETERM && e.num() != ENOTSOCK)
-                w.unexpected("chaos");
-        } catch (...) {
-            w.unexpected("chaos");
-        }
+        });
     }
     op(slot, "chaos done");
 }
@@ -826,7 +828,7 @@ void run_seed(std::uint32_t seed)
         const int d = w.pick(0, 2000);
         fibers.emplace_back([&w, &s] {
             const int slot = w.slot();
-            try {
+            w.guarded("parked", [&] {
                 s.set(zmq::sockopt::rcvtimeo, -1);
                 zmq::message_t m;
                 for (;;) {
@@ -835,12 +837,7 @@ void run_seed(std::uint32_t seed)
                     if (!s.recv(m))
                         boost::this_fiber::yield();
                 }
-            } catch (const zmq::error_t& e) {
-                if (e.num() != ETERM && e.num() != ENOTSOCK)
-                    w.unexpected("parked");
-            } catch (...) {
-                w.unexpected("parked");
-            }
+            });
             op(slot, "parked done");
         });
         fibers.emplace_back([&w, &s, d] {
@@ -861,15 +858,10 @@ void run_seed(std::uint32_t seed)
             "inproc://torture-monitor-" + std::to_string(seed) + "-" + std::to_string(w.slots);
         mon_fiber.emplace([&w, &mon, &target, addr] {
             const int slot = w.slot();
-            try {
+            w.guarded("monitor", [&] {
                 op(slot, "monitor");
                 mon->monitor(target, addr);
-            } catch (const zmq::error_t& e) {
-                if (e.num() != ETERM && e.num() != ENOTSOCK)
-                    w.unexpected("monitor");
-            } catch (...) {
-                w.unexpected("monitor");
-            }
+            });
             op(slot, "monitor done");
         });
     }
