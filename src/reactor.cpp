@@ -338,6 +338,12 @@ int reactor::timeout_ms(clock::time_point until) const noexcept
 void reactor::run(clock::time_point until, bool block) noexcept
 {
     int timeout = 0;
+    if (stirred_ && quiet_sweeps_ > 0) {
+        // Activity since the last sweep: the next within the configured interval.
+        quiet_sweeps_ = 0;
+        if (next_sweep_ != no_deadline)
+            next_sweep_ = std::min(next_sweep_, deadline_after(fallback_));
+    }
     if (block) {
         if (parked_socket_waits_ > 0 && next_sweep_ == no_deadline && fallback_.count() > 0)
             next_sweep_ = deadline_after(fallback_);
@@ -398,6 +404,7 @@ void reactor::deliver(const epoll_event* events, int n) noexcept
             }
             continue;
         }
+        stirred_ = true;
         static_cast<io_source*>(events[i].data.ptr)->on_ready(events[i].events);
     }
 }
@@ -419,8 +426,24 @@ void reactor::expire_deadlines() noexcept
 // nothing for sockets that are merely idle.
 void reactor::fallback_sweep() noexcept
 {
-    next_sweep_ = fallback_.count() > 0 ? deadline_after(fallback_) : no_deadline;
+    ++stats_.rechecks;
+    // What it finds stays found by a later sweep, so this one covers all the
+    // activity before it; only activity after it needs the next one soon.
+    quiet_sweeps_ = std::min(quiet_sweeps_ + 1, max_quiet_sweeps);
+    stirred_ = false;
+    next_sweep_ = next_sweep_deadline();
     recheck_sockets();
+}
+
+clock::time_point reactor::next_sweep_deadline() const noexcept
+{
+    if (fallback_.count() <= 0)
+        return no_deadline;
+    const unsigned shift = 2 * quiet_sweeps_;
+    // Saturates: a huge interval means "rarely", not an overflow into the past.
+    const auto limit = std::chrono::milliseconds::max().count() >> shift;
+    return deadline_after(fallback_.count() > limit ? std::chrono::milliseconds::max()
+                                                    : fallback_ * (std::int64_t{1} << shift));
 }
 
 void reactor::recheck_sockets() noexcept
@@ -437,6 +460,7 @@ void reactor::recheck_sockets() noexcept
     }
     if (suspects.empty())
         return;
+    stirred_ = true; // maybe a lost edge: keep looking at the configured pace
     deliver_pending();
     for (auto [core, edges] : suspects) {
         if (core->edges != edges)
@@ -643,6 +667,7 @@ void reactor::set_fallback_interval(std::chrono::milliseconds interval)
         throw std::invalid_argument("zmq::green::hub::set_fallback_interval: negative interval");
     fallback_ = interval;
     next_sweep_ = no_deadline;
+    quiet_sweeps_ = 0;
 }
 
 } // namespace zmq::green::detail

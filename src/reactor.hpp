@@ -219,7 +219,11 @@ public:
     std::vector<socket_core*> sockets_of(const context_core& ctx) const;
 
     // Parked socket waiters arm the fallback re-check.
-    void socket_wait_started() noexcept { ++parked_socket_waits_; }
+    void socket_wait_started() noexcept
+    {
+        ++parked_socket_waits_;
+        stirred_ = true;
+    }
     void socket_wait_ended() noexcept { --parked_socket_waits_; }
 
     // The running fiber's state, created on first use; detach when done.
@@ -250,6 +254,7 @@ private:
     void deliver(const ::epoll_event* events, int n) noexcept;
     void expire_deadlines() noexcept;
     void fallback_sweep() noexcept;
+    clock::time_point next_sweep_deadline() const noexcept;
     int timeout_ms(clock::time_point until) const noexcept;
     void close_fds() noexcept;
     fd_watch& register_fd(int fd);
@@ -282,6 +287,15 @@ private:
     std::size_t parked_socket_waits_ = 0;
     std::chrono::milliseconds fallback_{1000};
     clock::time_point next_sweep_ = no_deadline;
+    // A socket event or a new socket wait since the last sweep: only then can
+    // the library have lost an edge, and a lost edge leaves its fd readable
+    // until a sweep finds it. So a sweep follows activity by one interval;
+    // with none, the next comes four times later each time, up to 64 times
+    // the interval: an idle hub all but stops waking, and an edge the kernel
+    // drops stays bounded.
+    bool stirred_ = false;
+    unsigned quiet_sweeps_ = 0;
+    static constexpr unsigned max_quiet_sweeps = 3;
     bool fresh_ = false; // run() ran since the dispatcher last picked a fiber
 };
 

@@ -173,6 +173,64 @@ TEST(hub, fallback_interval_is_configurable)
     h.set_fallback_interval(old);
 }
 
+// An idle hub need not keep waking to look for lost edges: nothing can be
+// lost where nothing happens. After the re-check that follows a wait, they
+// come four times further apart each time. A re-check cannot
+// come before its deadline, so the bounds below hold however slow the machine.
+// Then an edge lost on purpose is still found, by a re-check of the longest
+// interval. A thread of its own keeps the fixture's sockets out of its hub.
+TEST(hub, an_idle_hub_rechecks_ever_less_often_and_still_rescues_a_lost_edge)
+{
+    std::thread([] {
+        green::hub& h = green::hub::current();
+        constexpr auto interval = 2ms;
+        h.set_fallback_interval(interval);
+        green::context_t ctx;
+        test::bound_pair p(ctx, zmq::socket_type::pull, zmq::socket_type::push,
+                           test::unique_inproc());
+        p.a.set(zmq::sockopt::rcvtimeo, 10000); // a re-check that never comes fails the receive
+        std::string got = "nothing";
+        boost::fibers::fiber receiver([&] {
+            zmq::message_t m;
+            if (p.a.recv(m))
+                got = m.to_string();
+        });
+        boost::this_fiber::yield(); // the receiver finds nothing and parks
+        // seen[k]: when the k-th re-check had been made; before[k]: the last
+        // look that found it not made yet.
+        using clock = std::chrono::steady_clock;
+        constexpr std::uint64_t rechecks = 4;
+        std::vector<clock::time_point> seen(rechecks + 1), before(rechecks + 1);
+        const std::uint64_t first = h.stats().rechecks;
+        for (std::uint64_t k = 1; k <= rechecks;) {
+            const auto now = clock::now();
+            const std::uint64_t made = h.stats().rechecks - first;
+            for (; k <= made; ++k)
+                seen[k] = now;
+            if (k <= rechecks) {
+                before[k] = now;
+                boost::this_fiber::sleep_for(1ms);
+            }
+        }
+        // The first comes 2 ms after the receiver's wait, the others 8, 32 and
+        // 128 ms apart (the most).
+        auto gap_ms = [&](std::uint64_t k) {
+            return std::chrono::duration<double, std::milli>(seen[k] - before[k - 1]).count();
+        };
+        EXPECT_GE(gap_ms(2), 8.0);
+        EXPECT_GE(gap_ms(3), 32.0);
+        EXPECT_GE(gap_ms(4), 128.0);
+
+        const green::hub_stats quiet = h.stats();
+        p.b.send(zmq::str_buffer("lost"));
+        EXPECT_EQ(test::lose_edges(p.a.get(zmq::sockopt::fd)), 1);
+        receiver.join();
+        EXPECT_EQ(got, "lost");
+        EXPECT_EQ(h.stats().rescues - quiet.rescues, 1u);
+        EXPECT_EQ(h.stats().fd_wakeups, quiet.fd_wakeups);
+    }).join();
+}
+
 TEST(hub, ten_thousand_parked_fibers_use_no_cpu)
 {
     test::raise_fd_limit(8192);
