@@ -124,6 +124,7 @@ struct loop_state {
     bool running = false;
     bool closed = false;
     std::chrono::milliseconds fallback{1000};
+    unsigned quiet_fallbacks = 0; // re-checks in a row that nothing else came between
     io_loop_stats stats;
 
     // wakefd stays registered: a write from another thread wakes the parked
@@ -445,6 +446,7 @@ struct loop_state {
             throw;
         }
         awake();
+        quiet_fallbacks = by_fallback ? std::min(quiet_fallbacks + 1, max_quiet_rechecks) : 0;
         if (std::exchange(wake_signalled, false)) {
             std::uint64_t count;
             while (::read(wakefd, &count, sizeof count) > 0) {
@@ -464,7 +466,8 @@ struct loop_state {
             timers.empty() ? no_deadline : timers.begin()->first.first;
         slot.deadline = timer_deadline;
         if ((!socket_handlers.empty() || !fd_handlers.empty()) && fallback.count() > 0)
-            slot.deadline = std::min(slot.deadline, later_by(clock_ticks(fallback)));
+            slot.deadline = std::min(
+                slot.deadline, later_by(clock_ticks(quiet_recheck_interval(fallback, quiet_fallbacks))));
         ++stats.parks;
         parked = &slot;
         const wake_reason why = owner->park(slot);
@@ -596,6 +599,7 @@ void io_loop::start()
         }
         const bool busy = s.dispatch(std::exchange(after_fallback, false));
         if (busy) {
+            s.quiet_fallbacks = 0;
             // Level-triggered work remains: let the thread's other fibers in first.
             boost::this_fiber::yield();
             continue;
@@ -859,6 +863,7 @@ void io_loop::set_fallback_interval(std::chrono::milliseconds interval)
     if (interval.count() < 0)
         throw std::invalid_argument("zmq::green::io_loop::set_fallback_interval: negative interval");
     s_->fallback = interval;
+    s_->quiet_fallbacks = 0;
 }
 
 std::chrono::milliseconds io_loop::fallback_interval() const noexcept { return s_->fallback; }

@@ -175,6 +175,14 @@ clock::time_point deadline_after(std::chrono::milliseconds timeout) noexcept
     return timeout.count() < 0 ? no_deadline : saturating_deadline(timeout);
 }
 
+std::chrono::milliseconds quiet_recheck_interval(std::chrono::milliseconds interval,
+                                                 unsigned quiet) noexcept
+{
+    const unsigned shift = 2 * std::min(quiet, max_quiet_rechecks);
+    const auto most = std::chrono::milliseconds::max();
+    return interval.count() > (most.count() >> shift) ? most : interval * (std::int64_t{1} << shift);
+}
+
 void check_wait_timeout(std::chrono::milliseconds timeout, const char* what, const char* name)
 {
     if (timeout.count() < -1)
@@ -427,23 +435,14 @@ void reactor::expire_deadlines() noexcept
 void reactor::fallback_sweep() noexcept
 {
     ++stats_.rechecks;
-    // What it finds stays found by a later sweep, so this one covers all the
-    // activity before it; only activity after it needs the next one soon.
-    quiet_sweeps_ = std::min(quiet_sweeps_ + 1, max_quiet_sweeps);
+    // It covers the activity before it; only activity after it needs the
+    // next one within the interval.
+    quiet_sweeps_ = std::min(quiet_sweeps_ + 1, max_quiet_rechecks);
     stirred_ = false;
-    next_sweep_ = next_sweep_deadline();
+    next_sweep_ = fallback_.count() > 0
+                      ? deadline_after(quiet_recheck_interval(fallback_, quiet_sweeps_))
+                      : no_deadline;
     recheck_sockets();
-}
-
-clock::time_point reactor::next_sweep_deadline() const noexcept
-{
-    if (fallback_.count() <= 0)
-        return no_deadline;
-    const unsigned shift = 2 * quiet_sweeps_;
-    // Saturates: a huge interval means "rarely", not an overflow into the past.
-    const auto limit = std::chrono::milliseconds::max().count() >> shift;
-    return deadline_after(fallback_.count() > limit ? std::chrono::milliseconds::max()
-                                                    : fallback_ * (std::int64_t{1} << shift));
 }
 
 void reactor::recheck_sockets() noexcept

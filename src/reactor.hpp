@@ -44,6 +44,16 @@ inline clock::time_point recheck_deadline(clock::time_point deadline) noexcept
     return std::min(deadline, clock::now() + blind_recheck);
 }
 
+// The fallback re-check's pace, the hub's and each io_loop's: `interval`
+// after activity, then four times later after each quiet re-check, up to 64
+// times (quiet counts them, at most max_quiet_rechecks). Nothing this library
+// does can lose an edge without activity, and a lost edge leaves its fd
+// readable until a re-check finds it: an idle thread all but stops waking,
+// and an edge the kernel drops stays bounded. Saturates.
+constexpr unsigned max_quiet_rechecks = 3;
+std::chrono::milliseconds quiet_recheck_interval(std::chrono::milliseconds interval,
+                                                 unsigned quiet) noexcept;
+
 using auto_unlink = boost::intrusive::link_mode<boost::intrusive::auto_unlink>;
 
 // Why a parked fiber woke. scope_timeout and cancelled interrupt a green wait:
@@ -254,7 +264,6 @@ private:
     void deliver(const ::epoll_event* events, int n) noexcept;
     void expire_deadlines() noexcept;
     void fallback_sweep() noexcept;
-    clock::time_point next_sweep_deadline() const noexcept;
     int timeout_ms(clock::time_point until) const noexcept;
     void close_fds() noexcept;
     fd_watch& register_fd(int fd);
@@ -287,15 +296,10 @@ private:
     std::size_t parked_socket_waits_ = 0;
     std::chrono::milliseconds fallback_{1000};
     clock::time_point next_sweep_ = no_deadline;
-    // A socket event or a new socket wait since the last sweep: only then can
-    // the library have lost an edge, and a lost edge leaves its fd readable
-    // until a sweep finds it. So a sweep follows activity by one interval;
-    // with none, the next comes four times later each time, up to 64 times
-    // the interval: an idle hub all but stops waking, and an edge the kernel
-    // drops stays bounded.
+    // A socket event or a new socket wait since the last sweep: the next
+    // comes one interval after it (quiet_recheck_interval).
     bool stirred_ = false;
     unsigned quiet_sweeps_ = 0;
-    static constexpr unsigned max_quiet_sweeps = 3;
     bool fresh_ = false; // run() ran since the dispatcher last picked a fiber
 };
 

@@ -196,30 +196,12 @@ TEST(hub, an_idle_hub_rechecks_ever_less_often_and_still_rescues_a_lost_edge)
                 got = m.to_string();
         });
         boost::this_fiber::yield(); // the receiver finds nothing and parks
-        // seen[k]: when the k-th re-check had been made; before[k]: the last
-        // look that found it not made yet.
-        using clock = std::chrono::steady_clock;
-        constexpr std::uint64_t rechecks = 4;
-        std::vector<clock::time_point> seen(rechecks + 1), before(rechecks + 1);
-        const std::uint64_t first = h.stats().rechecks;
-        for (std::uint64_t k = 1; k <= rechecks;) {
-            const auto now = clock::now();
-            const std::uint64_t made = h.stats().rechecks - first;
-            for (; k <= made; ++k)
-                seen[k] = now;
-            if (k <= rechecks) {
-                before[k] = now;
-                boost::this_fiber::sleep_for(1ms);
-            }
-        }
         // The first comes 2 ms after the receiver's wait, the others 8, 32 and
         // 128 ms apart (the most).
-        auto gap_ms = [&](std::uint64_t k) {
-            return std::chrono::duration<double, std::milli>(seen[k] - before[k - 1]).count();
-        };
-        EXPECT_GE(gap_ms(2), 8.0);
-        EXPECT_GE(gap_ms(3), 32.0);
-        EXPECT_GE(gap_ms(4), 128.0);
+        const auto spans = test::spans_between_increments_ms([&] { return h.stats().rechecks; }, 4);
+        EXPECT_GE(spans[2], 8.0);
+        EXPECT_GE(spans[3], 32.0);
+        EXPECT_GE(spans[4], 128.0);
 
         const green::hub_stats quiet = h.stats();
         p.b.send(zmq::str_buffer("lost"));

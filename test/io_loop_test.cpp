@@ -576,7 +576,7 @@ TEST_F(io_loop, an_fd_closed_under_its_handler_gets_pollerr_once_and_is_removed)
 // it does not read every idle socket's level each time it runs.
 TEST_F(io_loop, the_fallback_recheck_does_not_read_idle_sockets)
 {
-    constexpr int idle = 50, fallbacks = 20;
+    constexpr int idle = 50, fallbacks = 6; // 1, 4, 16, 64 and 64 ms apart
     const auto idles = add_idle_handlers(idle);
     loop.set_fallback_interval(1ms);
     watchdog guard(loop);
@@ -590,6 +590,30 @@ TEST_F(io_loop, the_fallback_recheck_does_not_read_idle_sockets)
                       }});
     EXPECT_GE(loop.stats().iterations, static_cast<std::uint64_t>(fallbacks));
     EXPECT_EQ(loop.stats().level_checks, static_cast<std::uint64_t>(idle)); // the first check each
+}
+
+// As the hub's (hub.an_idle_hub_rechecks_ever_less_often_and_still_rescues_a_lost_edge):
+// a loop whose handlers see nothing re-checks four times later each time.
+TEST_F(io_loop, an_idle_loop_rechecks_ever_less_often)
+{
+    const auto idles = add_idle_handlers(1);
+    loop.set_fallback_interval(2ms);
+    watchdog guard(loop);
+    std::vector<double> spans;
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          auto iterations = [&] { return loop.stats().iterations; };
+                          while (iterations() == 0)
+                              boost::this_fiber::yield();
+                          // Nothing else wakes the loop: each iteration after the
+                          // first is the fallback's, 2, 8, 32 and 128 ms apart
+                          // (if this fiber came late, later ones: 128 at most).
+                          spans = test::spans_between_increments_ms(iterations, 4);
+                          loop.stop();
+                      }});
+    EXPECT_GE(spans[2], 8.0);
+    EXPECT_GE(spans[3], 32.0);
+    EXPECT_GE(spans[4], 128.0);
 }
 
 // The edge epoll never delivers, lost here on purpose: the loop's fallback

@@ -160,6 +160,31 @@ inline int lose_edges(int fd)
 
 // Binds a new tcp socket to a free port of 127.0.0.1; returns the socket
 // and sets addr to where it is bound.
+// Looks at counter() every millisecond, from the calling fiber, until it has
+// grown `times` times. spans[k] (k >= 2) is the longest the time between its
+// growth k-1 and growth k can have been: each growth happened after the last
+// look that had not seen it. A lower bound on that time holds for spans[k].
+inline std::vector<double> spans_between_increments_ms(const std::function<std::uint64_t()>& counter,
+                                                       std::uint64_t times)
+{
+    using clock = std::chrono::steady_clock;
+    std::vector<clock::time_point> seen(times + 1), before(times + 1);
+    const std::uint64_t first = counter();
+    for (std::uint64_t k = 1; k <= times;) {
+        const auto now = clock::now();
+        for (const std::uint64_t grown = counter() - first; k <= grown && k <= times; ++k)
+            seen[k] = now;
+        if (k <= times) {
+            before[k] = now;
+            boost::this_fiber::sleep_for(std::chrono::milliseconds(1));
+        }
+    }
+    std::vector<double> spans(times + 1);
+    for (std::uint64_t k = 2; k <= times; ++k)
+        spans[k] = std::chrono::duration<double, std::milli>(seen[k] - before[k - 1]).count();
+    return spans;
+}
+
 inline int bound_loopback_socket(sockaddr_in& addr)
 {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -121,8 +121,10 @@ public:
     // Reports the current exception (or e) through the error handler.
     void handle_exception(std::exception_ptr e) noexcept;
 
-    // While the loop waits on sockets, it re-checks them at least this often,
-    // bounding the stall a lost edge could cause. Zero disables. Default 1 s.
+    // While the loop waits on sockets, it re-checks them after sleeping this
+    // long, bounding the stall a lost edge could cause; with nothing between
+    // re-checks, each comes four times later, up to 64 times this. Zero
+    // disables. Default 1 s.
     void set_fallback_interval(std::chrono::milliseconds interval);
     std::chrono::milliseconds fallback_interval() const noexcept;
 
