@@ -183,33 +183,16 @@ TEST(hub, an_idle_hub_rechecks_ever_less_often_and_still_rescues_a_lost_edge)
 {
     std::thread([] {
         green::hub& h = green::hub::current();
-        constexpr auto interval = 2ms;
-        h.set_fallback_interval(interval);
+        h.set_fallback_interval(2ms);
         green::context_t ctx;
-        test::bound_pair p(ctx, zmq::socket_type::pull, zmq::socket_type::push,
-                           test::unique_inproc());
-        p.a.set(zmq::sockopt::rcvtimeo, 10000); // a re-check that never comes fails the receive
-        std::string got = "nothing";
-        boost::fibers::fiber receiver([&] {
-            zmq::message_t m;
-            if (p.a.recv(m))
-                got = m.to_string();
-        });
-        boost::this_fiber::yield(); // the receiver finds nothing and parks
+        test::parked_receiver r(ctx);
         // The first comes 2 ms after the receiver's wait, the others 8, 32 and
         // 128 ms apart (the most).
         const auto spans = test::spans_between_increments_ms([&] { return h.stats().rechecks; }, 4);
         EXPECT_GE(spans[2], 8.0);
         EXPECT_GE(spans[3], 32.0);
         EXPECT_GE(spans[4], 128.0);
-
-        const green::hub_stats quiet = h.stats();
-        p.b.send(zmq::str_buffer("lost"));
-        EXPECT_EQ(test::lose_edges(p.a.get(zmq::sockopt::fd)), 1);
-        receiver.join();
-        EXPECT_EQ(got, "lost");
-        EXPECT_EQ(h.stats().rescues - quiet.rescues, 1u);
-        EXPECT_EQ(h.stats().fd_wakeups, quiet.fd_wakeups);
+        r.expect_a_lost_edge_rescued(h);
     }).join();
 }
 

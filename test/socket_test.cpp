@@ -458,24 +458,7 @@ TEST_F(socket, a_lost_edge_is_rescued_by_the_fallback_and_counted)
     std::thread([this] {
         green::hub& h = green::hub::current();
         h.set_fallback_interval(10ms);
-        test::bound_pair p(ctx, zmq::socket_type::pull, zmq::socket_type::push,
-                           test::unique_inproc());
-        // A re-check that never comes fails the receive, not ctest's timeout.
-        p.a.set(zmq::sockopt::rcvtimeo, 10000);
-        std::string got = "nothing";
-        boost::fibers::fiber receiver([&] {
-            zmq::message_t m;
-            if (p.a.recv(m))
-                got = m.to_string();
-        });
-        boost::this_fiber::yield(); // the receiver finds nothing and parks
-        const green::hub_stats before = h.stats();
-        p.b.send(zmq::str_buffer("lost"));
-        EXPECT_EQ(test::lose_edges(p.a.get(zmq::sockopt::fd)), 1);
-        receiver.join();
-        EXPECT_EQ(got, "lost");
-        EXPECT_EQ(h.stats().rescues - before.rescues, 1u);
-        EXPECT_EQ(h.stats().fd_wakeups, before.fd_wakeups);
+        test::parked_receiver(ctx).expect_a_lost_edge_rescued(h);
     }).join();
 }
 

@@ -185,6 +185,43 @@ inline std::vector<double> spans_between_increments_ms(const std::function<std::
     return spans;
 }
 
+// A fiber of this thread parked in a PULL's receive, for the tests that lose
+// an edge on purpose. A re-check that never comes fails the receive (10 s
+// RCVTIMEO), not ctest's timeout.
+struct parked_receiver {
+    explicit parked_receiver(zmq::green::context_t& ctx)
+        : p(ctx, zmq::socket_type::pull, zmq::socket_type::push, unique_inproc())
+    {
+        p.a.set(zmq::sockopt::rcvtimeo, 10000);
+        receiver = boost::fibers::fiber([this] {
+            zmq::message_t m;
+            if (p.a.recv(m))
+                got = m.to_string();
+        });
+        boost::this_fiber::yield(); // it finds nothing and parks
+    }
+    ~parked_receiver()
+    {
+        if (receiver.joinable())
+            receiver.join();
+    }
+    // Sends it a message whose edge is taken out of the hub's epoll set: only
+    // the hub's fallback re-check can deliver it, and counts one rescue.
+    void expect_a_lost_edge_rescued(zmq::green::hub& h)
+    {
+        const zmq::green::hub_stats before = h.stats();
+        p.b.send(zmq::str_buffer("lost"));
+        EXPECT_EQ(lose_edges(p.a.get(zmq::sockopt::fd)), 1);
+        receiver.join();
+        EXPECT_EQ(got, "lost");
+        EXPECT_EQ(h.stats().rescues - before.rescues, 1u);
+        EXPECT_EQ(h.stats().fd_wakeups, before.fd_wakeups);
+    }
+    bound_pair p;
+    std::string got = "nothing";
+    boost::fibers::fiber receiver;
+};
+
 inline int bound_loopback_socket(sockaddr_in& addr)
 {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
