@@ -465,9 +465,10 @@ struct loop_state {
         const clock::time_point timer_deadline =
             timers.empty() ? no_deadline : timers.begin()->first.first;
         slot.deadline = timer_deadline;
-        if ((!socket_handlers.empty() || !fd_handlers.empty()) && fallback.count() > 0)
-            slot.deadline = std::min(
-                slot.deadline, later_by(clock_ticks(quiet_recheck_interval(fallback, quiet_fallbacks))));
+        if ((!socket_handlers.empty() || !fd_handlers.empty()) && fallback.count() > 0) {
+            const auto recheck = quiet_recheck_interval(fallback, quiet_fallbacks);
+            slot.deadline = std::min(slot.deadline, later_by(clock_ticks(recheck)));
+        }
         ++stats.parks;
         parked = &slot;
         const wake_reason why = owner->park(slot);

@@ -180,7 +180,8 @@ std::chrono::milliseconds quiet_recheck_interval(std::chrono::milliseconds inter
 {
     const unsigned shift = 2 * std::min(quiet, max_quiet_rechecks);
     const auto most = std::chrono::milliseconds::max();
-    return interval.count() > (most.count() >> shift) ? most : interval * (std::int64_t{1} << shift);
+    return interval.count() > (most.count() >> shift) ? most
+                                                      : interval * (std::int64_t{1} << shift);
 }
 
 void check_wait_timeout(std::chrono::milliseconds timeout, const char* what, const char* name)

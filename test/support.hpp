@@ -164,8 +164,8 @@ inline int lose_edges(int fd)
 // grown `times` times. spans[k] (k >= 2) is the longest the time between its
 // growth k-1 and growth k can have been: each growth happened after the last
 // look that had not seen it. A lower bound on that time holds for spans[k].
-inline std::vector<double> spans_between_increments_ms(const std::function<std::uint64_t()>& counter,
-                                                       std::uint64_t times)
+inline std::vector<double>
+spans_between_increments_ms(const std::function<std::uint64_t()>& counter, std::uint64_t times)
 {
     using clock = std::chrono::steady_clock;
     std::vector<clock::time_point> seen(times + 1), before(times + 1);
