@@ -251,13 +251,14 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
     // message would be dropped, reported sent. Others keep no such state, and
     // an empty frame could reach a peer that came meanwhile as a message.
     const bool continuing = dir.owner == self;
+    // Returns whether it ended the message: that call may have consumed a
+    // signal others wait for, and the caller must run after_op().
     auto give_up = [&] {
         const bool end = continuing && more && event == ZMQ_POLLOUT && drops_after_failed_frame;
         if (end)
             end_send();
         release(dir);
-        if (end)
-            after_op(); // the call may have consumed a signal others wait for
+        return end;
     };
     if (!continuing) {
         if (dontwait) {
@@ -338,7 +339,8 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             }
         }
         if (passed(get_deadline())) {
-            give_up();
+            if (give_up())
+                after_op();
             errno = EAGAIN;
             return -1;
         }
@@ -348,7 +350,8 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             continue;
         if (why == wake_reason::timeout || why == wake_reason::scope_timeout
             || why == wake_reason::cancelled) {
-            give_up();
+            if (give_up())
+                after_op();
             throw_if_interrupted(why);
             errno = EAGAIN;
             return -1;
