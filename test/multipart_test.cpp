@@ -222,28 +222,34 @@ TEST_F(multipart, a_later_frame_that_times_out_ends_its_message)
     EXPECT_EQ(recv_on_another_fiber(p.next), test::strings{"next"});
 }
 
-// A refused last frame leaves no message open: nothing more may be sent,
-// or another peer would get it as a message of its own.
-TEST_F(multipart, a_last_frame_that_fails_leaves_nothing_behind)
+namespace {
+
+// The second peer connected from the start, a two-frame message whose last
+// frame is refused fails, and the next message reaches that peer alone.
+void expect_a_refused_last_frame_to_leave_nothing(green::context_t& ctx, zmq::send_flags flags)
 {
     push_losing_its_peer p(ctx);
     p.push.connect(p.ep);
     const auto frames = p.message({zmq::str_buffer("a"), zmq::str_buffer("b")});
-    EXPECT_FALSE(green::send_multipart(p.push, frames, zmq::send_flags::dontwait));
+    EXPECT_FALSE(green::send_multipart(p.push, frames, flags));
     EXPECT_TRUE(p.push.send(zmq::str_buffer("next")));
     EXPECT_EQ(recv_on_another_fiber(p.next), test::strings{"next"});
+}
+
+} // namespace
+
+// A refused last frame leaves no message open: nothing more may be sent,
+// or another peer would get it as a message of its own.
+TEST_F(multipart, a_last_frame_that_fails_leaves_nothing_behind)
+{
+    expect_a_refused_last_frame_to_leave_nothing(ctx, zmq::send_flags::dontwait);
 }
 
 // Nor does a blocking send retry it: the load balancer would take the last
 // frame for a message of its own and hand it to the other peer.
 TEST_F(multipart, a_blocking_send_does_not_retry_a_refused_last_frame)
 {
-    push_losing_its_peer p(ctx);
-    p.push.connect(p.ep);
-    const auto frames = p.message({zmq::str_buffer("a"), zmq::str_buffer("b")});
-    EXPECT_FALSE(green::send_multipart(p.push, frames));
-    EXPECT_TRUE(p.push.send(zmq::str_buffer("next")));
-    EXPECT_EQ(recv_on_another_fiber(p.next), test::strings{"next"});
+    expect_a_refused_last_frame_to_leave_nothing(ctx, zmq::send_flags::none);
 }
 
 TEST_F(multipart, dontwait_with_nothing_queued_is_empty)
