@@ -3,6 +3,7 @@
 #include <zmq/green/poll.hpp>
 
 #include "device_loop.hpp"
+#include "socket_core.hpp"
 
 #include <cstring>
 #include <iterator>
@@ -25,9 +26,6 @@ const char* socket_type_name(int type) noexcept
                                         "ROUTER", "PULL",   "PUSH", "XPUB", "XSUB", "STREAM"};
     return type >= 0 && type <= ZMQ_STREAM ? names[type] : nullptr;
 }
-
-bool can_receive(int type) noexcept { return type != ZMQ_PUB && type != ZMQ_PUSH; }
-bool can_send(int type) noexcept { return type != ZMQ_SUB && type != ZMQ_PULL; }
 
 } // namespace
 

@@ -817,6 +817,7 @@ void background_device::start()
 
 bool background_device::join(std::chrono::milliseconds timeout)
 {
+    detail::check_wait_timeout(timeout, "background_device::join");
     auto& st = *state_;
     if (!st.started)
         return true;

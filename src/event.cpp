@@ -4,7 +4,7 @@
 
 namespace zmq::green {
 
-event::event() : waiters_(std::make_unique<detail::wait_queue>()) {}
+event::event() : waiters_(std::make_unique<detail::wait_queue>("event")) {}
 
 event::~event() = default;
 
@@ -27,7 +27,8 @@ bool event::wait(std::chrono::milliseconds timeout)
     const auto deadline = detail::wait_deadline(timeout, "event::wait");
     if (set_)
         return true;
-    // A set() followed by clear() before this fiber runs still counts.
+    // A set() followed by clear() before this fiber runs still counts. If
+    // the event goes meanwhile, wait() throws before set_ is read.
     return waiters_->wait(deadline) || set_;
 }
 

@@ -189,6 +189,25 @@ struct loop_state {
                                + ": called from a thread that does not own the loop");
     }
 
+    // What start() refuses; run_sync checks it before queuing its function,
+    // which must not run later if run_sync throws.
+    void check_startable(const char* what) const
+    {
+        if (closed)
+            throw std::logic_error(std::string("zmq::green::io_loop::") + what
+                                   + ": the loop is closed");
+        if (running)
+            throw std::logic_error(std::string("zmq::green::io_loop::") + what
+                                   + ": the loop is already running");
+    }
+
+    void check_stopped(const char* what) const
+    {
+        if (running)
+            throw std::logic_error(std::string("zmq::green::io_loop::") + what
+                                   + ": the loop is running; stop it and let start() return");
+    }
+
     // Wakes the loop fiber if it waits. Any thread.
     void wake() noexcept
     {
@@ -507,6 +526,11 @@ bool loop_access::stopping(const io_loop& loop) noexcept
     return loop.s_->stop_requested.load(std::memory_order_relaxed);
 }
 
+void loop_access::check_thread(const io_loop& loop, const char* what)
+{
+    loop.s_->check_thread(what);
+}
+
 namespace {
 
 thread_local std::unique_ptr<io_loop> default_loop;
@@ -542,7 +566,10 @@ io_loop::io_loop() : s_(std::make_unique<detail::loop_state>())
     s_->wake_registration = &s_->owner->watch_fd(s_->wakefd, s_->wake_watcher);
 }
 
-io_loop::~io_loop() = default;
+// A running loop's start() is on some fiber's stack, about to read what
+// goes here: that is a mistake to name, as destroying a joinable std::thread
+// is. Thrown out of the destructor, it terminates with this message.
+io_loop::~io_loop() { s_->check_stopped("~io_loop"); }
 
 io_loop& io_loop::current()
 {
@@ -563,10 +590,7 @@ void io_loop::start()
 {
     auto& s = *s_;
     s.check_thread("start");
-    if (s.closed)
-        throw std::logic_error("zmq::green::io_loop::start: the loop is closed");
-    if (s.running)
-        throw std::logic_error("zmq::green::io_loop::start: the loop is already running");
+    s.check_startable("start");
     s.running = true;
     detail::running_loops.push_back({this, boost::this_fiber::get_id()});
     struct restore {
@@ -629,8 +653,7 @@ void io_loop::close(bool all_fds)
 {
     auto& s = *s_;
     s.check_thread("close");
-    if (s.running)
-        throw std::logic_error("zmq::green::io_loop::close: stop the loop first");
+    s.check_stopped("close");
     {
         std::lock_guard<std::mutex> lock(s.mutex); // add_callback reads it from any thread
         s.closed = true;
@@ -660,6 +683,7 @@ void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeo
     detail::check_wait_timeout(timeout, "io_loop::run_sync");
     if (!fn)
         throw std::invalid_argument("zmq::green::io_loop::run_sync: empty function");
+    s_->check_startable("run_sync");
     struct outcome {
         io_loop* loop = nullptr;
         bool done = false;
@@ -935,9 +959,17 @@ periodic_callback::periodic_callback(io_loop& loop, std::function<void()> fn,
 {
     if (!s_->fn)
         throw std::invalid_argument("zmq::green::periodic_callback: empty function");
+    // Here, not first at stop() in the destructor, where it would terminate.
+    detail::loop_access::check_thread(loop, "periodic_callback");
 }
 
-periodic_callback::~periodic_callback() { stop(); }
+periodic_callback::~periodic_callback()
+{
+    // On another thread, a started one terminates naming the thread_error, as
+    // a zmq_stream does: its timer belongs to the loop's thread.
+    if (s_->running)
+        stop();
+}
 
 void periodic_callback::start()
 {

@@ -1,4 +1,4 @@
-// What zmq_stream needs from io_loop beyond its public API.
+// What zmq_stream and periodic_callback need from io_loop beyond its public API.
 #pragma once
 
 #include <zmq/green/io_loop.hpp>
@@ -17,6 +17,8 @@ struct loop_access {
     // stop() was called: a stream ends its burst, so that no message comes
     // after the one whose callback stopped the loop.
     static bool stopping(const io_loop& loop) noexcept;
+    // thread_error unless called on the loop's thread.
+    static void check_thread(const io_loop& loop, const char* what);
 };
 
 } // namespace zmq::green::detail

@@ -2,6 +2,7 @@
 
 #include "socket_core.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 namespace zmq::green {
@@ -26,11 +27,15 @@ int poll_now(detail::reactor& r, zmq_pollitem_t* items, size_t nitems)
     return rc;
 }
 
+short asked_events(const zmq_pollitem_t& item) noexcept
+{
+    return static_cast<short>(item.events & (ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR | ZMQ_POLLPRI));
+}
+
 // Registers the fiber's interest in one item. True for a plain socket.
 bool add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem_t& item)
 {
-    const auto events =
-        static_cast<short>(item.events & (ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR | ZMQ_POLLPRI));
+    const short events = asked_events(item);
     if (events == 0)
         return false;
     if (item.socket == nullptr) {
@@ -68,8 +73,15 @@ void check_items(detail::reactor& r, const zmq_pollitem_t* items, size_t nitems)
 int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout)
 {
     const auto deadline = detail::wait_deadline(timeout, "poll");
-    if (nitems == 0 && timeout.count() < 0)
-        throw zmq::error_t(EFAULT); // nothing could ever end the wait, as poller_t says
+    if (items == nullptr && nitems != 0)
+        throw zmq::error_t(EFAULT); // as zmq_poll
+    // Without a timeout, nothing could ever end the wait (zmq_poller_wait_all
+    // says EFAULT with no items too).
+    if (timeout.count() < 0
+        && std::none_of(items, items + nitems, [](const zmq_pollitem_t& item) {
+               return asked_events(item) != 0 && (item.socket != nullptr || item.fd >= 0);
+           }))
+        throw zmq::error_t(EFAULT);
     detail::reactor& r = *hub::current().reactor();
     check_items(r, items, nitems);
     int rc = poll_now(r, items, nitems);

@@ -111,7 +111,19 @@ void interest::add_fd(int fd, short events)
     }
 }
 
-wait_queue::wait_queue() : owner_(hub::current().reactor()) {}
+wait_queue::wait_queue(const char* name) : owner_(hub::current().reactor()), name_(name) {}
+
+wait_queue::~wait_queue()
+{
+    while (!waiters_.empty()) {
+        park_slot& slot = *waiters_.front().slot;
+        waiters_.pop_front();
+        // One whose deadline woke it has not run yet: on a timeout it would
+        // read the object that is going.
+        if (!owner_->wake(slot, wake_reason::closed) && slot.reason == wake_reason::timeout)
+            slot.reason = wake_reason::closed;
+    }
+}
 
 void wait_queue::check_thread(const char* what) const
 {
@@ -124,6 +136,7 @@ bool wait_queue::wait(clock::time_point deadline)
 {
     park_slot slot;
     slot.deadline = deadline;
+    const char* name = name_; // *this may be gone when the fiber wakes
     wake_reason why;
     {
         wait_node node(slot, 0);
@@ -131,6 +144,9 @@ bool wait_queue::wait(clock::time_point deadline)
         why = owner_->park(slot);
     }
     throw_if_interrupted(why);
+    if (why == wake_reason::closed)
+        throw std::logic_error(std::string("zmq::green::") + name
+                               + ": destroyed while a fiber waited for it");
     return why == wake_reason::event;
 }
 

@@ -334,7 +334,14 @@ private:
 // was set, a pool has room). Waiting on it is a green wait.
 class wait_queue {
 public:
-    wait_queue();
+    // name: what the queue belongs to, for the error its waiters get if it
+    // goes while they wait.
+    explicit wait_queue(const char* name);
+    // Wakes its waiters, whose wait() then throws std::logic_error: they wait
+    // for an object that is gone.
+    ~wait_queue();
+    wait_queue(const wait_queue&) = delete;
+    wait_queue& operator=(const wait_queue&) = delete;
     // Parks until notified or the deadline passes; false on timeout.
     bool wait(clock::time_point deadline);
     void notify_all() noexcept;
@@ -345,6 +352,7 @@ public:
 private:
     std::shared_ptr<reactor> owner_;
     wait_list waiters_;
+    const char* name_;
 };
 
 // Raises what an interrupted green wait ends with: timeout_error for a

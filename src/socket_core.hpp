@@ -17,6 +17,10 @@
 
 namespace zmq::green::detail {
 
+// What libzmq (without the draft API) lets a socket type do.
+inline bool can_receive(int type) noexcept { return type != ZMQ_PUB && type != ZMQ_PUSH; }
+inline bool can_send(int type) noexcept { return type != ZMQ_SUB && type != ZMQ_PULL; }
+
 // One direction (send or recv) of a socket. The fiber that owns it is the
 // only one that tries the operation or parks for readiness; the others queue
 // for ownership in arrival order. Ownership lasts from the first frame of a

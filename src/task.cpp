@@ -14,7 +14,7 @@ namespace zmq::green {
 namespace detail {
 
 struct task_state {
-    wait_queue ended; // joiners
+    wait_queue ended{"task"}; // joiners
     fiber_state* fiber = nullptr; // while it runs
     bool kill_before_start = false;
     bool done = false;
@@ -26,7 +26,7 @@ struct pool_state {
     explicit pool_state(std::size_t n) : size(n) {}
     std::size_t size;
     std::size_t running = 0;
-    wait_queue room;     // spawners waiting for a free slot
+    wait_queue room{"pool"}; // spawners waiting for a free slot
     std::vector<task> tasks; // started ones; finished ones are pruned lazily
 };
 
@@ -80,6 +80,11 @@ bool task::ready() const noexcept { return s_ && s_->done; }
 bool task::killed() const noexcept { return s_ && s_->killed; }
 std::exception_ptr task::exception() const noexcept { return s_ ? s_->error : nullptr; }
 
+bool task::is_calling_fiber() const noexcept
+{
+    return s_->fiber != nullptr && s_->fiber == detail::reactor::current()->find_fiber_state();
+}
+
 bool task::join(std::chrono::milliseconds timeout) const
 {
     state("join");
@@ -89,7 +94,7 @@ bool task::join(std::chrono::milliseconds timeout) const
 bool task::join_until(std::chrono::steady_clock::time_point deadline) const
 {
     state("join");
-    if (s_->fiber != nullptr && s_->fiber == detail::reactor::current()->find_fiber_state())
+    if (is_calling_fiber())
         throw std::logic_error("zmq::green::task::join: a task cannot join itself");
     while (!s_->done)
         if (!s_->ended.wait(deadline))
@@ -107,7 +112,7 @@ void task::kill(bool block) const
         s_->kill_before_start = true;
     else
         r.kill(*s_->fiber);
-    if (block && !(s_->fiber != nullptr && s_->fiber == r.find_fiber_state()))
+    if (block && !is_calling_fiber())
         join();
 }
 
@@ -186,6 +191,10 @@ bool pool::join(std::chrono::milliseconds timeout)
 {
     s_->room.check_thread("pool::join");
     const auto deadline = detail::wait_deadline(timeout, "pool::join");
+    for (const task& t : s_->tasks)
+        if (!t.ready() && t.is_calling_fiber())
+            throw std::logic_error("zmq::green::pool::join: called from one of the pool's own "
+                                   "tasks, which would wait for itself");
     while (s_->running > 0)
         if (!s_->room.wait(deadline))
             return s_->running == 0;

@@ -89,6 +89,7 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
         // Before touching the core: its reference count belongs to its thread.
         if (reactor::current() != &core->owner)
             throw thread_error("zmq::green::zmq_stream: the socket belongs to another thread");
+        sendable = can_send(ref.get(zmq::sockopt::type));
         core->retain();
     }
 
@@ -459,6 +460,7 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     socket_t owned;
     socket_ref ref;
     socket_core* core = nullptr;
+    bool sendable = true; // the socket's type can send
     zmq_stream* facade = nullptr;
     callback_slot<zmq_stream::recv_callback> recv_cb;
     callback_slot<zmq_stream::send_callback> send_cb;
@@ -561,6 +563,9 @@ void zmq_stream::send(zmq::message_t msg, send_callback fn)
 void zmq_stream::send_multipart(message msg, send_callback fn)
 {
     s_->check_open("send_multipart");
+    // As libzmq's send: queued, it would wait for a POLLOUT that never comes.
+    if (!s_->sendable)
+        throw zmq::error_t(ENOTSUP);
     if (msg.empty())
         throw std::invalid_argument("zmq::green::zmq_stream::send_multipart: a message needs at "
                                     "least one frame");

@@ -409,8 +409,12 @@ TEST_F(devices_test, setup_errors_process) {
 TEST_F(devices_test, join_times_out_while_running_and_destructor_stops_thread)
 {
     devices::thread_device dev(ZMQ_STREAMER, ZMQ_PULL, ZMQ_PUSH);
+    // Below -1 is no timeout, as for every other wait: not "for ever".
+    EXPECT_THROW(dev.join(-2ms), std::invalid_argument);
     dev.start();
     EXPECT_FALSE(dev.join(10ms));
+    for (auto timeout : {-2ms, std::chrono::milliseconds::min()})
+        EXPECT_THROW(dev.join(timeout), std::invalid_argument);
     EXPECT_FALSE(dev.done());
 }
 

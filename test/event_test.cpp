@@ -47,3 +47,25 @@ TEST(event, bad_input_other_threads_and_negative_timeouts_are_rejected)
     std::thread([&] { EXPECT_THROW(ev.set(), green::thread_error); }).join();
     EXPECT_FALSE(ev.is_set());
 }
+
+// Destroying an event that fibers wait for is a mistake; the waiters learn it
+// from a clear error instead of waiting for ever or reading freed memory.
+TEST(event, BadInput_destroying_a_waited_event_wakes_its_waiters_with_an_error)
+{
+    auto ev = std::make_unique<green::event>();
+    std::vector<std::string> errors;
+    auto waiter = [&](std::chrono::milliseconds timeout) {
+        return [&, timeout] {
+            try {
+                ev->wait(timeout);
+                ADD_FAILURE() << "wait returned";
+            } catch (const std::logic_error& e) {
+                errors.push_back(e.what());
+            }
+        };
+    };
+    test::run_fibers({waiter(-1ms), waiter(1h), [&] { ev.reset(); }});
+    ASSERT_EQ(errors.size(), 2u);
+    for (const auto& e : errors)
+        EXPECT_EQ(e, "zmq::green::event: destroyed while a fiber waited for it");
+}

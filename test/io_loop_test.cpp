@@ -1148,6 +1148,52 @@ TEST_F(io_loop, BadInput_run_sync_timeouts)
     }
 }
 
+// Its start() would read the loop after the callback returns: the mistake is
+// named, not a use of freed memory.
+TEST_F(io_loop, BadInput_destroying_a_running_loop_terminates_naming_it)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    auto doomed = std::make_unique<green::io_loop>();
+    doomed->add_callback([&] { doomed.reset(); });
+    EXPECT_DEATH(doomed->start(), "io_loop::~io_loop: the loop is running");
+    // Stopped (here, never started), it goes quietly with its callback queued.
+    doomed.reset();
+    auto stopped = std::make_unique<green::io_loop>();
+    stopped->add_callback([&] { stopped->stop(); });
+    stopped->start();
+    stopped.reset();
+}
+
+// run_sync starts the loop: where start() would refuse, it throws before fn
+// is queued, so fn never runs behind the caller's back.
+TEST_F(io_loop, BadInput_run_sync_on_a_running_or_closed_loop_never_runs_fn)
+{
+    watchdog guard(loop);
+    int runs = 0;
+    loop.add_callback([&] {
+        try {
+            loop.run_sync([&] { ++runs; });
+            ADD_FAILURE() << "run_sync on the running loop returned";
+        } catch (const std::logic_error& e) {
+            EXPECT_NE(std::string(e.what()).find("already running"), std::string::npos)
+                << e.what();
+        }
+        // Three more rounds, in which a queued fn would have run.
+        loop.add_callback([&] {
+            loop.add_callback([&] { loop.add_callback([&] { loop.stop(); }); });
+        });
+    });
+    loop.start();
+    // A queued fn would run in a fiber of its own, ready by now.
+    boost::this_fiber::yield();
+    EXPECT_EQ(runs, 0);
+
+    green::io_loop closed;
+    closed.close();
+    EXPECT_THROW(closed.run_sync([&] { ++runs; }), std::logic_error);
+    EXPECT_EQ(runs, 0);
+}
+
 // A delay that is negative or zero means "as soon as possible", as in
 // tornado and asyncio; the extremes of the clock neither overflow nor fire
 // early.
@@ -1266,11 +1312,13 @@ TEST_F(io_loop, BadInput_foreign_thread_calls_are_thread_errors)
         expect_thread_error([&] { loop.remove_timeout(timer); });
         expect_thread_error([&] { loop.set_fallback_interval(10ms); });
         expect_thread_error([&] { ticker.start(); });
+        // Refused when made, not when its destructor stops it (terminate).
+        expect_thread_error([&] { green::periodic_callback other(loop, [] {}, 1ms); });
         // The thread's own default loop cannot take the other thread's socket.
         expect_thread_error(
             [&] { green::io_loop::current().add_handler(p.b, [](short) {}, ZMQ_POLLIN); });
     }).join();
-    EXPECT_EQ(threw, 11);
+    EXPECT_EQ(threw, 12);
     EXPECT_FALSE(loop.closed());
     // Nothing the refused calls named changed.
     EXPECT_THROW(loop.add_handler(p.a, [](short) {}, ZMQ_POLLIN), std::invalid_argument);

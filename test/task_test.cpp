@@ -199,6 +199,18 @@ TEST_F(task_test, bad_input_is_rejected_with_a_clear_error)
     green::task self;
     self = green::spawn([&] { EXPECT_THROW(self.join(), std::logic_error); });
     EXPECT_TRUE(self.join());
+    // A pool's own task waiting for the pool would wait for itself.
+    green::pool two(2);
+    green::task inner = two.spawn([&] {
+        try {
+            two.join();
+            ADD_FAILURE() << "pool::join returned inside the pool";
+        } catch (const std::logic_error& e) {
+            EXPECT_NE(std::string(e.what()).find("pool::join"), std::string::npos) << e.what();
+        }
+    });
+    EXPECT_TRUE(two.join());
+    EXPECT_TRUE(inner.ready());
     t.kill();
 }
 

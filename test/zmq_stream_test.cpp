@@ -988,8 +988,6 @@ TEST_F(zmq_stream, BadInput_misuse_leaves_the_stream_usable)
     EXPECT_THROW((void)p.push.socket(), std::logic_error);
 }
 
-// A stream must be made on the thread that owns its socket. The check comes
-// before the stream takes the socket, so the caller still has it.
 // pyzmq hands a stream one message per loop iteration; a burst here hands
 // several, but none after the callback that stopped the loop, and the rest
 // wait in libzmq for the next run.
@@ -1069,6 +1067,35 @@ TEST_F(zmq_stream, a_stream_of_thread_storage_closes_at_its_threads_exit)
     }).join();
 }
 
+// A socket type that cannot send refuses at send, as libzmq does, instead of
+// queuing a message that would wait for ever; the stream stays usable.
+TEST_F(zmq_stream, BadInput_sending_on_a_socket_type_that_cannot_is_enotsup)
+{
+    for (auto type : {zmq::socket_type::pull, zmq::socket_type::sub}) {
+        green::socket_t s(ctx, type);
+        s.set(zmq::sockopt::linger, 0);
+        s.bind(test::unique_inproc());
+        green::zmq_stream stream(std::move(s), loop);
+        bool called = false;
+        auto on_sent = [&](const message&, const green::send_status&) { called = true; };
+        EXPECT_EQ(test::errno_of([&] { stream.send_string("x", on_sent); }), ENOTSUP);
+        EXPECT_EQ(test::errno_of([&] { stream.send_multipart(make({"a", "b"})); }), ENOTSUP);
+        EXPECT_EQ(stream.queued(), 0u);
+        EXPECT_FALSE(called);
+    }
+    push_pull p(ctx, loop);
+    std::vector<std::string> got;
+    p.pull.on_recv([&](message& m) {
+        got = strings(m);
+        loop.stop();
+    });
+    p.push.send_string("pushes still send");
+    loop.start();
+    EXPECT_EQ(got, std::vector<std::string>{"pushes still send"});
+}
+
+// A stream must be made on the thread that owns its socket. The check comes
+// before the stream takes the socket, so the caller still has it.
 TEST_F(zmq_stream, BadInput_socket_of_another_thread_is_thread_error)
 {
     green::socket_t s(ctx, zmq::socket_type::pull);

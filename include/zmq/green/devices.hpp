@@ -92,10 +92,11 @@ public:
     // caller mode so are the device's own errors. Throws std::logic_error
     // if already started.
     void start();
-    // Waits up to timeout (-1: forever) for the device to end: to stop
-    // forwarding, then to deliver what it forwarded, within its sockets'
-    // ZMQ_LINGER (libzmq's default: until the peer takes it). True if it
-    // has. The first call that sees a failed device throws its device_error.
+    // Waits up to timeout (-1: forever; below -1 is std::invalid_argument)
+    // for the device to end: to stop forwarding, then to deliver what it
+    // forwarded, within its sockets' ZMQ_LINGER (libzmq's default: until the
+    // peer takes it). True if it has. The first call that sees a failed
+    // device throws its device_error.
     bool join(std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
     // True once the device has stopped forwarding, even if it is still
     // delivering (never throws).

@@ -42,7 +42,9 @@ struct io_loop_stats {
 // While it waits, the other fibers of its thread run. Belongs to the thread
 // that creates it: only add_callback() and stop() may be called elsewhere;
 // the other calls throw thread_error there.
-// Destroy the streams and handlers' owners before the loop.
+// Destroy the streams and handlers' owners before the loop, and the loop
+// only once start() has returned: destroying a running loop terminates the
+// process, naming the mistake.
 class io_loop {
 public:
     using clock = std::chrono::steady_clock;
@@ -137,6 +139,7 @@ private:
 
 // Calls fn every period while started. The first call comes one period after
 // start(); when the loop falls behind, missed calls are skipped, not made up.
+// Belongs to the loop's thread: made on another, it throws thread_error.
 class periodic_callback {
 public:
     periodic_callback(io_loop& loop, std::function<void()> fn, std::chrono::milliseconds period);

@@ -14,9 +14,10 @@ namespace zmq::green {
 
 // As zmq::poll: items hold sockets (green or not) or raw fds; results are
 // level-triggered, read from ZMQ_EVENTS. A zero timeout never yields;
-// -1 waits forever, below -1 is std::invalid_argument, and no items with
-// no timeout is zmq::error_t(EFAULT). A green socket of another thread is
-// thread_error. Returns the number of items with events.
+// -1 waits forever, below -1 is std::invalid_argument, and no item that
+// asks for an event (none, or all with no events or a negative fd) with no
+// timeout is zmq::error_t(EFAULT), as are null items. A green socket of
+// another thread is thread_error. Returns the number of items with events.
 int poll(zmq_pollitem_t* items, size_t nitems,
          std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
 
@@ -114,8 +115,8 @@ public:
     // Fills events with the ready entries; returns how many (0 on timeout).
     size_t wait_all(std::vector<event_type>& events, std::chrono::milliseconds timeout)
     {
-        if (items_.empty() && timeout.count() < 0)
-            throw zmq::error_t(EFAULT); // as zmq_poller_wait_all: nothing could ever wake it
+        // Nothing to wait for (no entries, or none with events) and no
+        // timeout is EFAULT, as zmq_poller_wait_all says with no entries.
         if (poll(items_.data(), items_.size(), timeout) <= 0)
             return 0;
         size_t n = 0;

@@ -59,7 +59,10 @@ private:
     explicit task(std::shared_ptr<detail::task_state> s) noexcept : s_(std::move(s)) {}
     template<class StackAllocator>
     friend task spawn(std::allocator_arg_t, StackAllocator&& salloc, std::function<void()> fn);
+    friend class pool;
     const detail::task_state& state(const char* what) const;
+    // It is the fiber making this call.
+    bool is_calling_fiber() const noexcept;
 
     std::shared_ptr<detail::task_state> s_;
 };

@@ -68,7 +68,8 @@ public:
     void stop_on_send() { on_send(nullptr); }
 
     // Queue a message; a later loop iteration sends it, never this call. A
-    // callback given here replaces on_send for good, as in pyzmq.
+    // callback given here replaces on_send for good, as in pyzmq. A socket
+    // type that cannot send (PULL, SUB) throws zmq::error_t(ENOTSUP).
     void send(zmq::message_t msg, send_callback fn = {});
     void send_multipart(message msg, send_callback fn = {});
     void send_string(const std::string& s, send_callback fn = {});
