@@ -33,17 +33,28 @@ namespace {
 // epoll_event.data.ptr for the eventfd that other threads write.
 char wakefd_tag;
 
-// Every thread's green sockets, so that a thread can refuse another's.
-std::mutex green_handles_mutex;
-std::unordered_set<void*> green_handles;
+// Every thread's green sockets, so that a thread can refuse another's. Made
+// on first use: a socket with static storage may come before this file's
+// namespace-scope objects are, and then goes after them.
+struct green_handle_set {
+    green_handle_set()
+    {
+        // A device process is forked from an owner whose other threads may
+        // hold the mutex at that moment; they do not follow into the child,
+        // whose first green socket would then wait for them for ever. The
+        // forking thread holds it across the fork instead.
+        ::pthread_atfork([] { get().mutex.lock(); }, [] { get().mutex.unlock(); },
+                         [] { get().mutex.unlock(); });
+    }
+    static green_handle_set& get()
+    {
+        static green_handle_set set;
+        return set;
+    }
 
-// A device process is forked from an owner whose other threads may hold the
-// mutex at that moment; they do not follow into the child, whose first green
-// socket would then wait for them for ever. The forking thread holds it
-// across the fork instead.
-[[maybe_unused]] const int green_handles_fork_safe = ::pthread_atfork(
-    [] { green_handles_mutex.lock(); }, [] { green_handles_mutex.unlock(); },
-    [] { green_handles_mutex.unlock(); });
+    std::mutex mutex;
+    std::unordered_set<void*> handles;
+};
 
 int checked(int rc, const char* what)
 {
@@ -636,14 +647,16 @@ void reactor::add_socket(socket_core& core)
         throw std::system_error(err, std::generic_category(), "zmq::green: epoll_ctl");
     }
     sockets_.emplace(core.handle, &core);
-    std::lock_guard<std::mutex> lock(green_handles_mutex);
-    green_handles.insert(core.handle);
+    auto& green = green_handle_set::get();
+    std::lock_guard<std::mutex> lock(green.mutex);
+    green.handles.insert(core.handle);
 }
 
 bool is_green_socket(void* handle)
 {
-    std::lock_guard<std::mutex> lock(green_handles_mutex);
-    return green_handles.count(handle) != 0;
+    auto& green = green_handle_set::get();
+    std::lock_guard<std::mutex> lock(green.mutex);
+    return green.handles.count(handle) != 0;
 }
 
 void reactor::remove_socket(socket_core& core) noexcept
@@ -651,8 +664,9 @@ void reactor::remove_socket(socket_core& core) noexcept
     ::epoll_ctl(epfd_, EPOLL_CTL_DEL, core.fd, nullptr);
     ::epoll_ctl(level_epfd_, EPOLL_CTL_DEL, core.fd, nullptr);
     sockets_.erase(core.handle);
-    std::lock_guard<std::mutex> lock(green_handles_mutex);
-    green_handles.erase(core.handle);
+    auto& green = green_handle_set::get();
+    std::lock_guard<std::mutex> lock(green.mutex);
+    green.handles.erase(core.handle);
 }
 
 socket_core* reactor::find_socket(void* handle) const noexcept

@@ -303,6 +303,32 @@ TEST_F(device, steerable_proxy_answers_a_rep_control_socket)
                       }});
 }
 
+// Ported cppzmq code spells zmq::proxy and zmq::proxy_steerable: on green
+// sockets those run the green devices, which park the fiber (the other
+// fiber here sends and steers them), not libzmq's, which block the thread.
+TEST_F(device, cppzmq_spelling_takes_the_green_path)
+{
+    rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,
+          zmq::socket_type::pair);
+    auto ctrl = make(ctx, zmq::socket_type::pair);
+    auto steer = make(ctx, zmq::socket_type::pair);
+    const auto addr = test::unique_inproc();
+    ctrl.bind(addr);
+    steer.connect(addr);
+    test::run_fibers({[&] { zmq::proxy_steerable(r.front, r.back, nullptr, ctrl); },
+                      [&] {
+                          send_strs(r.a, {"steered"});
+                          EXPECT_EQ(recv_strs(r.b), strings{"steered"});
+                          send_strs(steer, {"TERMINATE"});
+                      }});
+    test::run_fibers({[&] { zmq::proxy(r.front, r.back); },
+                      [&] {
+                          send_strs(r.b, {"back", "again"});
+                          EXPECT_EQ(recv_strs(r.a), (strings{"back", "again"}));
+                          ctx.shutdown();
+                      }});
+}
+
 TEST_F(device, monitored_queue_framing)
 {
     rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,

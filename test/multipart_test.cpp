@@ -336,3 +336,38 @@ TEST_F(multipart, send_multipart_waits_for_a_message_another_fiber_has_begun)
     });
     test::run_fibers(std::move(fibers));
 }
+
+// As cppzmq's: sndmore on send_multipart means more frames follow from later
+// sends, for an envelope say; the message is whole at the peer, and another
+// fiber's message waits for its end instead of coming between.
+TEST_F(multipart, send_multipart_with_sndmore_leaves_the_message_to_the_next_send)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pull, zmq::socket_type::push, test::unique_inproc());
+    green::socket_t& pull = p.a;
+    green::socket_t& push = p.b;
+    std::vector<std::vector<std::string>> got;
+    test::run_fibers(
+        {[&] {
+             const std::array<zmq::const_buffer, 2> envelope{zmq::str_buffer("id"),
+                                                             zmq::str_buffer("")};
+             EXPECT_EQ(zmq::send_multipart(push, envelope, zmq::send_flags::sndmore), 2u);
+             EXPECT_EQ(green::send_multipart(push, envelope, zmq::send_flags::sndmore), 2u);
+             boost::this_fiber::yield(); // the other sender runs, and must wait
+             push.send(zmq::str_buffer("body"), zmq::send_flags::none);
+         },
+         [&] {
+             const std::array<zmq::const_buffer, 1> other{zmq::str_buffer("other")};
+             EXPECT_EQ(green::send_multipart(push, other), 1u);
+         },
+         [&] {
+             for (int n = 0; n < 2; ++n) {
+                 std::vector<zmq::message_t> msg;
+                 ASSERT_TRUE(green::recv_multipart(pull, std::back_inserter(msg)));
+                 got.emplace_back();
+                 for (auto& m : msg)
+                     got.back().push_back(m.to_string());
+             }
+         }});
+    EXPECT_EQ(got, (std::vector<std::vector<std::string>>{{"id", "", "id", "", "body"},
+                                                          {"other"}}));
+}

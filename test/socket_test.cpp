@@ -13,6 +13,11 @@ using test::str;
 
 namespace {
 
+// Made before main(), maybe before the library's own namespace-scope
+// objects, and destroyed after main() returns: as a cppzmq user may have.
+green::context_t static_context;
+green::socket_t static_socket(static_context, zmq::socket_type::pair);
+
 std::string recv_str(green::socket_t& s)
 {
     zmq::message_t m;
@@ -24,6 +29,21 @@ std::string recv_str(green::socket_t& s)
 } // namespace
 
 class socket : public green_test {};
+
+TEST_F(socket, a_socket_with_static_storage_works)
+{
+    static_socket.bind(test::unique_inproc());
+    green::socket_t peer(static_context, zmq::socket_type::pair);
+    peer.connect(static_socket.get(zmq::sockopt::last_endpoint));
+    boost::fibers::fiber echo([&] {
+        zmq::message_t m;
+        ASSERT_TRUE(static_socket.recv(m));
+        static_socket.send(m, zmq::send_flags::none);
+    });
+    peer.send(zmq::str_buffer("static"));
+    EXPECT_EQ(recv_str(peer), "static");
+    echo.join();
+}
 
 TEST_F(socket, pair_ping_pong)
 {
@@ -941,6 +961,24 @@ TEST_F(socket, BadInput_null_endpoint_is_einval)
     EXPECT_EQ(errno_of([&] { s.connect(none); }), EINVAL);
     EXPECT_EQ(errno_of([&] { s.unbind(none); }), EINVAL);
     EXPECT_EQ(errno_of([&] { s.disconnect(none); }), EINVAL);
+    expect_usable(ctx, s);
+}
+
+// cppzmq's socket_t converts to socket_ref as an rvalue, and tests as bool
+// without touching the socket's owner (a non-const operator bool): code
+// doing either ports unchanged.
+TEST_F(socket, socket_ref_from_an_rvalue_and_bool_tests_as_cppzmqs)
+{
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    auto handle_of = [](green::socket_ref r) { return r.handle(); };
+    EXPECT_EQ(handle_of(std::move(s)), s.handle()); // nothing moved: a reference
+    int tested = 0;
+    std::thread([&] {
+        tested += s ? 1 : 0;
+        tested += !s ? 0 : 1;
+        tested += static_cast<bool>(s) ? 1 : 0;
+    }).join();
+    EXPECT_EQ(tested, 3);
     expect_usable(ctx, s);
 }
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace zmq::green {
 
@@ -92,4 +93,34 @@ void monitored_queue(socket_ref in, socket_ref out, socket_ref mon, std::nullptr
 void monitored_queue(socket_ref in, socket_ref out, socket_ref mon, const std::string& in_prefix,
                      std::nullptr_t) = delete;
 
+namespace detail {
+template<class S>
+inline constexpr bool is_green_socket_v = std::is_base_of_v<socket_base, std::decay_t<S>>;
+}
+
 } // namespace zmq::green
+
+// cppzmq code calls zmq::proxy(frontend, backend[, capture]) and
+// zmq::proxy_steerable(...); with these, the same calls on green sockets take
+// the green path. Without them, green sockets, which convert to void* for
+// zmq_pollitem_t as cppzmq's do, would reach cppzmq's deprecated void*
+// overloads and block the thread in zmq_proxy.
+namespace zmq {
+
+template<class F, class B, class C = std::nullptr_t,
+         typename = std::enable_if_t<green::detail::is_green_socket_v<F>
+                                     && green::detail::is_green_socket_v<B>>>
+void proxy(F&& frontend, B&& backend, C&& capture = nullptr)
+{
+    green::proxy(frontend, backend, capture);
+}
+
+template<class F, class B, class C, class K,
+         typename = std::enable_if_t<green::detail::is_green_socket_v<F>
+                                     && green::detail::is_green_socket_v<B>>>
+void proxy_steerable(F&& frontend, B&& backend, C&& capture, K&& control)
+{
+    green::proxy_steerable(frontend, backend, capture, control);
+}
+
+} // namespace zmq

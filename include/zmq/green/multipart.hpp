@@ -59,7 +59,9 @@ ZMQ_NODISCARD recv_result_t recv_multipart_n(socket_ref s, OutputIt out, size_t 
 // result is empty if that happens at the last frame, or at a later one under
 // dontwait or ZMQ_SNDTIMEO; otherwise the send waits until the socket can
 // send again, libzmq drops the rest as its blocking send does, and the
-// message is reported sent.
+// message is reported sent. With send_flags::sndmore, as in cppzmq, the
+// message goes on with the caller's next sends; no other fiber's frames come
+// between.
 template<class Range,
          typename = std::enable_if_t<
              zmq::detail::is_range<Range>::value
@@ -81,6 +83,8 @@ send_result_t send_multipart(socket_ref s, Range&& msgs, send_flags flags = send
         ++count;
         it = next;
     }
+    if ((flags & send_flags::sndmore) != send_flags::none)
+        frames.leave_open();
     return count;
 }
 

@@ -84,6 +84,9 @@ public:
 
     ZMQ_NODISCARD void* handle() const noexcept;
     explicit operator bool() const noexcept { return handle() != nullptr; }
+    // As cppzmq's: without it, `if (s)` on a non-const socket_t would pick the
+    // owner-checked operator void*.
+    explicit operator bool() noexcept { return handle() != nullptr; }
 
     detail::socket_core* core() const noexcept { return core_; }
 
@@ -130,6 +133,10 @@ public:
     send_result_t send(message_t& msg, send_flags flags);
     recv_buffer_result_t recv(mutable_buffer buf, recv_flags flags);
     recv_result_t recv(message_t& msg, recv_flags flags);
+    // The caller goes on with the message in later sends (send_multipart
+    // with sndmore): it is not ended here, and the direction stays the
+    // fiber's until its last frame.
+    void leave_open() noexcept { open_ = false; }
 
 private:
     socket_base& socket_;
@@ -189,6 +196,9 @@ public:
     // As cppzmq's: an empty reference, e.g. for a proxy's missing capture.
     socket_ref(std::nullptr_t) noexcept {}
     socket_ref(socket_t& socket) noexcept : socket_base(socket.core()) {}
+    // cppzmq's socket_t converts to socket_ref as an rvalue too (a call's
+    // f(std::move(s))); the reference lasts as long as the socket does.
+    socket_ref(socket_t&& socket) noexcept : socket_base(socket.core()) {}
 };
 
 // As cppzmq's: an fd's poller_event has a null socket.
