@@ -310,16 +310,13 @@ TEST_F(device, cppzmq_spelling_takes_the_green_path)
 {
     rig r(ctx, zmq::socket_type::pair, zmq::socket_type::pair, zmq::socket_type::pair,
           zmq::socket_type::pair);
-    auto ctrl = make(ctx, zmq::socket_type::pair);
-    auto steer = make(ctx, zmq::socket_type::pair);
-    const auto addr = test::unique_inproc();
-    ctrl.bind(addr);
-    steer.connect(addr);
-    test::run_fibers({[&] { zmq::proxy_steerable(r.front, r.back, nullptr, ctrl); },
+    test::bound_pair control(ctx, zmq::socket_type::pair, zmq::socket_type::pair,
+                             test::unique_inproc());
+    test::run_fibers({[&] { zmq::proxy_steerable(r.front, r.back, nullptr, control.a); },
                       [&] {
                           send_strs(r.a, {"steered"});
                           EXPECT_EQ(recv_strs(r.b), strings{"steered"});
-                          send_strs(steer, {"TERMINATE"});
+                          send_strs(control.b, {"TERMINATE"});
                       }});
     test::run_fibers({[&] { zmq::proxy(r.front, r.back); },
                       [&] {
