@@ -91,7 +91,7 @@ interest::~interest()
 {
     socket_nodes_.clear();
     if (counted_)
-        reactor_.socket_wait_ended();
+        reactor_.wait_ended();
     for (auto& w : fd_nodes_) {
         w.node.unlink();
         reactor_.unwatch_fd(*w.watch);
@@ -104,8 +104,13 @@ void interest::add_socket(socket_core& core, short mask)
         throw std::logic_error("zmq::green: interest capacity exceeded");
     socket_nodes_.emplace_back(slot_, mask);
     core.waiters.push_back(socket_nodes_.back());
+    count_wait();
+}
+
+void interest::count_wait() noexcept
+{
     if (!counted_)
-        reactor_.socket_wait_started();
+        reactor_.wait_started();
     counted_ = true;
 }
 
@@ -120,6 +125,7 @@ void interest::add_fd(int fd, short events)
         fd_nodes_.pop_back();
         throw;
     }
+    count_wait();
 }
 
 wait_queue::wait_queue(const char* name) : owner_(hub::current().reactor()), name_(name) {}
@@ -359,7 +365,7 @@ int reactor::timeout_ms(clock::time_point until) const noexcept
 {
     if (!deadlines_.empty())
         until = std::min(until, deadlines_.begin()->deadline);
-    if (parked_socket_waits_ > 0)
+    if (parked_waits_ > 0)
         until = std::min(until, next_sweep_);
     if (until == no_deadline)
         return -1;
@@ -381,7 +387,7 @@ void reactor::run(clock::time_point until, bool block) noexcept
             next_sweep_ = std::min(next_sweep_, deadline_after(fallback_));
     }
     if (block) {
-        if (parked_socket_waits_ > 0 && next_sweep_ == no_deadline && fallback_.count() > 0)
+        if (parked_waits_ > 0 && next_sweep_ == no_deadline && fallback_.count() > 0)
             next_sweep_ = deadline_after(fallback_);
         timeout = timeout_ms(until);
         sleeping_.store(true);
@@ -393,7 +399,7 @@ void reactor::run(clock::time_point until, bool block) noexcept
         sleeping_.store(false);
     deliver(events_.data(), n);
     expire_deadlines();
-    if (parked_socket_waits_ == 0)
+    if (parked_waits_ == 0)
         next_sweep_ = no_deadline;
     else if (passed(next_sweep_))
         fallback_sweep();
@@ -404,7 +410,7 @@ void reactor::yield_behind_poll() noexcept
 {
     // With no other fiber ready, yielding the same way or waiting on a
     // socket, nothing this fiber's send made ready could run first.
-    if (parked_socket_waits_ == 0 && deferred_.empty() && !others_ready())
+    if (parked_waits_ == 0 && deferred_.empty() && !others_ready())
         return;
     park_slot slot;
     wait_node node(slot, 0);
@@ -471,6 +477,26 @@ void reactor::fallback_sweep() noexcept
                       ? deadline_after(quiet_recheck_interval(fallback_, quiet_sweeps_))
                       : no_deadline;
     recheck_sockets();
+    recheck_fd_waits();
+}
+
+// The fds that fibers wait for (wait_readable, wait_writable) are few, and
+// are polled one by one. A lost edge on one is rescued as a socket's is. An
+// fd closed under its waiter (misuse) left the epoll set with its file, and
+// no event will ever come: woken, the waiter polls it again and gets EBADF.
+void reactor::recheck_fd_waits() noexcept
+{
+    for (auto& [fd, watch] : fds_) {
+        if (watch->waiters.empty())
+            continue;
+        pollfd pfd{fd, POLLIN | POLLOUT | POLLPRI, 0};
+        if (::poll(&pfd, 1, 0) <= 0)
+            continue;
+        if (pfd.revents & POLLNVAL)
+            wake_matching(watch->waiters, static_cast<short>(~0));
+        else
+            stats_.rescues += wake_matching(watch->waiters, poll_to_zmq(pfd.revents));
+    }
 }
 
 void reactor::recheck_sockets() noexcept
@@ -620,7 +646,9 @@ bool reactor::wait_fd(int fd, short events, clock::time_point deadline, bool int
         slot.deadline = deadline;
         wait_node node(slot, static_cast<short>(events | ZMQ_POLLERR));
         fd_watch& watch = watch_fd(fd, node);
+        wait_started();
         const wake_reason why = park(slot, interruptible);
+        wait_ended();
         node.unlink();
         unwatch_fd(watch);
         throw_if_interrupted(why);

@@ -228,13 +228,13 @@ public:
     // This thread's open sockets of the context ctx.
     std::vector<socket_core*> sockets_of(const context_core& ctx) const;
 
-    // Parked socket waiters arm the fallback re-check.
-    void socket_wait_started() noexcept
+    // Fibers parked on sockets or fds arm the fallback re-check.
+    void wait_started() noexcept
     {
-        ++parked_socket_waits_;
+        ++parked_waits_;
         stirred_ = true;
     }
-    void socket_wait_ended() noexcept { --parked_socket_waits_; }
+    void wait_ended() noexcept { --parked_waits_; }
 
     // The running fiber's state, created on first use; detach when done.
     fiber_state& attach_fiber_state();
@@ -264,6 +264,7 @@ private:
     void deliver(const ::epoll_event* events, int n) noexcept;
     void expire_deadlines() noexcept;
     void fallback_sweep() noexcept;
+    void recheck_fd_waits() noexcept;
     int timeout_ms(clock::time_point until) const noexcept;
     void close_fds() noexcept;
     fd_watch& register_fd(int fd);
@@ -293,7 +294,7 @@ private:
     wait_list deferred_;
     std::vector<::epoll_event> events_; // run()'s buffer
 
-    std::size_t parked_socket_waits_ = 0;
+    std::size_t parked_waits_ = 0;
     std::chrono::milliseconds fallback_{1000};
     clock::time_point next_sweep_ = no_deadline;
     // A socket event or a new socket wait since the last sweep: the next
@@ -321,6 +322,8 @@ private:
         wait_node node;
         fd_watch* watch;
     };
+
+    void count_wait() noexcept; // once per interest, however many it waits for
 
     reactor& reactor_;
     park_slot& slot_;

@@ -124,9 +124,9 @@ wake_reason socket_core::wait_ready(boost::fibers::context* self, short event,
     slot.deadline = deadline;
     wait_node node(slot, event);
     waiters.push_back(node);
-    owner.socket_wait_started();
+    owner.wait_started();
     const wake_reason why = owner.park(slot);
-    owner.socket_wait_ended();
+    owner.wait_ended();
     return why;
 }
 

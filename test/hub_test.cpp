@@ -106,6 +106,36 @@ TEST(hub, bad_fd_and_bad_timeout_are_errors)
     EXPECT_THROW(green::wait_readable(p.fd[0], -5ms), std::invalid_argument);
 }
 
+// Closing an fd while a fiber waits for it is misuse: its epoll entry goes
+// with the file, and no event will ever come. The fallback re-check polls
+// the fds fibers wait for, so the wait ends with EBADF instead of never. A
+// thread of its own gives it a hub with a short re-check.
+TEST(hub, BadInput_an_fd_closed_under_its_waiter_ends_the_wait_with_ebadf)
+{
+    std::thread([] {
+        green::hub& h = green::hub::current();
+        h.set_fallback_interval(2ms);
+        int fds[2];
+        ASSERT_EQ(::pipe(fds), 0);
+        int err = 0;
+        test::run_fibers({[&] {
+                              try {
+                                  green::scoped_timeout limit(10s);
+                                  green::wait_readable(fds[0]);
+                                  ADD_FAILURE() << "the wait returned";
+                              } catch (const std::system_error& e) {
+                                  err = e.code().value();
+                              } catch (const green::timeout_error&) {
+                                  ADD_FAILURE() << "the wait never ended";
+                              }
+                          },
+                          [&] { ::close(fds[0]); }});
+        ::close(fds[1]);
+        EXPECT_EQ(err, EBADF);
+        EXPECT_EQ(h.stats().rescues, 0u); // not a lost edge
+    }).join();
+}
+
 TEST(hub, several_fibers_wait_on_one_fd)
 {
     pipe_fds p;

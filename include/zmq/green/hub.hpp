@@ -62,7 +62,8 @@ public:
     hub_stats stats() const noexcept;
 
     // How soon after socket activity (an event, a new wait) parked socket
-    // waits are re-checked for an edge that epoll did not deliver. With no
+    // and fd waits are re-checked for an edge that epoll did not deliver
+    // (and fd waits for an fd closed under them, which then end with EBADF). With no
     // more activity, each re-check comes four times later than the last, up
     // to 64 times this: an idle hub all but stops waking. Zero disables the
     // re-check. Default: one second.
