@@ -442,6 +442,10 @@ TEST_F(poll, BadInput_poller_misuse_leaves_it_usable)
     EXPECT_EQ(test::errno_of([&] { poller.add(p.b, green::event_flags::pollout); }), EINVAL);
     p.a.send(zmq::str_buffer("x"));
     EXPECT_EQ(poller.wait_all(events, 5000ms), 1u);
+    // Nowhere to put what it finds, though something is ready.
+    std::vector<green::poller_event<>> no_room;
+    EXPECT_EQ(test::errno_of([&] { poller.wait_all(no_room, 0ms); }), EFAULT);
+    EXPECT_EQ(poller.wait_all(events, 0ms), 1u);
 }
 
 // poll() on a thread that does not own a green socket must refuse it, as

@@ -115,6 +115,10 @@ public:
     // Fills events with the ready entries; returns how many (0 on timeout).
     size_t wait_all(std::vector<event_type>& events, std::chrono::milliseconds timeout)
     {
+        // No room for a result: cppzmq's passes libzmq an empty vector's null
+        // data, which is EFAULT there too.
+        if (events.empty())
+            throw zmq::error_t(EFAULT);
         // Nothing to wait for (no entries, or none with events) and no
         // timeout is EFAULT, as zmq_poller_wait_all says with no entries.
         if (poll(items_.data(), items_.size(), timeout) <= 0)
