@@ -772,6 +772,28 @@ TEST_F(io_loop, handler_events_follow_req_rep_state)
     EXPECT_EQ(req_events, 0);
 }
 
+// pyzmq #1075/#1140: a change of interest re-checks ZMQ_EVENTS. A message
+// whose edge a poll consumed is found as soon as a handler asks for POLLIN,
+// with no new edge and no rescue (the fixture counts them).
+TEST_F(io_loop, an_interest_change_finds_a_message_whose_edge_was_consumed)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pull, zmq::socket_type::push);
+    p.b.send(zmq::str_buffer("waiting"));
+    ASSERT_EQ(p.a.poll(ZMQ_POLLIN, 5000ms), ZMQ_POLLIN);
+    short seen = 0;
+    loop.add_handler(
+        p.a,
+        [&](short events) {
+            seen |= events;
+            loop.stop();
+        },
+        ZMQ_POLLOUT); // a PULL never can
+    loop.add_callback([&] { loop.update_handler(p.a, ZMQ_POLLIN); });
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_EQ(seen, ZMQ_POLLIN);
+}
+
 TEST_F(io_loop, fd_handlers_wake_on_a_write_from_another_fiber)
 {
     const int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -96,6 +96,44 @@ struct push_pull {
     green::zmq_stream pull;
 };
 
+// eventloop.rst: a queued send waits until the socket is able to send. A
+// PUSH with no peer cannot; the peer that connects later gets the message,
+// on_send reports it once, and no edge is lost (the fixture counts rescues).
+TEST_F(zmq_stream, a_send_queued_before_any_peer_waits_for_one)
+{
+    green::zmq_stream push(green::socket_t(ctx, zmq::socket_type::push), loop);
+    push.set(zmq::sockopt::linger, 0);
+    push.bind("tcp://127.0.0.1:*");
+    const std::string ep = push.socket().get(zmq::sockopt::last_endpoint);
+    int reported = 0;
+    push.send_string("early", [&](const message&, const green::send_status& status) {
+        EXPECT_TRUE(status) << status.message();
+        ++reported;
+    });
+    green::socket_t pull(ctx, zmq::socket_type::pull);
+    pull.set(zmq::sockopt::linger, 0);
+    std::string got;
+    boost::fibers::fiber receiver;
+    // Two iterations later the stream has tried, and found no peer.
+    loop.add_callback([&] {
+        loop.add_callback([&] {
+            EXPECT_EQ(push.queued(), 1u);
+            pull.connect(ep);
+            receiver = boost::fibers::fiber([&] {
+                zmq::message_t m;
+                ASSERT_TRUE(pull.recv(m));
+                got = m.to_string();
+                loop.stop();
+            });
+        });
+    });
+    loop.start();
+    receiver.join();
+    EXPECT_EQ(got, "early");
+    EXPECT_EQ(reported, 1);
+    EXPECT_EQ(push.queued(), 0u);
+}
+
 // pyzmq test_callable_check, in C++ terms: an empty function is "None".
 TEST_F(zmq_stream, empty_callbacks_pause_and_real_ones_resume)
 {
