@@ -32,16 +32,21 @@ short asked_events(const zmq_pollitem_t& item) noexcept
     return static_cast<short>(item.events & (ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR | ZMQ_POLLPRI));
 }
 
+// The item asks for something to wait for. As poll(2) and zmq_poll: a
+// negative fd switches it off.
+bool waits_for_something(const zmq_pollitem_t& item) noexcept
+{
+    return asked_events(item) != 0 && (item.socket != nullptr || item.fd >= 0);
+}
+
 // Registers the fiber's interest in one item. True for a plain socket.
 bool add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem_t& item)
 {
-    const short events = asked_events(item);
-    if (events == 0)
+    if (!waits_for_something(item))
         return false;
+    const short events = asked_events(item);
     if (item.socket == nullptr) {
-        // As poll(2) and zmq_poll: a negative fd switches the item off.
-        if (item.fd >= 0)
-            watching.add_fd(item.fd, events);
+        watching.add_fd(item.fd, events);
         return false;
     }
     if (auto* core = r.find_socket(item.socket)) {
@@ -77,10 +82,7 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
         throw zmq::error_t(EFAULT); // as zmq_poll
     // Without a timeout, nothing could ever end the wait (zmq_poller_wait_all
     // says EFAULT with no items too).
-    if (timeout.count() < 0
-        && std::none_of(items, items + nitems, [](const zmq_pollitem_t& item) {
-               return asked_events(item) != 0 && (item.socket != nullptr || item.fd >= 0);
-           }))
+    if (timeout.count() < 0 && std::none_of(items, items + nitems, waits_for_something))
         throw zmq::error_t(EFAULT);
     detail::reactor& r = *hub::current().reactor();
     check_items(r, items, nitems);

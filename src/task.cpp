@@ -192,7 +192,7 @@ bool pool::join(std::chrono::milliseconds timeout)
     s_->room.check_thread("pool::join");
     const auto deadline = detail::wait_deadline(timeout, "pool::join");
     for (const task& t : s_->tasks)
-        if (!t.ready() && t.is_calling_fiber())
+        if (t.is_calling_fiber())
             throw std::logic_error("zmq::green::pool::join: called from one of the pool's own "
                                    "tasks, which would wait for itself");
     while (s_->running > 0)

@@ -61,12 +61,12 @@ public:
 
     hub_stats stats() const noexcept;
 
-    // How soon after socket activity (an event, a new wait) parked socket
-    // and fd waits are re-checked for an edge that epoll did not deliver
-    // (and fd waits for an fd closed under them, which then end with EBADF). With no
-    // more activity, each re-check comes four times later than the last, up
-    // to 64 times this: an idle hub all but stops waking. Zero disables the
-    // re-check. Default: one second.
+    // How soon after activity (an event, a new socket or fd wait) parked
+    // socket and fd waits are re-checked for an edge that epoll did not
+    // deliver, and fd waits for an fd closed under them (which then end with
+    // EBADF). With no more activity, each re-check comes four times later
+    // than the last, up to 64 times this: an idle hub all but stops waking.
+    // Zero disables the re-check. Default: one second.
     void set_fallback_interval(std::chrono::milliseconds interval);
     std::chrono::milliseconds fallback_interval() const noexcept;
 
