@@ -486,16 +486,36 @@ void reactor::fallback_sweep() noexcept
 // no event will ever come: woken, the waiter polls it again and gets EBADF.
 void reactor::recheck_fd_waits() noexcept
 {
+    std::vector<std::pair<int, short>> suspects;
     for (auto& [fd, watch] : fds_) {
-        if (watch->waiters.empty())
+        short wanted = 0;
+        for (const wait_node& node : watch->waiters)
+            wanted |= node.mask;
+        if (wanted == 0)
             continue;
-        pollfd pfd{fd, POLLIN | POLLOUT | POLLPRI, 0};
-        if (::poll(&pfd, 1, 0) <= 0)
+        // Only what is waited for: an eventfd, always writable, would
+        // otherwise be a suspect at every re-check.
+        pollfd pfd{fd, to_poll_events(wanted), 0};
+        if (::poll(&pfd, 1, 0) > 0)
+            suspects.emplace_back(fd, pfd.revents);
+    }
+    if (suspects.empty())
+        return;
+    // Made ready by another thread since this round's epoll_wait, an fd has
+    // its edge queued, not lost: delivered first, it rescues nothing.
+    deliver_pending();
+    for (auto [fd, revents] : suspects) {
+        const auto it = fds_.find(fd);
+        if (it == fds_.end())
             continue;
-        if (pfd.revents & POLLNVAL)
-            wake_matching(watch->waiters, static_cast<short>(~0));
-        else
-            stats_.rescues += wake_matching(watch->waiters, poll_to_zmq(pfd.revents));
+        if (revents & POLLNVAL) {
+            wake_matching(it->second->waiters, static_cast<short>(~0));
+            continue;
+        }
+        const std::size_t rescued = wake_matching(it->second->waiters, poll_to_zmq(revents));
+        if (rescued > 0)
+            stirred_ = true; // maybe a lost edge: keep looking at the configured pace
+        stats_.rescues += rescued;
     }
 }
 

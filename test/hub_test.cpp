@@ -1,8 +1,11 @@
 #include "support.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <random>
 #include <system_error>
 #include <thread>
 
@@ -133,6 +136,52 @@ TEST(hub, BadInput_an_fd_closed_under_its_waiter_ends_the_wait_with_ebadf)
         ::close(fds[1]);
         EXPECT_EQ(err, EBADF);
         EXPECT_EQ(h.stats().rescues, 0u); // not a lost edge
+    }).join();
+}
+
+// Another thread can make a waited fd ready between the hub's epoll_wait
+// and its re-check: that edge is queued in epoll, not lost, and must not be
+// counted as a rescue. With activity, a re-check comes 1 ms after a wake-up;
+// the writer spins (a sleep would be too coarse) 0.6 to 1.2 ms before each
+// write, across that moment, and a few of the 300 writes fall in the window
+// (3 or 4 per run were counted as rescues before the fix).
+TEST(hub, an_fd_made_ready_during_a_recheck_is_no_rescue)
+{
+    std::thread([] {
+        green::hub& h = green::hub::current();
+        h.set_fallback_interval(1ms);
+        const int ready = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        const int go = ::eventfd(0, EFD_CLOEXEC);
+        ASSERT_GE(ready, 0);
+        ASSERT_GE(go, 0);
+        constexpr int rounds = 300;
+        std::thread writer([&] {
+            std::minstd_rand random(7);
+            std::uint64_t n = 1;
+            for (int i = 0; i < rounds; ++i) {
+                pollfd asked{go, POLLIN, 0};
+                ASSERT_EQ(::poll(&asked, 1, 10'000), 1) << "the waiting fiber stopped";
+                ASSERT_EQ(::read(go, &n, sizeof n), 8);
+                const auto until = std::chrono::steady_clock::now()
+                                   + std::chrono::microseconds(600 + random() % 600);
+                while (std::chrono::steady_clock::now() < until) {
+                }
+                ASSERT_EQ(::write(ready, &n, sizeof n), 8);
+            }
+        });
+        test::run_fibers({[&] {
+            std::uint64_t n = 1;
+            for (int i = 0; i < rounds; ++i) {
+                ASSERT_EQ(::write(go, &n, sizeof n), 8);
+                ASSERT_TRUE(green::wait_readable(ready, 10s)) << "the writer stopped";
+                ASSERT_EQ(::read(ready, &n, sizeof n), 8);
+            }
+        }});
+        writer.join();
+        ::close(ready);
+        ::close(go);
+        EXPECT_GT(h.stats().rechecks, 0u);
+        EXPECT_EQ(h.stats().rescues, 0u);
     }).join();
 }
 
