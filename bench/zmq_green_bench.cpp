@@ -9,6 +9,7 @@
 
 #include <boost/fiber/all.hpp>
 
+#include <dirent.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -22,6 +23,7 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,14 +50,6 @@ struct options {
 double seconds_since(clk::time_point t0)
 {
     return std::chrono::duration<double>(clk::now() - t0).count();
-}
-
-double cpu_seconds()
-{
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec)
-           + static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 double peak_rss_kib()
@@ -93,8 +87,10 @@ double percentile(std::vector<double>& v, double p)
     return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
 }
 
-// Runs fn in a child process and returns what it wrote (numbers).
-std::vector<double> in_child(const std::function<std::vector<double>()>& fn)
+// Runs fn in a child process and returns what it wrote (numbers). watch, if
+// given, runs in this process meanwhile, with the child's pid.
+std::vector<double> in_child(const std::function<std::vector<double>()>& fn,
+                             const std::function<void(pid_t)>& watch = nullptr)
 {
     int fds[2];
     if (::pipe(fds) != 0) {
@@ -117,6 +113,8 @@ std::vector<double> in_child(const std::function<std::vector<double>()>& fn)
         _exit(0);
     }
     ::close(fds[1]);
+    if (watch)
+        watch(pid);
     std::vector<double> result;
     double v;
     while (::read(fds[0], &v, sizeof v) == static_cast<ssize_t>(sizeof v))
@@ -413,18 +411,102 @@ std::vector<double> s_baseline(int clients, int rounds)
 
 // --- I1: CPU of 10,000 parked fibers over 2 s --------------------------------
 // Both sides hold 1,000 PULL sockets that never receive; the baseline is what
-// the same sockets cost a thread blocked in epoll_wait, which is what this
-// machine charges a process that only sleeps.
+// the same sockets cost a thread blocked in epoll_wait. The parent reads the
+// child's CPU time across the window from /proc: measured from inside, the
+// window would end with the child's own wake-up, and on this VM that one
+// wake of a process that slept costs 0.3 to 3.6 ms, which alone made the
+// figure (docs/performance.md).
 
 constexpr int idle_sockets = 1000;
 constexpr auto idle_window = 2s;
+// The window opens this long after the child says it is parked, so that it
+// has gone to sleep; the child sleeps until well after the window's end.
+constexpr auto idle_settle = 100ms;
+constexpr auto idle_sleep = idle_settle + idle_window + 200ms;
 
-double cpu_ms_per_s_of_window(double cpu_before)
+struct task_time {
+    double cpu_ns = 0; // on a CPU, all threads
+    double slices = 0; // times a thread was scheduled in: its wake-ups
+};
+
+// Each thread's /proc/<pid>/task/<tid>/schedstat: run time (ns), wait time
+// (ns), time slices.
+task_time task_time_of(pid_t pid)
 {
-    return (cpu_seconds() - cpu_before) * 1000.0 / std::chrono::duration<double>(idle_window).count();
+    task_time total;
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    DIR* tasks = ::opendir(dir.c_str());
+    if (tasks == nullptr) {
+        std::perror(dir.c_str());
+        std::exit(1);
+    }
+    while (const dirent* e = ::readdir(tasks)) {
+        if (e->d_name[0] == '.')
+            continue;
+        const std::string path = dir + "/" + e->d_name + "/schedstat";
+        if (FILE* f = std::fopen(path.c_str(), "r")) {
+            unsigned long long run = 0, wait = 0, slices = 0;
+            if (std::fscanf(f, "%llu %llu %llu", &run, &wait, &slices) == 3) {
+                total.cpu_ns += static_cast<double>(run);
+                total.slices += static_cast<double>(slices);
+            }
+            std::fclose(f);
+        }
+    }
+    ::closedir(tasks);
+    return total;
 }
 
-std::vector<double> i1_green()
+struct idle_figures {
+    double cpu_ms_per_s;
+    double wakes; // in the window, all threads
+};
+
+// Runs park in a child, which writes a byte to the fd it is given once
+// parked and then sleeps for idle_sleep; measures the child from here.
+idle_figures measure_idle(const std::function<void(int parked_fd)>& park)
+{
+    int parked[2];
+    if (::pipe(parked) != 0) {
+        std::perror("pipe");
+        std::exit(1);
+    }
+    std::optional<idle_figures> got;
+    in_child(
+        [&] {
+            ::close(parked[0]);
+            park(parked[1]);
+            return std::vector<double>{};
+        },
+        [&](pid_t pid) {
+            ::close(parked[1]);
+            char byte;
+            if (::read(parked[0], &byte, 1) != 1)
+                return; // the child failed: in_child says so
+            std::this_thread::sleep_for(idle_settle);
+            const task_time before = task_time_of(pid);
+            std::this_thread::sleep_for(idle_window);
+            const task_time after = task_time_of(pid);
+            got = idle_figures{(after.cpu_ns - before.cpu_ns) / 1e6
+                                   / std::chrono::duration<double>(idle_window).count(),
+                               after.slices - before.slices};
+        });
+    ::close(parked[0]);
+    if (!got) {
+        std::fprintf(stderr, "I1: the child never parked\n");
+        std::exit(1);
+    }
+    return *got;
+}
+
+void say_parked(int fd)
+{
+    if (::write(fd, "p", 1) != 1)
+        std::exit(1);
+    ::close(fd);
+}
+
+void i1_green(int parked_fd)
 {
     raise_fd_limit();
     green::context_t ctx(1, 2 * idle_sockets);
@@ -444,24 +526,23 @@ std::vector<double> i1_green()
             });
     boost::this_fiber::yield();
     // The window opens once the parks are over: after the fallback re-check
-    // that follows them (1 s later); the next comes 4 s after it.
+    // that follows them (1 s later); the next comes 4 s after it, after the
+    // child's sleep.
     const green::hub& hub = green::hub::current();
     const std::uint64_t rechecks = hub.stats().rechecks;
     while (hub.stats().rechecks == rechecks)
         boost::this_fiber::sleep_for(50ms);
-    const double cpu0 = cpu_seconds();
-    boost::this_fiber::sleep_for(idle_window);
-    const double cpu_ms_per_s = cpu_ms_per_s_of_window(cpu0);
+    say_parked(parked_fd);
+    boost::this_fiber::sleep_for(idle_sleep);
     for (auto& s : pulls)
         s.close();
     for (auto& f : parked)
         f.join();
-    return {cpu_ms_per_s};
 }
 
 // As S1's baseline waits: each ZMQ_FD in one epoll set. (zmq_poll would read
 // every socket's ZMQ_FD and ZMQ_EVENTS on each call: milliseconds for 1,000.)
-std::vector<double> i1_baseline()
+void i1_baseline(int parked_fd)
 {
     raise_fd_limit();
     zmq::context_t ctx(1, 2 * idle_sockets);
@@ -473,16 +554,14 @@ std::vector<double> i1_baseline()
         ev.events = EPOLLIN | EPOLLET;
         ::epoll_ctl(ep_fd, EPOLL_CTL_ADD, pulls.back().get(zmq::sockopt::fd), &ev);
     }
-    const double cpu0 = cpu_seconds();
-    const auto until = clk::now() + idle_window;
+    say_parked(parked_fd);
+    const auto until = clk::now() + idle_sleep;
     epoll_event ev{};
     for (auto now = clk::now(); now < until; now = clk::now()) {
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - now);
         ::epoll_wait(ep_fd, &ev, 1, static_cast<int>(left.count()));
     }
-    const double cpu_ms_per_s = cpu_ms_per_s_of_window(cpu0);
     ::close(ep_fd);
-    return {cpu_ms_per_s};
 }
 
 // --- E1: PUSH/PULL inproc through a zmq_stream -------------------------------
@@ -765,10 +844,22 @@ int main(int argc, char** argv)
         if (wanted("S2"))
             rows.push_back({"S2" + n_label, "KiB/client", median(gm), median(bm)});
     }
-    if (wanted("I1"))
-        rows.push_back(measure("I1", "CPU ms/s", opt.reps,
-                               [&] { return in_child([] { return i1_green(); })[0]; },
-                               [&] { return in_child([] { return i1_baseline(); })[0]; }));
+    if (wanted("I1")) {
+        std::vector<double> gw, bw;
+        rows.push_back(measure(
+            "I1", "CPU ms/s", opt.reps,
+            [&] {
+                const idle_figures f = measure_idle(i1_green);
+                gw.push_back(f.wakes);
+                return f.cpu_ms_per_s;
+            },
+            [&] {
+                const idle_figures f = measure_idle(i1_baseline);
+                bw.push_back(f.wakes);
+                return f.cpu_ms_per_s;
+            }));
+        rows.push_back({"I1.wakes", "per 2 s", median(gw), median(bw)});
+    }
     if (wanted("E1")) // its baseline is T1's green side
         rows.push_back(measure("E1", "M msg/s", opt.reps,
                                [&] { return in_child([&] { return e1_green(n); })[0]; },
