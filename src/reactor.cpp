@@ -546,9 +546,13 @@ void reactor::recheck_sockets() noexcept
 
 void reactor::deliver_pending() noexcept
 {
+    // All of them: an edge left queued would be taken for a lost one.
     std::array<epoll_event, 128> pending;
-    deliver(pending.data(),
-            ::epoll_wait(epfd_, pending.data(), static_cast<int>(pending.size()), 0));
+    int n;
+    do {
+        n = ::epoll_wait(epfd_, pending.data(), static_cast<int>(pending.size()), 0);
+        deliver(pending.data(), n);
+    } while (n == static_cast<int>(pending.size()));
 }
 
 void reactor::notify() noexcept

@@ -3,11 +3,14 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <functional>
 #include <random>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 using namespace std::chrono_literals;
 namespace green = zmq::green;
@@ -182,6 +185,54 @@ TEST(hub, an_fd_made_ready_during_a_recheck_is_no_rescue)
         ::close(go);
         EXPECT_GT(h.stats().rechecks, 0u);
         EXPECT_EQ(h.stats().rescues, 0u);
+    }).join();
+}
+
+// More fds made ready at once than one epoll_wait returns: when the re-check
+// comes in that same round, the edges still queued are delivered first, all
+// of them, and none is taken for a lost one.
+TEST(hub, many_fds_ready_at_once_at_a_recheck_are_no_rescue)
+{
+    static constexpr int count = 1500; // over the hub's 1,024 events per round, plus 128
+    test::raise_fd_limit(count + 256);
+    rlimit lim{};
+    ::getrlimit(RLIMIT_NOFILE, &lim);
+    if (lim.rlim_cur < count + 256)
+        GTEST_SKIP() << "RLIMIT_NOFILE is too low for " << count << " eventfds";
+    std::thread([] {
+        green::hub& h = green::hub::current();
+        h.set_fallback_interval(1ms);
+        std::vector<int> fds;
+        for (int i = 0; i < count; ++i) {
+            fds.push_back(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+            ASSERT_GE(fds.back(), 0);
+        }
+        std::vector<std::function<void()>> fibers;
+        int woken = 0;
+        for (int fd : fds)
+            fibers.push_back([fd, &woken] {
+                if (green::wait_readable(fd, 10s))
+                    ++woken;
+            });
+        fibers.push_back([&] {
+            // The hub sleeps once with all of them parked: the re-check is due.
+            boost::this_fiber::sleep_for(2ms);
+            const std::uint64_t one = 1;
+            for (int fd : fds)
+                ASSERT_EQ(::write(fd, &one, sizeof one), 8);
+            // Past any back-off of the re-check (1, 4, 16, 64 ms) without a
+            // yield: the hub's next round delivers and re-checks at once.
+            const auto until = std::chrono::steady_clock::now() + 80ms;
+            while (std::chrono::steady_clock::now() < until) {
+            }
+        });
+        const std::uint64_t rechecks = h.stats().rechecks;
+        test::run_fibers(fibers);
+        EXPECT_EQ(woken, count);
+        EXPECT_GT(h.stats().rechecks, rechecks);
+        EXPECT_EQ(h.stats().rescues, 0u);
+        for (int fd : fds)
+            ::close(fd);
     }).join();
 }
 
