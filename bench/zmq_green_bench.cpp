@@ -10,6 +10,8 @@
 #include <boost/fiber/all.hpp>
 
 #include <dirent.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -463,7 +465,9 @@ struct idle_figures {
 };
 
 // Runs park in a child, which writes a byte to the fd it is given once
-// parked and then sleeps for idle_sleep; measures the child from here.
+// parked, sleeps for idle_sleep, and writes the time it woke (say_parked,
+// say_woken); measures the child from here. A child that woke before the
+// window closed (a loaded machine) fails the run rather than skew it.
 idle_figures measure_idle(const std::function<void(int parked_fd)>& park)
 {
     int parked[2];
@@ -480,15 +484,30 @@ idle_figures measure_idle(const std::function<void(int parked_fd)>& park)
         },
         [&](pid_t pid) {
             ::close(parked[1]);
+            pollfd ready{parked[0], POLLIN, 0};
+            if (::poll(&ready, 1, 60'000) != 1) {
+                std::fprintf(stderr, "I1: the child did not park within 60 s\n");
+                ::kill(pid, SIGKILL);
+                std::exit(1);
+            }
             char byte;
             if (::read(parked[0], &byte, 1) != 1)
                 return; // the child failed: in_child says so
             std::this_thread::sleep_for(idle_settle);
             const task_time before = task_time_of(pid);
+            const auto opened = clk::now();
             std::this_thread::sleep_for(idle_window);
             const task_time after = task_time_of(pid);
+            const auto closed = clk::now();
+            clk::rep woke = 0;
+            if (::read(parked[0], &woke, sizeof woke) != static_cast<ssize_t>(sizeof woke))
+                return;
+            if (woke <= closed.time_since_epoch().count()) {
+                std::fprintf(stderr, "I1: the child woke before the window closed\n");
+                std::exit(1);
+            }
             got = idle_figures{(after.cpu_ns - before.cpu_ns) / 1e6
-                                   / std::chrono::duration<double>(idle_window).count(),
+                                   / std::chrono::duration<double>(closed - opened).count(),
                                after.slices - before.slices};
         });
     ::close(parked[0]);
@@ -502,6 +521,14 @@ idle_figures measure_idle(const std::function<void(int parked_fd)>& park)
 void say_parked(int fd)
 {
     if (::write(fd, "p", 1) != 1)
+        std::exit(1);
+}
+
+// steady_clock is CLOCK_MONOTONIC, the same in the parent.
+void say_woken(int fd)
+{
+    const clk::rep now = clk::now().time_since_epoch().count();
+    if (::write(fd, &now, sizeof now) != static_cast<ssize_t>(sizeof now))
         std::exit(1);
     ::close(fd);
 }
@@ -534,6 +561,7 @@ void i1_green(int parked_fd)
         boost::this_fiber::sleep_for(50ms);
     say_parked(parked_fd);
     boost::this_fiber::sleep_for(idle_sleep);
+    say_woken(parked_fd);
     for (auto& s : pulls)
         s.close();
     for (auto& f : parked)
@@ -561,6 +589,7 @@ void i1_baseline(int parked_fd)
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - now);
         ::epoll_wait(ep_fd, &ev, 1, static_cast<int>(left.count()));
     }
+    say_woken(parked_fd);
     ::close(ep_fd);
 }
 
