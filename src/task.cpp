@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <stdexcept>
 
 namespace zmq::green {
@@ -205,7 +206,28 @@ void pool::kill(bool block)
 {
     // As the pool's other calls, even when it has no task to refuse.
     s_->room.check_thread("pool::kill");
-    killall(s_->tasks, block);
+    // As gevent's Group.kill, again while tasks run: a fiber parked in
+    // spawn() starts one as each killed task ends. Each pass works on a copy,
+    // since starting a task changes the pool's list. Called from one of the
+    // pool's tasks, it marks that one last, so that the kill does not land
+    // in its own waits for the others: its next wait raises it.
+    std::optional<task> self;
+    for (;;) {
+        std::vector<task> others;
+        for (const task& t : s_->tasks) {
+            if (t.is_calling_fiber())
+                self = t;
+            else if (!t.ready())
+                others.push_back(t);
+        }
+        if (others.empty() || !block) {
+            killall(others, false);
+            break;
+        }
+        killall(others, true);
+    }
+    if (self)
+        self->kill(false);
 }
 
 std::size_t pool::running() const noexcept { return s_->running; }

@@ -186,6 +186,44 @@ TEST_F(task_test, a_pool_kills_what_runs_and_times_out_waits)
     EXPECT_TRUE(p.wait_available(0ms));
 }
 
+// A fiber parked in spawn() gets in as the kill ends the running task: that
+// task is killed too, and kill() returns with none running (gevent's
+// Group.kill repeats while the group has greenlets).
+TEST_F(task_test, a_pool_kill_also_kills_what_gets_in_meanwhile)
+{
+    green::pool p(1);
+    const auto sleeper = [] { green::sleep_for(1h); };
+    green::task first = p.spawn(sleeper);
+    green::task second;
+    green::task spawner = green::spawn([&] { second = p.spawn(sleeper); });
+    boost::this_fiber::yield(); // the spawner waits for room
+    ASSERT_FALSE(spawner.ready());
+    green::task killer = green::spawn([&] { p.kill(); });
+    ASSERT_TRUE(killer.join(10s)) << "pool::kill never returned";
+    EXPECT_TRUE(spawner.join(0ms));
+    EXPECT_TRUE(first.killed());
+    EXPECT_TRUE(second.killed());
+    EXPECT_EQ(p.running(), 0u);
+}
+
+// From inside one of its tasks, kill() kills the others, waits for them, and
+// marks the caller, whose next wait raises, as a task's own kill() does.
+TEST_F(task_test, a_pool_kill_from_inside_a_task_marks_the_caller)
+{
+    green::pool p(2);
+    green::task other = p.spawn([] { green::sleep_for(1h); });
+    bool returned = false;
+    green::task self = p.spawn([&] {
+        p.kill();
+        returned = true;
+        green::sleep_for(1h); // the kill lands here
+    });
+    EXPECT_TRUE(self.join(10s));
+    EXPECT_TRUE(returned);
+    EXPECT_TRUE(other.killed());
+    EXPECT_TRUE(self.killed());
+}
+
 TEST_F(task_test, bad_input_is_rejected_with_a_clear_error)
 {
     EXPECT_THROW(green::pool(0), std::invalid_argument);
