@@ -1,5 +1,7 @@
 #include "support.hpp"
 
+#include <array>
+
 #include <poll.h>
 #include <unistd.h>
 
@@ -305,6 +307,64 @@ TEST_F(poll, poller_add_modify_remove_wait_all)
     EXPECT_THROW(poller.wait_all(events, -1ms), zmq::error_t);
     ::close(fds[0]);
     ::close(fds[1]);
+}
+
+// Another fiber may change a poller while one waits on it. Adding many
+// entries (the list grows) does not disturb the wait; the added entries are
+// seen at the next wait_all.
+TEST_F(poll, a_poller_grown_by_another_fiber_during_a_wait_still_works)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    green::poller_t<> poller;
+    poller.add(p.b, green::event_flags::pollin);
+    std::vector<std::array<int, 2>> pipes(64);
+    std::vector<green::poller_event<>> events(8);
+    size_t got = 0;
+    test::run_fibers({[&] { got = poller.wait_all(events, 5000ms); },
+                      [&] {
+                          for (auto& fds : pipes) {
+                              ASSERT_EQ(::pipe(fds.data()), 0);
+                              poller.add(fds[0], green::event_flags::pollin);
+                          }
+                          p.a.send(zmq::str_buffer("x"));
+                      }});
+    ASSERT_EQ(got, 1u);
+    EXPECT_TRUE(events[0].socket == p.b);
+    ASSERT_EQ(::write(pipes[5][1], "x", 1), 1);
+    ASSERT_EQ(poller.wait_all(events, 0ms), 2u);
+    EXPECT_EQ(events[1].fd, pipes[5][0]);
+    for (auto& fds : pipes) {
+        ::close(fds[0]);
+        ::close(fds[1]);
+    }
+}
+
+// An entry removed while a fiber waits is not reported: its event does not
+// end an endless wait with 0, which cppzmq reserves for a timeout.
+TEST_F(poll, an_entry_removed_during_a_wait_is_not_reported)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    test::bound_pair q(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    green::poller_t<> poller;
+    poller.add(p.b, green::event_flags::pollin);
+    poller.add(q.b, green::event_flags::pollin);
+    std::vector<green::poller_event<>> events(2);
+    size_t got = 0;
+    test::run_fibers({[&] { got = poller.wait_all(events, -1ms); },
+                      [&] {
+                          poller.remove(q.b);
+                          q.a.send(zmq::str_buffer("gone"));
+                          // The read that finds q.b readable also wakes the
+                          // waiter, which runs at the yield, sees q.b ready
+                          // but removed, and waits again: only then does
+                          // p.b's message come.
+                          while (q.b.get(zmq::sockopt::events) == 0)
+                              boost::this_fiber::yield();
+                          boost::this_fiber::yield();
+                          p.a.send(zmq::str_buffer("x"));
+                      }});
+    ASSERT_EQ(got, 1u);
+    EXPECT_TRUE(events[0].socket == p.b);
 }
 
 // As socket.a_lost_edge_is_rescued_by_the_fallback_and_counted, for a

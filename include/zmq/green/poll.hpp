@@ -113,25 +113,47 @@ public:
     void remove(zmq::fd_t fd) { erase(find(false, {}, fd)); }
 
     // Fills events with the ready entries; returns how many (0 on timeout).
+    // Other fibers may add, modify and remove entries while one waits here:
+    // it waits on a copy, reports none that was removed meanwhile, and sees
+    // the changes when it next looks (pyzmq's green Poller does the same).
     size_t wait_all(std::vector<event_type>& events, std::chrono::milliseconds timeout)
     {
         // No room for a result: cppzmq's passes libzmq an empty vector's null
         // data, which is EFAULT there too.
         if (events.empty())
             throw zmq::error_t(EFAULT);
-        // Nothing to wait for (no entries, or none with events) and no
-        // timeout is EFAULT, as zmq_poller_wait_all says with no entries.
-        if (poll(items_.data(), items_.size(), timeout) <= 0)
-            return 0;
-        size_t n = 0;
-        for (size_t i = 0; i < items_.size() && n < events.size(); ++i) {
-            if (items_[i].revents == 0)
-                continue;
-            events[n++] = event_type{entries_[i].socket, items_[i].socket ? -1 : items_[i].fd,
-                                     entries_[i].user_data,
-                                     static_cast<event_flags>(items_[i].revents)};
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (auto left = timeout;;) {
+            std::vector<zmq_pollitem_t> items(items_);
+            const unsigned long changes = changes_;
+            // Nothing to wait for (no entries, or none with events) and no
+            // timeout is EFAULT, as zmq_poller_wait_all says with no entries.
+            if (poll(items.data(), items.size(), left) <= 0)
+                return 0;
+            size_t n = 0;
+            for (size_t k = 0; k < items.size(); ++k) {
+                const zmq_pollitem_t& item = items[k];
+                if (item.revents == 0)
+                    continue;
+                const size_t i = changes == changes_ ? k : index_of(item);
+                if (i == items_.size())
+                    continue;
+                const auto ready = static_cast<short>(item.revents
+                                                      & (items_[i].events | ZMQ_POLLERR));
+                if (ready != 0 && n < events.size())
+                    events[n++] = event_type{entries_[i].socket, item.socket ? -1 : item.fd,
+                                             entries_[i].user_data,
+                                             static_cast<event_flags>(ready)};
+            }
+            if (n > 0 || timeout.count() == 0)
+                return n;
+            if (timeout.count() > 0) {
+                left = std::chrono::ceil<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now());
+                if (left.count() <= 0)
+                    return 0;
+            }
         }
-        return n;
     }
 
     size_t size() const noexcept { return items_.size(); }
@@ -153,12 +175,24 @@ private:
         items_.push_back({is_socket ? socket.handle() : nullptr, is_socket ? 0 : fd,
                           static_cast<short>(events), 0});
         entries_.push_back({socket, user_data});
+        ++changes_;
     }
 
     bool matches(size_t i, bool is_socket, socket_ref socket, zmq::fd_t fd) const noexcept
     {
         return is_socket ? entries_[i].socket == socket
                          : (!items_[i].socket && items_[i].fd == fd);
+    }
+
+    // The entry an item of a copy stands for, or size() if it was removed.
+    size_t index_of(const zmq_pollitem_t& item) const noexcept
+    {
+        size_t i = 0;
+        while (i < items_.size()
+               && (item.socket ? items_[i].socket != item.socket
+                               : (items_[i].socket || items_[i].fd != item.fd)))
+            ++i;
+        return i;
     }
 
     zmq_pollitem_t& find(bool is_socket, socket_ref socket, zmq::fd_t fd)
@@ -174,10 +208,12 @@ private:
         const auto i = static_cast<size_t>(&item - items_.data());
         items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(i));
         entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+        ++changes_;
     }
 
     std::vector<zmq_pollitem_t> items_;
     std::vector<entry> entries_;
+    unsigned long changes_ = 0; // adds and removes: a waiter's copy still lines up if unchanged
 };
 
 } // namespace zmq::green
