@@ -286,6 +286,27 @@ TEST_F(stack_pool, spawn_runs_tasks_on_pool_stacks)
     EXPECT_EQ(ran, 20);
 }
 
+// A pool is a handle: one moved into a fiber or a task stays usable, and
+// still shares its stacks with the copies.
+TEST_F(stack_pool, a_moved_pool_stays_usable)
+{
+    green::stack_pool pool;
+    int ran = 0;
+    green::task first = green::spawn(std::allocator_arg, std::move(pool), [&] { ++ran; });
+    boost::fibers::fiber second(std::allocator_arg, std::move(pool), [&] { ++ran; });
+    green::task third = green::spawn(std::allocator_arg, pool, [&] { ++ran; });
+    EXPECT_TRUE(first.join());
+    second.join();
+    EXPECT_TRUE(third.join());
+    EXPECT_EQ(ran, 3);
+    EXPECT_EQ(pool.stack_size(), 64u * 1024);
+    EXPECT_GE(pool.capacity(), 1u);
+    green::stack_pool other(32 * 1024);
+    other = std::move(pool);
+    EXPECT_EQ(other.stack_size(), 64u * 1024);
+    EXPECT_EQ(pool.stack_size(), 64u * 1024);
+}
+
 TEST_F(stack_pool, BadInput_stacks_below_16_kib_are_refused)
 {
     try {

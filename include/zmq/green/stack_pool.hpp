@@ -51,6 +51,19 @@ public:
     // 16 KiB, too small for libzmq's calls, or above half the address space.
     explicit stack_pool(std::size_t stack_size = 64 * 1024);
 
+    // A handle: copies share the pool, and so does a move, which leaves the
+    // source usable (fiber(std::allocator_arg, std::move(pool), fn) takes
+    // the allocator by rvalue).
+    stack_pool(const stack_pool&) = default;
+    stack_pool& operator=(const stack_pool&) = default;
+    stack_pool(stack_pool&& other) noexcept : storage_(other.storage_) {}
+    stack_pool& operator=(stack_pool&& other) noexcept
+    {
+        storage_ = other.storage_;
+        return *this;
+    }
+    ~stack_pool() = default;
+
     // Throws stack_pool_exhausted when the pool must grow and cannot.
     boost::context::stack_context allocate();
     void deallocate(boost::context::stack_context& sctx) noexcept;
