@@ -284,11 +284,16 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
 
     // Set once ZMQ_EVENTS said ready and the retry failed all the same: the
     // level is about any pipe (ROUTER_MANDATORY sends to one peer; XPUB_NODROP
-    // always says POLLOUT), so only a command can change the answer. A failed
-    // call has processed the commands that came before it, and the next one
+    // always says POLLOUT), so only a command can change the answer. The level
+    // read processed the commands that came before it, and the next one
     // brings an edge: from then on the fiber waits for edges, as a blocking
     // libzmq call waits for commands, and reads the level only for others.
+    // A failed send processes commands at most once a millisecond, so after
+    // an edge (which the hub may have taken while this fiber was woken but
+    // not yet running) it reads the level again, which processes them, and
+    // retries.
     bool level_disagrees = false;
+    std::uint64_t edges_at_read = edges - 1; // none read yet
     bool blind = false; // the level read may have taken the command this call waits for
     for (;;) {
         if (closed)
@@ -327,17 +332,19 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
         // command (unthrottled, unlike send), so the fd holds no signal and
         // the next command brings a new edge. The ZMQ_EVENTS read is then
         // needed only to wake other waiters the call may have made ready.
-        if ((event == ZMQ_POLLIN || level_disagrees) && waiters.empty()) {
+        const bool edge_since_read = edges != edges_at_read;
+        if ((event == ZMQ_POLLIN || (level_disagrees && !edge_since_read)) && waiters.empty()) {
             tell_watchers();
         } else {
             const refresh_result state = refresh();
+            edges_at_read = edges;
             if (state.error != 0) {
                 release(dir);
                 throw zmq::error_t(state.error);
             }
             // The read may have processed the command the call was missing.
             if (state.events & event) {
-                if (!std::exchange(level_disagrees, true))
+                if (!std::exchange(level_disagrees, true) || edge_since_read)
                     continue;
                 blind = true;
             }

@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <array>
 #include <memory>
 #include <thread>
 
@@ -473,6 +474,64 @@ TEST_F(socket, hundred_thousand_ping_pongs_without_the_fallback)
 // lost on purpose. The parked receiver still gets its message, and the hub
 // counts the rescue that every other test holds at zero. A thread of its own
 // keeps this hub's count away from the fixture's.
+// A ROUTER_MANDATORY send parked on a full peer while ZMQ_EVENTS says
+// POLLOUT (another peer has room) waits for edges. Woken by another fiber's
+// EVENTS read, it may find that the peer's read (activate_write) brought an
+// edge meanwhile, which the hub took while nobody waited: libzmq's send
+// processes commands at most once a millisecond, so its retry can fail with
+// the command unread, and it must read the level (processing the command)
+// and retry rather than park for an edge that will not come. With the
+// fallback re-check off and SNDTIMEO as a guard, a miss is a failed send.
+// Each trial yields a different number of times, so that the hub's polls
+// fall at each point of that window.
+TEST_F(socket, a_mandatory_router_send_sees_the_room_its_peer_made_while_it_was_woken)
+{
+    std::thread([this] {
+        zmq::green::hub::current().set_fallback_interval(0ms);
+        for (int trial = 0; trial < 8; ++trial) {
+            const auto ep = test::unique_inproc();
+            green::socket_t r(ctx, zmq::socket_type::router);
+            r.set(zmq::sockopt::router_mandatory, 1);
+            r.set(zmq::sockopt::sndhwm, 1);
+            r.set(zmq::sockopt::linger, 0);
+            r.set(zmq::sockopt::sndtimeo, 2000);
+            r.bind(ep);
+            green::socket_t d1(ctx, zmq::socket_type::dealer);
+            green::socket_t d2(ctx, zmq::socket_type::dealer);
+            d1.set(zmq::sockopt::routing_id, "d1");
+            d2.set(zmq::sockopt::routing_id, "d2");
+            d1.set(zmq::sockopt::rcvhwm, 1);
+            d1.set(zmq::sockopt::linger, 0);
+            d2.set(zmq::sockopt::linger, 0);
+            d1.connect(ep);
+            d2.connect(ep);
+            d1.send(zmq::str_buffer("hi"));
+            d2.send(zmq::str_buffer("hi"));
+            test::recv_strs(r);
+            test::recv_strs(r);
+            // Past libzmq's once-a-millisecond command throttle, so that the
+            // fill's first send processes the commands before it.
+            boost::this_fiber::sleep_for(3ms);
+            bool sent = false;
+            boost::fibers::fiber sender([&] {
+                const std::array<zmq::const_buffer, 2> msg{zmq::str_buffer("d1"),
+                                                           zmq::str_buffer("m")};
+                while (green::send_multipart(r, msg, zmq::send_flags::dontwait)) {
+                }
+                sent = green::send_multipart(r, msg).has_value(); // parks
+            });
+            for (int k = 0; k <= trial % 4; ++k)
+                boost::this_fiber::yield();
+            d2.send(zmq::str_buffer("x"));
+            test::recv_strs(r); // its EVENTS read wakes the sender (POLLOUT)
+            zmq::message_t m;
+            ASSERT_TRUE(d1.recv(m)); // room for the sender: activate_write
+            sender.join();
+            EXPECT_TRUE(sent) << "trial " << trial << ": the send waited for an edge already taken";
+        }
+    }).join();
+}
+
 TEST_F(socket, a_lost_edge_is_rescued_by_the_fallback_and_counted)
 {
     std::thread([this] {
