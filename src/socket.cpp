@@ -141,6 +141,8 @@ clock::time_point socket_core::deadline_from_option(int timeo_option) const noex
 
 void socket_core::abandon(boost::fibers::context* caller) noexcept
 {
+    if (closed)
+        return; // the message went with the socket
     if (recv_dir.owner == caller) {
         // libzmq delivers messages whole, so the rest is here: drop it
         // rather than hand it to the next receiver as a message of its own.
@@ -370,6 +372,23 @@ recv_result_t socket_base::recv(message_t& msg, recv_flags flags)
 {
     boost::fibers::context* caller = nullptr;
     return recv_message(checked_core(), caller, msg, flags);
+}
+
+message_frames::message_frames(socket_base& socket) noexcept
+    : socket_(socket),
+      held_(socket.core_ != nullptr && reactor::current() == &socket.core_->owner ? socket.core_
+                                                                                  : nullptr)
+{
+    if (held_ != nullptr)
+        held_->retain();
+}
+
+message_frames::~message_frames()
+{
+    if (open_)
+        socket_.end_message(caller_);
+    if (held_ != nullptr)
+        held_->release();
 }
 
 send_result_t message_frames::send(const_buffer buf, send_flags flags)

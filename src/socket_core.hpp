@@ -270,6 +270,8 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             // it, or a caller looping on poll() and a non-blocking call
             // would spin with the owner never getting its turn.
             boost::this_fiber::yield();
+            if (closed) // meanwhile
+                throw_closed();
             errno = EAGAIN;
             return -1;
         }

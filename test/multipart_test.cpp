@@ -94,6 +94,26 @@ struct throwing_output {
     int fail_at;
 };
 
+// An output iterator that yields after each frame, as one that parks would.
+struct parking_output {
+    using iterator_category = std::output_iterator_tag;
+    using value_type = void;
+    using difference_type = std::ptrdiff_t;
+    using pointer = void;
+    using reference = void;
+
+    parking_output& operator*() { return *this; }
+    parking_output& operator++() { return *this; }
+    parking_output& operator++(int) { return *this; }
+    parking_output& operator=(zmq::message_t&&)
+    {
+        ++*frames;
+        boost::this_fiber::yield();
+        return *this;
+    }
+    int* frames;
+};
+
 // Buffers whose iterator calls hook when it steps past the frame numbered
 // hook_at: send_multipart has queued that frame and not yet the next.
 struct hooked_range {
@@ -152,6 +172,43 @@ TEST_F(multipart, an_output_iterator_that_throws_leaves_the_socket_to_the_next_m
     EXPECT_THROW((void)green::recv_multipart(p.b, throwing_output{&frames, 1}), std::length_error);
     EXPECT_EQ(frames, 2);
     EXPECT_EQ(recv_on_another_fiber(p.b), test::strings{"next"});
+}
+
+// An output iterator that parks between two frames lets another fiber close
+// the socket: the next frame is ENOTSOCK, and nothing touches the closed
+// socket's freed state (ASan's build checks).
+TEST_F(multipart, a_socket_closed_while_the_receiver_parks_between_frames_is_enotsock)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    test::send_strs(p.a, {"a", "b", "c"});
+    int frames = 0;
+    int err = 0;
+    test::run_fibers({[&] {
+                          err = test::errno_of(
+                              [&] { (void)green::recv_multipart(p.b, parking_output{&frames}); });
+                      },
+                      [&] { p.b.close(); }});
+    EXPECT_EQ(frames, 1);
+    EXPECT_EQ(err, ENOTSOCK);
+}
+
+// A non-blocking send meets another fiber's message and yields to it; the
+// socket closed meanwhile is ENOTSOCK, not EAGAIN (an empty result).
+TEST_F(multipart, a_dontwait_send_that_yields_to_a_message_sees_the_close_meanwhile)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    int err = 0;
+    test::run_fibers({[&] {
+                          p.a.send(zmq::str_buffer("first"), zmq::send_flags::sndmore);
+                          boost::this_fiber::yield(); // the other send yields to this one
+                          p.a.close();
+                      },
+                      [&] {
+                          err = test::errno_of([&] {
+                              (void)p.a.send(zmq::str_buffer("x"), zmq::send_flags::dontwait);
+                          });
+                      }});
+    EXPECT_EQ(err, ENOTSOCK);
 }
 
 // The frames already queued cannot be taken back: the message ends with an

@@ -117,15 +117,14 @@ private:
 // gets an empty last frame, so that the next fiber's message stays whole.
 class message_frames {
 public:
-    explicit message_frames(socket_base& socket) noexcept : socket_(socket) {}
+    // Keeps the socket's state alive until the message ends: another fiber
+    // may close the socket while this one is between two frames (in an
+    // output iterator that parks, say), and the next frame is then ENOTSOCK.
+    explicit message_frames(socket_base& socket) noexcept;
     // An exception between two frames (a throwing output iterator or range,
     // recv_multipart_n's "too many parts") must not leave the direction
     // owned by a fiber that will never send or receive its last frame.
-    ~message_frames()
-    {
-        if (open_)
-            socket_.end_message(caller_);
-    }
+    ~message_frames();
     message_frames(const message_frames&) = delete;
     message_frames& operator=(const message_frames&) = delete;
 
@@ -140,6 +139,7 @@ public:
 
 private:
     socket_base& socket_;
+    socket_core* held_; // retained; null if none, or another thread's
     boost::fibers::context* caller_ = nullptr;
     // The last frame left the message open. False after a frame that threw:
     // that call gave up the direction, or found the socket closed.
