@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -922,16 +923,18 @@ struct periodic_state : std::enable_shared_from_this<periodic_state> {
     {
     }
 
-    void run()
+    void run(std::uint64_t of_start)
     {
-        if (!running)
+        if (!running || of_start != starts)
             return;
         try {
             fn();
         } catch (...) {
             loop.handle_exception(std::current_exception());
         }
-        if (running) // fn may have stopped it
+        // fn may have stopped it, or stopped and started it again, which
+        // scheduled the next call already.
+        if (running && of_start == starts)
             schedule_next();
     }
 
@@ -940,7 +943,9 @@ struct periodic_state : std::enable_shared_from_this<periodic_state> {
         const auto now = io_loop::clock::now();
         if (next <= now)
             next += ((now - next) / period + 1) * period;
-        timeout = loop.call_at(next, [self = shared_from_this()] { self->run(); });
+        timeout = loop.call_at(next, [self = shared_from_this(), of_start = starts] {
+            self->run(of_start);
+        });
     }
 
     io_loop& loop;
@@ -948,6 +953,7 @@ struct periodic_state : std::enable_shared_from_this<periodic_state> {
     io_loop::clock::duration period;
     io_loop::clock::time_point next{};
     timeout_handle timeout;
+    std::uint64_t starts = 0; // a timeout of an earlier start() must not run fn
     bool running = false;
 };
 
@@ -976,6 +982,7 @@ void periodic_callback::start()
     if (s_->running)
         return;
     s_->next = io_loop::clock::now();
+    ++s_->starts;
     s_->schedule_next(); // first: if it throws, the callback has not started
     s_->running = true;
 }

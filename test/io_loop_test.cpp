@@ -339,6 +339,36 @@ TEST_F(io_loop, an_error_handler_may_replace_itself)
     EXPECT_EQ(second, 1);
 }
 
+// tornado leaves two timers running after stop() and start() in the callback.
+TEST_F(io_loop, a_periodic_callback_restarted_in_its_callback_runs_once_a_period)
+{
+    std::vector<std::uint64_t> iterations;
+    green::periodic_callback* self = nullptr;
+    green::periodic_callback pc(
+        loop,
+        [&] {
+            iterations.push_back(loop.stats().iterations);
+            if (iterations.size() == 1) {
+                self->stop();
+                self->start();
+            }
+            if (iterations.size() == 4) {
+                self->stop();
+                loop.stop();
+            }
+        },
+        5ms);
+    self = &pc;
+    pc.start();
+    watchdog guard(loop);
+    loop.start();
+    ASSERT_EQ(iterations.size(), 4u);
+    // A timeout added by a timeout waits for the next iteration: calls of
+    // one schedule never share one, two schedules' calls fall due together.
+    for (std::size_t i = 1; i < iterations.size(); ++i)
+        EXPECT_LT(iterations[i - 1], iterations[i]) << "call " << i + 1;
+}
+
 TEST_F(io_loop, periodic_callback_rejects_non_positive_periods)
 {
     EXPECT_THROW(green::periodic_callback(loop, [] {}, 0ms), std::invalid_argument);
