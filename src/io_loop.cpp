@@ -1,4 +1,5 @@
 #include <zmq/green/io_loop.hpp>
+#include <zmq/green/task.hpp>
 #include <zmq/green/timeout.hpp>
 
 #include "loop_access.hpp"
@@ -128,6 +129,14 @@ struct loop_state {
     unsigned quiet_fallbacks = 0; // re-checks in a row that nothing else came between
     io_loop_stats stats;
 
+    // A kill of the loop's fiber, or the expiry of a scoped timeout around
+    // start(), escaped a callback: like gevent's GreenletExit, it is not the
+    // callback's error but the end of the run. start() throws it as soon as
+    // the callback returns, and leaves what it had not run for the next run.
+    std::exception_ptr exit;
+    boost::fibers::fiber::id loop_fiber;           // while running
+    clock::time_point run_deadline = no_deadline; // the scoped timeouts around start()
+
     // wakefd stays registered: a write from another thread wakes the parked
     // loop through it, and the loop reads it only after such a write.
     struct wake_watch final : change_watch {
@@ -144,6 +153,14 @@ struct loop_state {
 
     ~loop_state()
     {
+        // What they capture may call back into the loop as it goes (a stream
+        // removing its handler, a callback added): destroyed first, while the
+        // state is whole, and without the mutex.
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            closed = true; // callbacks added now are dropped
+        }
+        drop_pending();
         for (auto& [core, h] : socket_handlers)
             drop(*h);
         for (auto& [fd, h] : fd_handlers)
@@ -154,6 +171,19 @@ struct loop_state {
         }
         if (wakefd >= 0)
             ::close(wakefd);
+    }
+
+    // Destroys the queued callbacks and timeouts of a closed loop, outside
+    // the mutex: what they capture may call the loop as it goes.
+    void drop_pending() noexcept
+    {
+        auto pending_timers = std::move(timers);
+        timers.clear();
+        std::vector<io_loop::callback> pending;
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            pending.swap(callbacks);
+        }
     }
 
     void drop(loop_handler& h) noexcept
@@ -248,8 +278,33 @@ struct loop_state {
         handlers.erase(it);
     }
 
+    bool ends_the_run(const std::exception_ptr& e) const noexcept
+    {
+        if (!running || boost::this_fiber::get_id() != loop_fiber)
+            return false;
+        try {
+            std::rethrow_exception(e);
+        } catch (const fiber_cancelled&) {
+            return true;
+        } catch (const timeout_error&) {
+            return passed(run_deadline);
+        } catch (...) {
+            return false;
+        }
+    }
+
     void report(std::exception_ptr e) noexcept
     {
+        if (!e) {
+            std::fprintf(stderr, "zmq::green::io_loop::handle_exception: no exception given and "
+                                 "none being handled\n");
+            return;
+        }
+        if (ends_the_run(e)) {
+            if (!exit)
+                exit = std::move(e);
+            return;
+        }
         try {
             if (on_error) {
                 // A copy: the handler may replace itself while it runs.
@@ -270,14 +325,22 @@ struct loop_state {
         }
     }
 
+    // Returns false when the run must end (exit).
     template<class Fn>
-    void guarded(Fn&& fn) noexcept
+    bool guarded(Fn&& fn) noexcept
     {
         try {
             fn();
         } catch (...) {
             report(std::current_exception());
         }
+        return !exit;
+    }
+
+    void throw_exit()
+    {
+        if (exit)
+            std::rethrow_exception(std::exchange(exit, nullptr));
     }
 
     void run_callbacks()
@@ -287,10 +350,16 @@ struct loop_state {
             std::lock_guard<std::mutex> lock(mutex);
             batch.swap(callbacks);
         }
-        for (auto& fn : batch) {
+        for (auto it = batch.begin(); it != batch.end(); ++it) {
             if (closed)
                 return;
-            guarded(fn);
+            if (!guarded(*it)) {
+                // The rest run first in the next run, before what came since.
+                std::lock_guard<std::mutex> lock(mutex);
+                callbacks.insert(callbacks.begin(), std::make_move_iterator(it + 1),
+                                 std::make_move_iterator(batch.end()));
+                return;
+            }
         }
     }
 
@@ -312,13 +381,19 @@ struct loop_state {
 
     void run_timers(const std::vector<std::shared_ptr<loop_timer>>& due)
     {
-        for (auto& t : due) {
+        for (auto it = due.begin(); it != due.end(); ++it) {
+            const auto& t = *it;
             // An earlier timeout of this batch may have removed it.
             if (t->cancelled || closed)
                 continue;
             t->cancelled = true;
             auto fn = std::move(t->fn);
-            guarded(fn);
+            if (!guarded(fn)) {
+                for (auto rest = it + 1; rest != due.end(); ++rest)
+                    if (!(*rest)->cancelled)
+                        timers.emplace((*rest)->key, *rest);
+                return;
+            }
         }
     }
 
@@ -367,11 +442,15 @@ struct loop_state {
             if (gone) {
                 remove_gone(h, ZMQ_POLLERR);
                 any = true;
-                continue;
-            }
-            if (ready != 0) {
+            } else if (ready != 0) {
                 call(h, ready, rescued);
                 any = true;
+            }
+            if (exit) {
+                due_checks.splice(due_checks.begin(), batch);
+                for (auto& fd_handler : due_fds)
+                    mark_due(*fd_handler);
+                return true;
             }
         }
         return dispatch_fds(due_fds) || any;
@@ -420,12 +499,15 @@ struct loop_state {
             if (fds[i].revents & (POLLERR | POLLHUP | POLLNVAL))
                 ready |= ZMQ_POLLERR;
             any = true;
-            if (fds[i].revents & POLLNVAL) {
-                // Not an fd any more: it would be reported forever.
-                remove_gone(h, ready);
-                continue;
+            if (fds[i].revents & POLLNVAL)
+                remove_gone(h, ready); // not an fd any more: it would be reported forever
+            else
+                call(h, ready, rescued);
+            if (exit) {
+                for (std::size_t rest = i + 1; rest < due.size(); ++rest)
+                    mark_due(*due[rest]);
+                return true;
             }
-            call(h, ready, rescued);
         }
         return any;
     }
@@ -524,7 +606,7 @@ void loop_access::presume_ready(io_loop& loop, socket_core& core, short events) 
 
 bool loop_access::stopping(const io_loop& loop) noexcept
 {
-    return loop.s_->stop_requested.load(std::memory_order_relaxed);
+    return loop.s_->stop_requested.load(std::memory_order_relaxed) || loop.s_->exit;
 }
 
 void loop_access::check_thread(const io_loop& loop, const char* what)
@@ -543,6 +625,16 @@ struct running_loop {
     boost::fibers::fiber::id fiber;
 };
 thread_local std::vector<running_loop> running_loops;
+
+void forget_running(const io_loop* loop, boost::fibers::fiber::id fiber) noexcept
+{
+    auto& running = running_loops;
+    const auto it = std::find_if(running.begin(), running.end(), [&](const running_loop& r) {
+        return r.loop == loop && r.fiber == fiber;
+    });
+    if (it != running.end())
+        running.erase(it);
+}
 
 short checked_events(short events, const char* what)
 {
@@ -593,16 +685,18 @@ void io_loop::start()
     s.check_thread("start");
     s.check_startable("start");
     s.running = true;
-    detail::running_loops.push_back({this, boost::this_fiber::get_id()});
+    s.loop_fiber = boost::this_fiber::get_id();
+    const detail::fiber_state* scope = s.owner->find_fiber_state();
+    s.run_deadline = scope != nullptr ? scope->deadline : detail::no_deadline;
+    detail::running_loops.push_back({this, s.loop_fiber});
     struct restore {
         io_loop* loop;
         ~restore()
         {
-            auto& running = detail::running_loops;
-            running.erase(std::find_if(running.begin(), running.end(),
-                                       [this](const auto& r) { return r.loop == loop; }));
             auto& s = *loop->s_;
+            detail::forget_running(loop, s.loop_fiber);
             s.running = false;
+            s.loop_fiber = {};
             // A stop() is consumed by the run it ended; one made while the
             // loop was not running ends the next run after one iteration.
             std::lock_guard<std::mutex> lock(s.mutex);
@@ -615,7 +709,13 @@ void io_loop::start()
         ++s.stats.iterations;
         const auto due = s.due_timers();
         s.run_callbacks();
+        if (s.exit) {
+            for (const auto& t : due) // due again in the next run
+                s.timers.emplace(t->key, t);
+            s.throw_exit();
+        }
         s.run_timers(due);
+        s.throw_exit();
         {
             // As tornado: what a handler's stop() leaves runs first, the
             // callbacks and timeouts it added.
@@ -624,6 +724,7 @@ void io_loop::start()
                 break;
         }
         const bool busy = s.dispatch(std::exchange(after_fallback, false));
+        s.throw_exit();
         if (busy) {
             s.quiet_fallbacks = 0;
             // Level-triggered work remains: let the thread's other fibers in first.
@@ -673,9 +774,7 @@ void io_loop::close(bool all_fds)
         if (all_fds && h->fd >= 0)
             ::close(h->fd);
     }
-    s.timers.clear();
-    std::lock_guard<std::mutex> lock(s.mutex);
-    s.callbacks.clear();
+    s.drop_pending();
 }
 
 void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeout)
@@ -686,7 +785,8 @@ void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeo
         throw std::invalid_argument("zmq::green::io_loop::run_sync: empty function");
     s_->check_startable("run_sync");
     struct outcome {
-        io_loop* loop = nullptr;
+        io_loop* loop = nullptr; // until run_sync returns
+        boost::fibers::fiber::id fiber;
         bool done = false;
         std::exception_ptr error;
     };
@@ -695,15 +795,22 @@ void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeo
     bool timed_out = false;
     timeout_handle timer;
     add_callback([out, fn = std::move(fn)]() mutable {
-        boost::fibers::fiber([out, fn = std::move(fn)] {
+        // Dispatched, so fn runs at once, as tornado calls it: one that
+        // returns without waiting is done before a zero timeout or a stale
+        // stop() can end the run. Its fiber's current() is this loop.
+        boost::fibers::fiber(boost::fibers::launch::dispatch, [out, fn = std::move(fn)] {
+            out->fiber = boost::this_fiber::get_id();
+            detail::running_loops.push_back({out->loop, out->fiber});
             try {
                 fn();
             } catch (...) {
                 out->error = std::current_exception();
             }
             out->done = true;
-            if (out->loop != nullptr)
+            if (out->loop != nullptr) {
+                detail::forget_running(out->loop, out->fiber);
                 out->loop->stop();
+            }
         }).detach();
     });
     if (timeout.count() >= 0)
@@ -711,16 +818,20 @@ void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeo
             timed_out = true;
             stop();
         });
-    try {
-        start();
-    } catch (...) {
-        // A scoped timeout or a kill ended the loop's wait.
-        out->loop = nullptr;
-        remove_timeout(timer);
-        throw;
-    }
-    out->loop = nullptr;
-    remove_timeout(timer);
+    struct finish {
+        outcome& out;
+        io_loop& loop;
+        timeout_handle& timer;
+        ~finish()
+        {
+            // fn may run on: it no longer names this loop.
+            if (!out.done && out.fiber != boost::fibers::fiber::id{})
+                detail::forget_running(&loop, out.fiber);
+            out.loop = nullptr;
+            loop.remove_timeout(timer);
+        }
+    } on_exit{*out, *this, timer};
+    start(); // a scoped timeout or a kill may end it with an exception
     if (!out->done) {
         if (timed_out)
             throw timeout_error("zmq::green::io_loop::run_sync: timed out after "
@@ -881,7 +992,10 @@ void io_loop::set_error_handler(error_handler fn)
     s_->on_error = std::move(fn);
 }
 
-void io_loop::handle_exception(std::exception_ptr e) noexcept { s_->report(std::move(e)); }
+void io_loop::handle_exception(std::exception_ptr e) noexcept
+{
+    s_->report(e ? std::move(e) : std::current_exception());
+}
 
 void io_loop::set_fallback_interval(std::chrono::milliseconds interval)
 {

@@ -1400,3 +1400,193 @@ TEST_F(io_loop, BadInput_a_thread_without_a_hub_gets_one_for_its_loop)
         EXPECT_NE(green::hub::installed(), nullptr);
     }).join();
 }
+
+// An empty exception_ptr inside a catch block reports the exception being
+// handled; with none, one line says so (std::rethrow_exception(nullptr) is
+// undefined).
+TEST_F(io_loop, handle_exception_of_an_empty_pointer_reports_the_current_exception)
+{
+    std::vector<std::string> seen;
+    loop.set_error_handler([&](std::exception_ptr e) {
+        ASSERT_TRUE(e != nullptr);
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            seen.emplace_back(ex.what());
+        }
+    });
+    try {
+        throw std::runtime_error("current");
+    } catch (...) {
+        loop.handle_exception(nullptr);
+    }
+    EXPECT_EQ(seen, std::vector<std::string>{"current"});
+}
+
+TEST_F(io_loop, BadInput_handle_exception_with_no_exception_at_all)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            green::io_loop l;
+            l.handle_exception(nullptr);
+            std::_Exit(0);
+        },
+        testing::ExitedWithCode(0), "handle_exception: no exception given and none being handled");
+}
+
+// tornado calls run_sync's function at once: one that returns without
+// waiting beats a zero timeout and a stop() left from before.
+TEST_F(io_loop, run_sync_runs_its_function_at_once)
+{
+    bool ran = false;
+    EXPECT_NO_THROW(loop.run_sync([&] { ran = true; }, 0ms));
+    EXPECT_TRUE(ran);
+
+    ran = false;
+    loop.stop(); // while it was not running: ends the next run after one iteration
+    EXPECT_NO_THROW(loop.run_sync([&] { ran = true; }));
+    EXPECT_TRUE(ran);
+}
+
+TEST_F(io_loop, current_inside_run_sync_is_the_run_sync_loop)
+{
+    green::io_loop other;
+    green::event other_started;
+    boost::fibers::fiber b([&] {
+        other.add_callback([&] { other_started.set(); });
+        other.start();
+    });
+    green::io_loop* seen = nullptr;
+    loop.run_sync(
+        [&] {
+            other_started.wait(); // the other loop started last
+            seen = &green::io_loop::current();
+        },
+        5000ms);
+    other.stop();
+    b.join();
+    EXPECT_EQ(seen, &loop);
+}
+
+// What the pending callbacks capture may call the loop as it goes: close()
+// and the destructor destroy them outside the loop's mutex, and before the
+// rest of the loop.
+TEST_F(io_loop, closing_a_loop_whose_callbacks_call_it_as_they_are_destroyed)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            ::alarm(5); // a deadlock dies of SIGALRM
+            green::context_t c;
+            green::io_loop l;
+            auto stream = std::make_shared<green::zmq_stream>(
+                green::socket_t(c, zmq::socket_type::pull), l);
+            stream->set_close_callback([&l] {
+                l.add_callback([] {});
+                l.stop();
+            });
+            l.add_callback([stream] {});
+            stream.reset();
+            l.close();
+            std::_Exit(0);
+        },
+        testing::ExitedWithCode(0), "");
+}
+
+TEST_F(io_loop, destroying_a_loop_whose_callbacks_add_callbacks_as_they_are_destroyed)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            auto l = std::make_unique<green::io_loop>();
+            struct adds_on_destruction {
+                green::io_loop* loop = nullptr;
+                ~adds_on_destruction()
+                {
+                    for (int i = 0; i < 64; ++i) // enough to reallocate the queue
+                        loop->add_callback([] {});
+                }
+            };
+            auto owner = std::make_shared<adds_on_destruction>();
+            owner->loop = l.get();
+            l->add_callback([owner] {});
+            owner.reset();
+            for (int i = 0; i < 3; ++i)
+                l->add_callback([] {});
+            l.reset();
+            std::_Exit(0);
+        },
+        testing::ExitedWithCode(0), "");
+}
+
+// A kill is not a callback's error (gevent's GreenletExit): it ends the task
+// that runs the loop, which keeps what it had not run for its next start().
+TEST_F(io_loop, killing_the_task_that_runs_the_loop_inside_a_callback_ends_the_run)
+{
+    std::vector<std::string> reported;
+    loop.set_error_handler([&](std::exception_ptr) { reported.emplace_back("reported"); });
+    bool in_callback = false;
+    bool next_ran = false;
+    green::task t = green::spawn([&] {
+        loop.add_callback([&] {
+            in_callback = true;
+            green::sleep_for(10s);
+        });
+        loop.add_callback([&] { next_ran = true; });
+        loop.start();
+    });
+    while (!in_callback)
+        boost::this_fiber::yield();
+    t.kill(false);
+    ASSERT_TRUE(t.join(5000ms)) << "the killed task still runs the loop";
+    EXPECT_TRUE(t.killed());
+    EXPECT_TRUE(reported.empty()) << "the kill went to the error handler";
+    EXPECT_FALSE(next_ran);
+    EXPECT_FALSE(loop.running());
+
+    loop.add_callback([&] { loop.stop(); });
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_TRUE(next_ran);
+}
+
+// The same for a scoped timeout around start() that expires in a callback's
+// wait; one inside the callback is the callback's error.
+TEST_F(io_loop, a_scoped_timeout_around_start_ends_the_run_inside_a_callback)
+{
+    std::vector<std::string> reported;
+    loop.set_error_handler([&](std::exception_ptr e) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            reported.emplace_back(ex.what());
+        }
+    });
+    int later = 0;
+    loop.add_callback([&] {
+        green::scoped_timeout inner(1ms);
+        green::sleep_for(10s);
+    });
+    loop.call_later(0ms, [&] {
+        try {
+            green::sleep_for(10s);
+        } catch (const green::timeout_error&) {
+            ++later;
+            throw;
+        }
+    });
+    loop.call_later(0ms, [&] { ++later; });
+    EXPECT_THROW(
+        {
+            green::scoped_timeout limit(500ms); // long enough to pass after the inner one
+            loop.start();
+        },
+        green::timeout_error);
+    EXPECT_EQ(reported.size(), 1u) << "only the callback's own scope is its error";
+    EXPECT_EQ(later, 1) << "the timeout after the one the scope ended ran";
+    loop.call_later(0ms, [&] { loop.stop(); });
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_EQ(later, 2) << "the timeout left by the ended run was lost";
+}

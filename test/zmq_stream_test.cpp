@@ -1195,3 +1195,34 @@ TEST_F(zmq_stream, BadInput_destroying_a_stream_on_another_thread_terminates_nam
         green::socket_t(ctx, zmq::socket_type::pull), loop);
     EXPECT_DEATH(std::thread([&] { stream.reset(); }).join(), "thread_error");
 }
+
+// A kill met in a wait inside on_recv ends the task that runs the loop (it
+// is no callback error), and the burst with it: the rest of the messages
+// come in the next run.
+TEST_F(zmq_stream, a_kill_inside_on_recv_ends_the_run_and_loses_nothing)
+{
+    int reported = 0;
+    loop.set_error_handler([&](std::exception_ptr) { ++reported; });
+    push_pull s(ctx, loop);
+    std::vector<std::string> got;
+    s.pull.on_recv([&](message& m) {
+        got.push_back(m.at(0).to_string());
+        if (got.size() == 1)
+            green::sleep_for(10s);
+        if (got.size() == 3)
+            loop.stop();
+    });
+    for (const char* text : {"a", "b", "c"})
+        s.push.send_string(text);
+    green::task t = green::spawn([&] { loop.start(); });
+    while (got.empty())
+        boost::this_fiber::yield();
+    t.kill(false);
+    ASSERT_TRUE(t.join(5000ms)) << "the killed task still runs the loop";
+    EXPECT_TRUE(t.killed());
+    EXPECT_EQ(reported, 0) << "the kill went to the error handler";
+    EXPECT_EQ(got, std::vector<std::string>{"a"});
+
+    loop.start();
+    EXPECT_EQ(got, (std::vector<std::string>{"a", "b", "c"}));
+}
