@@ -386,9 +386,11 @@ void reactor::run(clock::time_point until, bool block) noexcept
         if (next_sweep_ != no_deadline)
             next_sweep_ = std::min(next_sweep_, deadline_after(fallback_));
     }
+    // Also when not blocking: fibers that keep the hub busy must not keep
+    // the waits of the others from their re-check.
+    if (parked_waits_ > 0 && next_sweep_ == no_deadline && fallback_.count() > 0)
+        next_sweep_ = deadline_after(fallback_);
     if (block) {
-        if (parked_waits_ > 0 && next_sweep_ == no_deadline && fallback_.count() > 0)
-            next_sweep_ = deadline_after(fallback_);
         timeout = timeout_ms(until);
         sleeping_.store(true);
         if (notified_.exchange(false))
@@ -587,6 +589,15 @@ void fd_watch::on_ready(std::uint32_t epoll_events) noexcept
 
 fd_watch& reactor::register_fd(int fd)
 {
+    if (const auto it = fds_.find(fd); it != fds_.end()) {
+        // Its file may have been closed under it and the number reused: the
+        // kernel dropped that entry, and the new file has none.
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
+        ev.data.ptr = static_cast<io_source*>(it->second.get());
+        if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT)
+            retire_fd(it);
+    }
     auto& slot = fds_[fd];
     if (!slot) {
         auto watch = std::make_unique<fd_watch>(*this, fd);
@@ -643,6 +654,11 @@ void reactor::retire_fd(std::unordered_map<int, std::unique_ptr<fd_watch>>::iter
     std::unique_ptr<fd_watch> watch = std::move(it->second);
     fds_.erase(it);
     watch->stale = true;
+    // No event will reach them through the dead entry: woken, they look at
+    // the fd again (EBADF, or whatever the number is now).
+    wake_matching(watch->waiters, static_cast<short>(~0));
+    if (!watch->watchers.empty())
+        tell(watch->watchers, ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR, nullptr, false);
     try {
         retired_.push_back(std::move(watch));
     } catch (...) {

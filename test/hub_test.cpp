@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <functional>
+#include <optional>
 #include <random>
 #include <system_error>
 #include <thread>
@@ -598,5 +599,99 @@ TEST(hub, BadInput_a_hub_that_cannot_be_made_leaves_no_fd_open)
         EXPECT_THROW(green::hub::current(), std::system_error);
         ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
         EXPECT_EQ(test::open_fds(), before);
+    }).join();
+}
+
+// The re-check is due one interval after a fiber parks even when the hub
+// never blocks: fibers that keep it busy must not strand the others' waits.
+TEST(hub, a_lost_edge_is_rescued_while_another_fiber_keeps_the_hub_busy)
+{
+    std::thread([] {
+        green::hub& h = green::hub::current();
+        h.set_fallback_interval(2ms);
+        green::context_t ctx;
+        test::parked_receiver r(ctx); // parked before the hub ever blocked
+        const auto before = h.stats();
+        r.p.b.send(zmq::str_buffer("lost"));
+        ASSERT_EQ(test::lose_edges(r.p.a.get(zmq::sockopt::fd)), 1);
+        const auto guard = std::chrono::steady_clock::now() + 10s;
+        while (r.got != "lost" && std::chrono::steady_clock::now() < guard)
+            boost::this_fiber::yield(); // busy, never parked
+        EXPECT_EQ(r.got, "lost");
+        EXPECT_EQ(h.stats().rescues - before.rescues, 1u);
+    }).join();
+}
+
+// An fd closed under its waiter (misuse) leaves its watch filed under the
+// number: the next file to get the number must still be watched for real.
+TEST(hub, a_wait_on_a_reused_fd_number_gets_its_edges)
+{
+    std::thread([] {
+        green::hub& h = green::hub::current();
+        h.set_fallback_interval(0ms); // only an edge can end the wait
+        int old_pipe[2];
+        ASSERT_EQ(::pipe(old_pipe), 0);
+        int new_pipe[2] = {-1, -1};
+        int misused_ended = 0;
+        bool woke = false;
+        test::run_fibers(
+            {[&] {
+                 try {
+                     green::scoped_timeout limit(5s);
+                     green::wait_readable(old_pipe[0]);
+                 } catch (...) {
+                 }
+                 ++misused_ended;
+             },
+             [&] {
+                 ::close(old_pipe[0]); // the misuse
+                 ASSERT_EQ(::pipe(new_pipe), 0);
+                 ASSERT_EQ(new_pipe[0], old_pipe[0]) << "the number was not reused";
+                 try {
+                     green::scoped_timeout limit(5s);
+                     woke = green::wait_readable(new_pipe[0]);
+                 } catch (const green::timeout_error&) {
+                 }
+             },
+             [&] { EXPECT_EQ(::write(new_pipe[1], "x", 1), 1); }}); // both parked
+        EXPECT_TRUE(woke);
+        EXPECT_EQ(misused_ended, 1);
+        EXPECT_EQ(h.stats().rescues, 0u);
+        ::close(old_pipe[1]);
+        ::close(new_pipe[0]);
+        ::close(new_pipe[1]);
+    }).join();
+}
+
+// When a green socket takes the number instead, the misused wait ends with
+// an error naming it, rather than waiting on a watch no event reaches.
+TEST(hub, a_wait_whose_fd_number_a_socket_took_ends)
+{
+    std::thread([] {
+        green::hub::current().set_fallback_interval(0ms);
+        green::context_t ctx;
+        green::socket_t first(ctx, zmq::socket_type::pair); // libzmq's threads and fds exist
+        int fds[2];
+        ASSERT_EQ(::pipe(fds), 0);
+        std::string error;
+        std::optional<green::socket_t> s;
+        test::run_fibers({[&] {
+                              try {
+                                  green::scoped_timeout limit(5s);
+                                  green::wait_readable(fds[0]);
+                                  error = "woke";
+                              } catch (const std::exception& e) {
+                                  error = e.what();
+                              }
+                          },
+                          [&] {
+                              const int number = fds[0];
+                              ::close(fds[0]);
+                              s.emplace(ctx, zmq::socket_type::pair);
+                              ASSERT_EQ(s->get(zmq::sockopt::fd), number)
+                                  << "the socket did not take the number";
+                          }});
+        EXPECT_NE(error.find("green socket's fd"), std::string::npos) << error;
+        ::close(fds[1]);
     }).join();
 }
