@@ -46,7 +46,10 @@ public:
     // waits for (on this thread) and returns.
     void destroy();
     // The same, with ZMQ_LINGER set to linger (-1: for ever) on each socket
-    // it closes; below -1 is std::invalid_argument.
+    // it closes; below -1 is std::invalid_argument. During another fiber's
+    // close(), libzmq refuses the option on a socket that has already seen
+    // the shutdown (a fiber parked on it woke with ETERM): that one closes
+    // with the linger it had, which close() then waits for.
     void destroy(std::chrono::milliseconds linger);
 
     void* handle() noexcept;
