@@ -3,6 +3,7 @@
 #include <zmq/green/poll.hpp>
 
 #include "device_loop.hpp"
+#include "poll_wait.hpp"
 #include "socket_core.hpp"
 
 #include <cstring>
@@ -130,6 +131,11 @@ struct direction {
     // as libzmq's proxy does while it blocks in a send.
     std::vector<message_t> held;
     std::size_t next = 0;
+    // dst reported ZMQ_POLLOUT and refused the held message all the same: a
+    // ROUTER_MANDATORY has room for another peer (a STREAM always says
+    // POLLOUT). Only a command from the peer can change that: the loop then
+    // waits for dst to change, not for its level.
+    bool level_lies = false;
     bool waiting_out() const noexcept { return !held.empty(); }
 };
 
@@ -193,8 +199,16 @@ bool relay_one(direction& d, const device_loop_options& opts, device_counters& c
     socket_ref capture = opts.capture;
     socket_ref monitor = opts.monitor;
     std::vector<message_t>& frames = d.held;
-    if (!recv_multipart(d.src, std::back_inserter(frames), recv_flags::dontwait))
-        return false;
+    try {
+        if (!recv_multipart(d.src, std::back_inserter(frames), recv_flags::dontwait))
+            return false;
+    } catch (const zmq::error_t& e) {
+        // A REP source that must answer first, or a REQ that must ask: its
+        // turn comes with a message the other direction relays.
+        if (e.num() == EFSM)
+            return false;
+        throw;
+    }
     for (const auto& f : frames) {
         bump(c, d.src_base + msgs_in, 1);
         bump(c, d.src_base + bytes_in, f.size());
@@ -304,16 +318,54 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
             dirs.emplace_back(backend, frontend, backend_base, frontend_base, &opts.back_prefix);
     }
 
+    // The loop yields, and its copies' sends may park: another fiber may
+    // close, or destroy, one of its sockets meanwhile. Their state lives on
+    // until the loop ends, and a closed one ends it (ENOTSOCK), as it does a
+    // poll.
+    struct keep_alive {
+        std::vector<socket_core*> cores;
+        ~keep_alive()
+        {
+            for (socket_core* core : cores)
+                core->release();
+        }
+    } kept;
+    for (socket_ref s : {frontend, backend, opts.capture, opts.control, opts.monitor})
+        if (s.core() != nullptr) {
+            s.core()->retain();
+            kept.cores.push_back(s.core());
+        }
+    auto check_open = [&kept] {
+        for (const socket_core* core : kept.cores)
+            if (core->closed)
+                throw zmq::error_t(ENOTSOCK);
+    };
+
     bool paused = false;
+    int since_yield = 0; // messages relayed since the thread's other fibers had a turn
     std::vector<zmq_pollitem_t> items;
+    std::vector<void*> changes;
+    auto send_lying = [&] {
+        bool sent = false;
+        for (auto& d : dirs)
+            if (d.level_lies && send_held(d, c))
+                sent = true;
+        return sent;
+    };
     for (;;) {
+        check_open();
         items.clear();
+        changes.clear();
         if (!paused)
-            for (const auto& d : dirs) {
-                if (d.waiting_out())
-                    add_item(items, d.dst, ZMQ_POLLOUT);
-                else
+            for (auto& d : dirs) {
+                if (!d.waiting_out()) {
+                    d.level_lies = false;
                     add_item(items, d.src, ZMQ_POLLIN);
+                } else if (d.level_lies) {
+                    changes.push_back(d.dst.handle());
+                } else {
+                    add_item(items, d.dst, ZMQ_POLLOUT);
+                }
             }
         if (opts.control)
             add_item(items, opts.control, ZMQ_POLLIN);
@@ -327,7 +379,10 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
         }
         if (opts.copies())
             add_item(items, opts.copies(), ZMQ_POLLERR);
-        poll(items);
+        if (changes.empty())
+            poll(items);
+        else
+            poll_or_retry(items.data(), items.size(), changes, send_lying);
 
         if (opts.control && (revents_of(items, opts.control) & ZMQ_POLLIN)) {
             switch (handle_control(opts.control, c)) {
@@ -346,14 +401,26 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
         if (paused)
             continue;
         for (auto& d : dirs) {
-            if (d.waiting_out() && !send_held(d, c))
+            if (d.waiting_out() && !send_held(d, c)) {
+                if (revents_of(items, d.dst) & ZMQ_POLLOUT)
+                    d.level_lies = true;
                 continue;
+            }
             // The non-blocking receive is the check for a message, the
             // non-blocking send the check for room: no ZMQ_EVENTS read per
             // message.
-            for (int n = 0; n < burst_size && !d.waiting_out(); ++n)
+            for (int n = 0; n < burst_size && !d.waiting_out(); ++n) {
                 if (!relay_one(d, opts, c))
                     break;
+                ++since_yield;
+            }
+        }
+        // poll() returns without yielding while a source has messages: a busy
+        // device would keep the thread's other fibers (its stop watcher
+        // among them) from ever running.
+        if (since_yield >= burst_size) {
+            since_yield = 0;
+            boost::this_fiber::yield();
         }
     }
 }

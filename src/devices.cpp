@@ -1,6 +1,8 @@
 #include <zmq/green/context.hpp>
 #include <zmq/green/devices.hpp>
 #include <zmq/green/hub.hpp>
+#include <zmq/green/task.hpp>
+#include <zmq/green/timeout.hpp>
 
 #include "device_loop.hpp"
 #include "reactor.hpp"
@@ -268,6 +270,11 @@ std::chrono::milliseconds time_left(detail::clock::time_point deadline)
     return std::max(0ms, std::chrono::ceil<std::chrono::milliseconds>(left));
 }
 
+bool readable(int fd, detail::clock::time_point deadline, bool interruptible)
+{
+    return hub::current().reactor()->wait_fd(fd, ZMQ_POLLIN, deadline, interruptible);
+}
+
 int port_of(const std::string& endpoint)
 {
     return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
@@ -351,7 +358,8 @@ struct background_device::state {
 
     enum class read_result { line, eof, timeout };
 
-    read_result read_line(std::string& line, std::chrono::milliseconds timeout)
+    read_result read_line(std::string& line, std::chrono::milliseconds timeout,
+                          bool interruptible = true)
     {
         const auto deadline = detail::deadline_after(timeout);
         for (;;) {
@@ -363,7 +371,7 @@ struct background_device::state {
             }
             if (eof)
                 return read_result::eof;
-            if (!wait_readable(status_fd, time_left(deadline)))
+            if (!readable(status_fd, deadline, interruptible))
                 return read_result::timeout;
             char chunk[512];
             const ssize_t n = ::read(status_fd, chunk, sizeof chunk);
@@ -378,15 +386,15 @@ struct background_device::state {
 
     // Waits up to timeout for the worker's end line (or the end of its
     // process). True once the device has stopped forwarding.
-    bool forwarding_ended(std::chrono::milliseconds timeout)
+    bool forwarding_ended(std::chrono::milliseconds timeout, bool interruptible = true)
     {
         if (finished)
             return true;
         if (mode != run_mode::process)
-            return end_line.wait(timeout);
+            return end_line.wait(timeout, interruptible);
         std::string line;
         while (!end_read) {
-            const auto got = read_line(line, timeout);
+            const auto got = read_line(line, timeout, interruptible);
             if (got == read_result::timeout)
                 return false;
             if (got == read_result::eof)
@@ -399,18 +407,19 @@ struct background_device::state {
 
     // Waits up to timeout for the device to end: it has stopped forwarding
     // and delivered what it forwarded (its context has terminated, its
-    // process has exited). True if so.
-    bool wait_end(std::chrono::milliseconds timeout)
+    // process has exited). True if so. Uninterruptible for stop(), which
+    // must not leave a worker unjoined or a child unreaped.
+    bool wait_end(std::chrono::milliseconds timeout, bool interruptible = true)
     {
         if (finished)
             return true;
         const auto deadline = detail::deadline_after(timeout);
-        if (!forwarding_ended(time_left(deadline)))
+        if (!forwarding_ended(time_left(deadline), interruptible))
             return false;
         if (mode == run_mode::process) {
             std::string line;
             for (;;) {
-                const auto got = read_line(line, time_left(deadline));
+                const auto got = read_line(line, time_left(deadline), interruptible);
                 if (got == read_result::timeout)
                     return false;
                 if (got == read_result::eof)
@@ -423,7 +432,7 @@ struct background_device::state {
                                                + ")");
             return true;
         }
-        if (!wait_readable(terminated->fd, time_left(deadline)))
+        if (!readable(terminated->fd, deadline, interruptible))
             return false;
         if (finished) // another fiber completed the wait meanwhile
             return true;
@@ -680,8 +689,14 @@ std::string end_line_of(Work&& work)
         return "done";
     } catch (const zmq::error_t& e) {
         return error_line(e.num(), std::string("device failed: ") + e.what());
+    } catch (const timeout_error&) {
+        throw; // a scoped timeout of the fiber that runs a caller-mode device
     } catch (const std::exception& e) {
         return error_line(0, std::string("device failed: ") + e.what());
+    } catch (const fiber_cancelled&) {
+        throw; // a kill of the fiber that runs a caller-mode device
+    } catch (...) {
+        return error_line(0, "device failed: an exception that is not a std::exception");
     }
 }
 
@@ -693,7 +708,6 @@ void background_device::start()
     if (st.started)
         throw std::logic_error("zmq::green::devices: device already started");
     st.run = make_runner();
-    st.started = true;
     hub::current(); // the owner's waits below park its fiber, not its thread
 
     if (st.mode == run_mode::process) {
@@ -763,6 +777,7 @@ void background_device::start()
         st.pid = pid;
         st.status_fd = status[0];
         st.stop_fd = stop[1];
+        st.started = true; // once there is a child for stop() to end
         std::string line;
         for (;;) {
             const auto got = st.read_line(line, std::chrono::milliseconds{-1});
@@ -792,23 +807,41 @@ void background_device::start()
     // The worker uses the state only: the device's derived parts may be
     // destroyed while it runs.
     auto body = [&s = st] {
-        const auto end = end_line_of([&] {
-            work(s, s.ctx.get(),
-                 [&s](const std::string& report) { s.setup_line.set(report); });
-        });
+        std::string end;
+        std::exception_ptr interrupted; // of the caller's fiber: not the device's error
+        try {
+            end = end_line_of([&] {
+                work(s, s.ctx.get(),
+                     [&s](const std::string& report) { s.setup_line.set(report); });
+            });
+        } catch (...) {
+            interrupted = std::current_exception();
+            end = "done";
+        }
         s.terminator = start_terminator(std::move(*s.ctx), s.terminated);
         s.end_line.set(end);
+        if (interrupted)
+            std::rethrow_exception(interrupted);
     };
-    if (st.mode == run_mode::thread)
-        st.thread = std::thread(body);
-    else if (st.mode == run_mode::fiber)
-        st.fiber = boost::fibers::fiber(body);
-    else
+    // From here stop() has a worker to stop, whatever start() meets.
+    st.started = true;
+    try {
+        if (st.mode == run_mode::thread)
+            st.thread = std::thread(body);
+        else if (st.mode == run_mode::fiber)
+            st.fiber = boost::fibers::fiber(body);
+    } catch (...) {
+        st.started = false; // no worker
+        throw;
+    }
+    if (st.mode == run_mode::caller)
         body();
     try {
         st.parse_setup(st.setup_line.get());
     } catch (...) {
-        join(); // the worker is ending: leave nothing running
+        // A set-up error (the worker is ending), or a kill or scoped
+        // timeout of this fiber while the worker runs on.
+        stop();
         throw;
     }
     if (st.mode == run_mode::caller)
@@ -860,7 +893,7 @@ void background_device::stop() noexcept
                 st.terminated->signal();
             }
         }
-        join();
+        st.wait_end(std::chrono::milliseconds{-1}, false);
     } catch (...) {
     }
 }

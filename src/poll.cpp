@@ -1,9 +1,12 @@
 #include <zmq/green/poll.hpp>
 
+#include "poll_wait.hpp"
 #include "socket_core.hpp"
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <vector>
 
 namespace zmq::green {
 
@@ -39,27 +42,51 @@ bool waits_for_something(const zmq_pollitem_t& item) noexcept
     return asked_events(item) != 0 && (item.socket != nullptr || item.fd >= 0);
 }
 
-// Registers the fiber's interest in one item. True for a plain socket.
-bool add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem_t& item)
+// Registers the fiber's interest in a socket (green or plain). True for a
+// plain one.
+bool add_socket(detail::reactor& r, detail::interest& watching, void* socket, short events)
 {
-    if (!waits_for_something(item))
-        return false;
-    const short events = asked_events(item);
-    if (item.socket == nullptr) {
-        watching.add_fd(item.fd, events);
-        return false;
-    }
-    if (auto* core = r.find_socket(item.socket)) {
+    if (auto* core = r.find_socket(socket)) {
         watching.add_socket(*core, events);
         return false;
     }
     // Not a green socket of this thread: wait for its fd's edge.
     zmq::fd_t fd = -1;
     size_t size = sizeof fd;
-    if (zmq_getsockopt(item.socket, ZMQ_FD, &fd, &size) != 0)
+    if (zmq_getsockopt(socket, ZMQ_FD, &fd, &size) != 0)
         throw zmq::error_t();
     watching.add_fd(fd, ZMQ_POLLIN);
     return true;
+}
+
+// Registers the fiber's interest in one item. True for a plain socket.
+bool add_item(detail::reactor& r, detail::interest& watching, const zmq_pollitem_t& item)
+{
+    if (!waits_for_something(item))
+        return false;
+    if (item.socket == nullptr) {
+        watching.add_fd(item.fd, asked_events(item));
+        return false;
+    }
+    return add_socket(r, watching, item.socket, asked_events(item));
+}
+
+// The green sockets among the items, to tell after a wait whether another
+// fiber closed one meanwhile: zmq_poll must not get its handle then.
+std::vector<void*> green_sockets(detail::reactor& r, const zmq_pollitem_t* items, size_t nitems)
+{
+    std::vector<void*> green;
+    for (size_t i = 0; i < nitems; ++i)
+        if (items[i].socket != nullptr && r.find_socket(items[i].socket) != nullptr)
+            green.push_back(items[i].socket);
+    return green;
+}
+
+void check_still_open(detail::reactor& r, const std::vector<void*>& green)
+{
+    for (void* socket : green)
+        if (r.find_socket(socket) == nullptr)
+            throw zmq::error_t(ENOTSOCK);
 }
 
 } // namespace
@@ -89,6 +116,7 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
     int rc = poll_now(r, items, nitems);
     if (rc > 0 || timeout.count() == 0)
         return rc;
+    const std::vector<void*> green = green_sockets(r, items, nitems);
     for (;;) {
         detail::wake_reason why;
         {
@@ -106,8 +134,10 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
         }
         detail::throw_if_interrupted(why);
         // The closed socket's handle is gone: do not hand it to zmq_poll.
+        // Another fiber may also have closed one after this one was woken.
         if (why == detail::wake_reason::closed)
             throw zmq::error_t(ENOTSOCK);
+        check_still_open(r, green);
         rc = poll_now(r, items, nitems);
         // Whatever woke it (an event poll_now does not report, the plain
         // sockets' re-check), the loop ends at the deadline.
@@ -115,5 +145,44 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
             return rc;
     }
 }
+
+namespace detail {
+
+int poll_or_retry(zmq_pollitem_t* items, size_t nitems, const std::vector<void*>& changes,
+                  const std::function<bool()>& retry)
+{
+    reactor& r = *hub::current().reactor();
+    check_items(r, items, nitems);
+    const std::vector<void*> green = green_sockets(r, items, nitems);
+    for (;;) {
+        const int rc = poll_now(r, items, nitems);
+        if (rc > 0)
+            return rc;
+        // poll_now processed every command that came before it: if the retry
+        // fails, only a later one can help, and it brings an edge. Nothing
+        // runs between here and the park to take that edge.
+        if (retry())
+            return 0;
+        wake_reason why;
+        {
+            park_slot slot;
+            interest watching(r, slot, nitems + changes.size());
+            bool plain = false;
+            for (size_t i = 0; i < nitems; ++i)
+                plain |= add_item(r, watching, items[i]);
+            for (void* socket : changes)
+                plain |= add_socket(r, watching, socket, any_change);
+            if (plain)
+                slot.deadline = recheck_deadline(no_deadline);
+            why = r.park(slot);
+        }
+        throw_if_interrupted(why);
+        if (why == wake_reason::closed)
+            throw zmq::error_t(ENOTSOCK);
+        check_still_open(r, green);
+    }
+}
+
+} // namespace detail
 
 } // namespace zmq::green

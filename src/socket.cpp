@@ -40,12 +40,11 @@ refresh_result socket_core::refresh(const change_watch* reader) noexcept
     if (rc != 0) {
         // Everyone wakes and meets the error in their own call.
         r.error = errno;
-        r.woken = owner.wake_matching(waiters, ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR);
+        r.woken = owner.wake_matching(waiters, ZMQ_POLLIN | ZMQ_POLLOUT | ZMQ_POLLERR | any_change);
         return r;
     }
     r.events = events;
-    if (events != 0)
-        r.woken = owner.wake_matching(waiters, static_cast<short>(events));
+    r.woken = owner.wake_matching(waiters, static_cast<short>(events | any_change));
     return r;
 }
 

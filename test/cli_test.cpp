@@ -348,6 +348,8 @@ TEST_F(cli, BadInput_bad_flags_exit_2_with_one_line_naming_the_problem)
         {args({{"queue"}, {"--in", "PULL=tcp://127.0.0.1:*"}, good_out}), "'@'"},
         {args({{"queue"}, {"--in", "PULL=@127.0.0.1:5555"}, good_out}), "TRANSPORT://"},
         {args({{"queue"}, {"--in", "PULL=@tcp://a,,@tcp://b"}, good_out}), "endpoint ''"},
+        {args({{"queue"}, {"--in", "PULL=@tcp://127.0.0.1:*,"}, good_out}), "endpoint ''"},
+        {args({{"queue"}, {"--in", "PULL=,@tcp://127.0.0.1:*"}, good_out}), "endpoint ''"},
         {args({{"streamer"}, {"--in", "PUSH=@tcp://127.0.0.1:*"},
                {"--out", "PULL=@tcp://127.0.0.1:*"}}),
          "PUSH"},

@@ -3,6 +3,7 @@
 #include <zmq/green/device.hpp>
 
 #include <cstring>
+#include <set>
 #include <thread>
 #include <type_traits>
 
@@ -399,6 +400,103 @@ TEST_F(device, other_fibers_run_while_a_device_forwards)
                           ctx.shutdown();
                       }});
     EXPECT_EQ(ticks, 5);
+}
+
+// A REP frontend must answer before it receives again, and a REQ backend ask:
+// the device waits for their turn instead of failing with EFSM.
+TEST_F(device, a_rep_frontend_and_a_req_backend_take_turns)
+{
+    rig r(ctx, zmq::socket_type::rep, zmq::socket_type::req, zmq::socket_type::req,
+          zmq::socket_type::rep);
+    const green::task dev = green::spawn([&] { green::device(ZMQ_QUEUE, r.front, r.back); });
+    test::close_guard ga(r.a); // a reply that never comes fails, not hangs
+    test::close_guard gb(r.b);
+    for (int i = 0; i < 3; ++i) {
+        send_strs(r.a, {"req" + std::to_string(i)});
+        EXPECT_EQ(recv_strs(r.b), strings{"req" + std::to_string(i)});
+        send_strs(r.b, {"rep" + std::to_string(i)});
+        EXPECT_EQ(recv_strs(r.a), strings{"rep" + std::to_string(i)});
+    }
+    EXPECT_FALSE(dev.ready());
+    ctx.shutdown();
+    EXPECT_TRUE(dev.join(10s));
+    EXPECT_FALSE(dev.exception());
+}
+
+// A ROUTER_MANDATORY destination says POLLOUT while any peer has room, and
+// refuses a message for a full one. The device then waits for that peer to
+// make room (a command, an edge) instead of polling in a loop that never
+// yields: the rest of the thread runs, and every message arrives.
+TEST_F(device, a_full_peer_of_a_mandatory_router_parks_the_device)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            ::alarm(10); // a spinning device never lets this fiber run again
+            green::context_t c;
+            auto front = make(c, zmq::socket_type::pair);
+            auto back = make(c, zmq::socket_type::router, 1);
+            back.set(zmq::sockopt::router_mandatory, 1);
+            auto a = make(c, zmq::socket_type::pair);
+            auto slow = make(c, zmq::socket_type::dealer, 1);
+            auto idle = make(c, zmq::socket_type::dealer, 1); // gives the ROUTER POLLOUT
+            slow.set(zmq::sockopt::routing_id, "slow");
+            idle.set(zmq::sockopt::routing_id, "idle");
+            const auto fa = test::unique_inproc();
+            const auto ba = test::unique_inproc();
+            front.bind(fa);
+            back.bind(ba);
+            a.connect(fa);
+            slow.connect(ba);
+            idle.connect(ba);
+            green::task dev = green::spawn([&] { green::device(ZMQ_QUEUE, front, back); });
+            // Both peers known to the ROUTER: their hellos come back through it.
+            send_strs(slow, {"hello"});
+            send_strs(idle, {"hello"});
+            std::set<std::string> heard;
+            while (heard.size() < 2)
+                heard.insert(recv_strs(a).at(0));
+            constexpr int count = 20; // far more than the pipe to "slow" holds
+            for (int i = 0; i < count; ++i)
+                send_strs(a, {"slow", std::to_string(i)});
+            for (int i = 0; i < count; ++i)
+                if (recv_strs(slow) != strings{std::to_string(i)})
+                    std::_Exit(2);
+            c.shutdown();
+            dev.join();
+            std::_Exit(green::hub::current().stats().rescues == 0 ? 0 : 4);
+        },
+        ::testing::ExitedWithCode(0), "");
+}
+
+// poll() returns at once while a source has messages: the device yields
+// after a burst, so that a busy one lets the thread's other fibers run.
+TEST_F(device, a_busy_device_yields_after_a_burst)
+{
+    constexpr int backlog = 2500; // more than two bursts of 1,000
+    auto front = make(ctx, zmq::socket_type::pull, backlog);
+    auto back = make(ctx, zmq::socket_type::push, backlog);
+    auto producer = make(ctx, zmq::socket_type::push, backlog);
+    auto sink = make(ctx, zmq::socket_type::pull, backlog);
+    const auto fa = test::unique_inproc(), ba = test::unique_inproc();
+    front.bind(fa);
+    back.bind(ba);
+    producer.connect(fa);
+    sink.connect(ba);
+    for (int i = 0; i < backlog; ++i)
+        send_strs(producer, {"m"});
+    int relayed_before_others_ran = -1;
+    test::run_fibers({[&] { green::device(ZMQ_STREAMER, front, back); },
+                      [&] {
+                          int n = 0;
+                          zmq::message_t m;
+                          while (sink.recv(m, zmq::recv_flags::dontwait))
+                              ++n;
+                          relayed_before_others_ran = n;
+                          front.close(); // ends the device
+                      }});
+    EXPECT_GT(relayed_before_others_ran, 0);
+    EXPECT_LT(relayed_before_others_ran, backlog) << "the device drained its source first";
 }
 
 // --- bad input -----------------------------------------------------------------

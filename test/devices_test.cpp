@@ -7,10 +7,13 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <thread>
 #include <type_traits>
 
@@ -832,4 +835,133 @@ TEST_F(devices_test, BadInput_setup_process)
 {
     SKIP_FORK_UNDER_ASAN();
     bad_setup<devices::process_device>(ctx);
+}
+
+// --- kills, scoped timeouts and failed starts ----------------------------------
+
+// A kill of the task that runs a caller-mode device is how a green device is
+// ended (gevent's Greenlet.kill): the task ends, killed, and the device with
+// it. Run on a thread of its own: the failure was a task stuck for ever.
+TEST_F(devices_test, killing_the_task_that_runs_a_caller_mode_device_ends_both)
+{
+    auto outcome = std::make_shared<std::promise<std::pair<bool, bool>>>();
+    auto result = outcome->get_future();
+    std::thread([outcome] {
+        green::context_t c;
+        int in = 0;
+        int out = 0;
+        const green::task t = green::spawn([&] {
+            devices::proxy dev(ZMQ_PULL, ZMQ_PUSH, ZMQ_PUB);
+            in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+            out = dev.bind_out_to_random_port("tcp://127.0.0.1");
+            dev.start(); // forwards in this fiber until it is killed
+        });
+        while (out == 0)
+            boost::this_fiber::yield();
+        auto push = make(c, zmq::socket_type::push);
+        auto pull = make(c, zmq::socket_type::pull);
+        push.connect(local(in));
+        pull.connect(local(out));
+        send_strs(push, {"through"});
+        EXPECT_EQ(recv_strs(pull), strings{"through"}); // the device runs
+        t.kill(false);
+        const bool joined = t.join(10s);
+        outcome->set_value({joined, t.killed()});
+        if (!joined) // the stuck fiber's thread and hub must outlive it
+            for (;;)
+                std::this_thread::sleep_for(1h);
+    }).detach();
+    ASSERT_EQ(result.wait_for(20s), std::future_status::ready);
+    const auto [joined, killed] = result.get();
+    EXPECT_TRUE(joined) << "the killed task is stuck in the device's destructor";
+    EXPECT_TRUE(killed);
+}
+
+// A kill that meets start() while it waits for the worker's set-up stops the
+// worker, instead of joining a device nobody stops.
+TEST_F(devices_test, a_kill_during_start_stops_the_device)
+{
+    const green::task t = green::spawn([] {
+        devices::thread_proxy_steerable dev(ZMQ_PULL, ZMQ_PUSH);
+        dev.bind_ctrl_to_random_port("tcp://127.0.0.1");
+        dev.start(); // its first green wait: the kill is already pending
+        dev.join();
+    });
+    t.kill(false);
+    EXPECT_TRUE(t.join(10s)) << "start() joins a device nobody stops";
+    EXPECT_TRUE(t.killed());
+}
+
+// stop(), and so the destructor, waits for the worker even inside a scoped
+// timeout that has expired: it must not leave a thread unjoined (which
+// terminates the process) or a child unreaped.
+TEST_F(devices_test, destroying_a_thread_device_inside_an_expired_scoped_timeout)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            green::scoped_timeout limit(50ms);
+            {
+                devices::thread_device dev(ZMQ_QUEUE, ZMQ_PAIR, ZMQ_PAIR);
+                dev.start();
+                try {
+                    dev.join(); // ends by the scoped timeout
+                } catch (const green::timeout_error&) {
+                }
+            }
+            std::_Exit(0);
+        },
+        ::testing::ExitedWithCode(0), "");
+}
+
+TEST_F(devices_test, destroying_a_process_device_inside_an_expired_scoped_timeout_reaps_it)
+{
+    SKIP_FORK_UNDER_ASAN();
+    {
+        green::scoped_timeout limit(50ms);
+        devices::process_device dev(ZMQ_QUEUE, ZMQ_PAIR, ZMQ_PAIR);
+        dev.start();
+        EXPECT_THROW(dev.join(), green::timeout_error);
+    }
+    int status = 0;
+    EXPECT_EQ(::waitpid(-1, &status, WNOHANG), -1) << "a device process was left unreaped";
+    EXPECT_EQ(errno, ECHILD);
+}
+
+// A start() that fails (out of fds here) leaves a device that its
+// destructor's stop() leaves alone: not a null dereference, not a wait for a
+// worker that never started.
+TEST_F(devices_test, BadInput_a_start_that_runs_out_of_fds_leaves_a_destructible_device)
+{
+    SKIP_NO_FDS_UNDER_UBSAN();
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    for (int left : {1, 2}) { // out of fds at the first or at the second eventfd
+        SCOPED_TRACE(left);
+        EXPECT_EXIT(
+            {
+                ::alarm(10); // a hang dies of SIGALRM
+                green::hub::current();
+                bool threw = false;
+                {
+                    devices::thread_device dev(ZMQ_QUEUE, ZMQ_PAIR, ZMQ_PAIR);
+                    // Only `left` more fds can be opened.
+                    int free_seen = 0;
+                    int limit = 0;
+                    for (int fd = 0; free_seen <= left; ++fd)
+                        if (::fcntl(fd, F_GETFD) == -1 && ++free_seen == left + 1)
+                            limit = fd;
+                    rlimit lim{};
+                    ::getrlimit(RLIMIT_NOFILE, &lim);
+                    lim.rlim_cur = static_cast<rlim_t>(limit);
+                    ::setrlimit(RLIMIT_NOFILE, &lim);
+                    try {
+                        dev.start();
+                    } catch (const std::exception&) {
+                        threw = true;
+                    }
+                } // ~thread_device: stop()
+                std::_Exit(threw ? 0 : 3);
+            },
+            ::testing::ExitedWithCode(0), "");
+    }
 }

@@ -46,9 +46,16 @@ std::string parse_spec(const std::string& text, socket_spec* out)
         return "unknown socket type '" + text.substr(0, eq) + "'";
     socket_spec spec;
     spec.type = type->second;
-    std::istringstream list(text.substr(eq + 1));
-    std::string endpoint;
-    while (std::getline(list, endpoint, ',')) {
+    // Split by hand: getline drops the empty endpoint after a trailing comma.
+    std::vector<std::string> endpoints;
+    for (std::size_t from = eq + 1;;) {
+        const auto comma = text.find(',', from);
+        endpoints.push_back(text.substr(from, comma - from));
+        if (comma == std::string::npos)
+            break;
+        from = comma + 1;
+    }
+    for (const std::string& endpoint : endpoints) {
         if (endpoint.size() < 2 || (endpoint[0] != '@' && endpoint[0] != '>'))
             return "endpoint '" + endpoint + "' must start with '@' (bind) or '>' (connect)";
         if (endpoint.find("://") == std::string::npos)
