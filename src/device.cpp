@@ -375,7 +375,11 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
         // for its errors and close only: zmq_poll never reports it.
         for (const auto& d : dirs) {
             add_item(items, d.src, ZMQ_POLLERR);
-            add_item(items, d.dst, ZMQ_POLLERR);
+            // A destination waited on for a change is told of its close by
+            // that wait; as an item, its level reads would take the commands
+            // that announce room.
+            if (paused || !d.level_lies)
+                add_item(items, d.dst, ZMQ_POLLERR);
         }
         if (opts.copies())
             add_item(items, opts.copies(), ZMQ_POLLERR);

@@ -780,7 +780,14 @@ void background_device::start()
         st.started = true; // once there is a child for stop() to end
         std::string line;
         for (;;) {
-            const auto got = st.read_line(line, std::chrono::milliseconds{-1});
+            state::read_result got;
+            try {
+                got = st.read_line(line, std::chrono::milliseconds{-1});
+            } catch (...) {
+                // A kill or scoped timeout of this fiber: the child runs on.
+                this->stop();
+                throw;
+            }
             if (got == state::read_result::eof) {
                 st.finished = true;
                 st.end_reported = true;
@@ -836,12 +843,19 @@ void background_device::start()
     }
     if (st.mode == run_mode::caller)
         body();
+    std::string setup;
     try {
-        st.parse_setup(st.setup_line.get());
+        setup = st.setup_line.get();
     } catch (...) {
-        // A set-up error (the worker is ending), or a kill or scoped
-        // timeout of this fiber while the worker runs on.
+        // A kill or scoped timeout of this fiber: the worker runs on.
         stop();
+        throw;
+    }
+    try {
+        st.parse_setup(setup);
+    } catch (...) {
+        // The worker is ending: its context's end releases what it bound.
+        join();
         throw;
     }
     if (st.mode == run_mode::caller)

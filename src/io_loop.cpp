@@ -153,14 +153,6 @@ struct loop_state {
 
     ~loop_state()
     {
-        // What they capture may call back into the loop as it goes (a stream
-        // removing its handler, a callback added): destroyed first, while the
-        // state is whole, and without the mutex.
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            closed = true; // callbacks added now are dropped
-        }
-        drop_pending();
         for (auto& [core, h] : socket_handlers)
             drop(*h);
         for (auto& [fd, h] : fd_handlers)
@@ -314,6 +306,11 @@ struct loop_state {
             }
         } catch (...) {
             e = std::current_exception(); // a throwing error handler: report that instead
+            if (ends_the_run(e)) { // met in a wait of the handler's own
+                if (!exit)
+                    exit = std::move(e);
+                return;
+            }
         }
         try {
             std::rethrow_exception(e);
@@ -606,8 +603,10 @@ void loop_access::presume_ready(io_loop& loop, socket_core& core, short events) 
 
 bool loop_access::stopping(const io_loop& loop) noexcept
 {
-    return loop.s_->stop_requested.load(std::memory_order_relaxed) || loop.s_->exit;
+    return loop.s_->stop_requested.load(std::memory_order_relaxed);
 }
+
+bool loop_access::ending_run(const io_loop& loop) noexcept { return loop.s_->exit != nullptr; }
 
 void loop_access::check_thread(const io_loop& loop, const char* what)
 {
@@ -662,7 +661,18 @@ io_loop::io_loop() : s_(std::make_unique<detail::loop_state>())
 // A running loop's start() is on some fiber's stack, about to read what
 // goes here: that is a mistake to name, as destroying a joinable std::thread
 // is. Thrown out of the destructor, it terminates with this message.
-io_loop::~io_loop() { s_->check_stopped("~io_loop"); }
+io_loop::~io_loop()
+{
+    s_->check_stopped("~io_loop");
+    // What the pending callbacks capture may call the loop as it goes (a
+    // stream removing its handler, a callback added): destroyed first, while
+    // the loop is whole, and outside its mutex.
+    {
+        std::lock_guard<std::mutex> lock(s_->mutex);
+        s_->closed = true; // callbacks added now are dropped
+    }
+    s_->drop_pending();
+}
 
 io_loop& io_loop::current()
 {
@@ -711,7 +721,8 @@ void io_loop::start()
         s.run_callbacks();
         if (s.exit) {
             for (const auto& t : due) // due again in the next run
-                s.timers.emplace(t->key, t);
+                if (!t->cancelled)
+                    s.timers.emplace(t->key, t);
             s.throw_exit();
         }
         s.run_timers(due);
@@ -795,6 +806,10 @@ void io_loop::run_sync(std::function<void()> fn, std::chrono::milliseconds timeo
     bool timed_out = false;
     timeout_handle timer;
     add_callback([out, fn = std::move(fn)]() mutable {
+        // A run that a kill or a scoped timeout ended before this callback
+        // left it queued: run_sync has thrown, and fn must not run later.
+        if (out->loop == nullptr)
+            return;
         // Dispatched, so fn runs at once, as tornado calls it: one that
         // returns without waiting is done before a zero timeout or a stale
         // stop() can end the run. Its fiber's current() is this loop.

@@ -17,6 +17,9 @@ struct loop_access {
     // stop() was called: a stream ends its burst, so that no message comes
     // after the one whose callback stopped the loop.
     static bool stopping(const io_loop& loop) noexcept;
+    // A kill or a scoped timeout of the loop's fiber escaped a callback: the
+    // run ends as soon as the stream returns, and nothing more may run.
+    static bool ending_run(const io_loop& loop) noexcept;
     // thread_error unless called on the loop's thread.
     static void check_thread(const io_loop& loop, const char* what);
 };

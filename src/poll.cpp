@@ -154,15 +154,34 @@ int poll_or_retry(zmq_pollitem_t* items, size_t nitems, const std::vector<void*>
     reactor& r = *hub::current().reactor();
     check_items(r, items, nitems);
     const std::vector<void*> green = green_sockets(r, items, nitems);
+    // A socket that is also an item (a ROUTER both source and destination):
+    // the retry's send may process one of its commands, room to receive, and
+    // take the signal that would have announced it.
+    const bool shared = std::any_of(changes.begin(), changes.end(), [&](void* socket) {
+        return std::any_of(items, items + nitems,
+                           [socket](const zmq_pollitem_t& item) { return item.socket == socket; });
+    });
     for (;;) {
-        const int rc = poll_now(r, items, nitems);
+        // Their pending commands first, unthrottled (a send processes them at
+        // most once a millisecond): one may make room, and its edge may have
+        // come while nothing waited. Commands after these bring new edges.
+        for (void* socket : changes)
+            if (socket_core* core = r.find_socket(socket))
+                core->refresh();
+        int rc = poll_now(r, items, nitems);
         if (rc > 0)
             return rc;
-        // poll_now processed every command that came before it: if the retry
-        // fails, only a later one can help, and it brings an edge. Nothing
-        // runs between here and the park to take that edge.
         if (retry())
             return 0;
+        bool blind = false;
+        if (shared) {
+            rc = poll_now(r, items, nitems);
+            if (rc > 0)
+                return rc;
+            // That look may in turn have taken a command that made room:
+            // only a re-read can tell, as for a blocking send (perform).
+            blind = true;
+        }
         wake_reason why;
         {
             park_slot slot;
@@ -172,7 +191,7 @@ int poll_or_retry(zmq_pollitem_t* items, size_t nitems, const std::vector<void*>
                 plain |= add_item(r, watching, items[i]);
             for (void* socket : changes)
                 plain |= add_socket(r, watching, socket, any_change);
-            if (plain)
+            if (plain || blind)
                 slot.deadline = recheck_deadline(no_deadline);
             why = r.park(slot);
         }

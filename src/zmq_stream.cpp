@@ -213,7 +213,8 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
                         bool (stream_state::*step)() noexcept)
     {
         for (int i = 0; i < burst; ++i)
-            if (is_closed || flushed || (i > 0 && loop_access::stopping(loop))
+            if (is_closed || flushed || loop_access::ending_run(loop)
+                || (i > 0 && loop_access::stopping(loop))
                 || !(this->*wanted)() || !(this->*step)())
                 return is_closed ? burst_end::closed : burst_end::done;
         return is_closed ? burst_end::closed : burst_end::bound;

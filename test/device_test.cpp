@@ -426,18 +426,22 @@ TEST_F(device, a_rep_frontend_and_a_req_backend_take_turns)
 // A ROUTER_MANDATORY destination says POLLOUT while any peer has room, and
 // refuses a message for a full one. The device then waits for that peer to
 // make room (a command, an edge) instead of polling in a loop that never
-// yields: the rest of the thread runs, and every message arrives.
-TEST_F(device, a_full_peer_of_a_mandatory_router_parks_the_device)
+// yields: the rest of the thread runs, and every message arrives. With the
+// fallback re-check off, only the edges can end its waits. In a QUEUE the
+// ROUTER is also the source of the other direction; in a STREAMER it is not.
+void expect_a_full_mandatory_peer_parks_the_device(int type, zmq::socket_type front_type)
 {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     EXPECT_EXIT(
         {
             ::alarm(10); // a spinning device never lets this fiber run again
+            green::hub::current().set_fallback_interval(0ms);
             green::context_t c;
-            auto front = make(c, zmq::socket_type::pair);
+            auto front = make(c, front_type);
             auto back = make(c, zmq::socket_type::router, 1);
             back.set(zmq::sockopt::router_mandatory, 1);
-            auto a = make(c, zmq::socket_type::pair);
+            auto a = make(c, front_type == zmq::socket_type::pull ? zmq::socket_type::push
+                                                                   : zmq::socket_type::pair);
             auto slow = make(c, zmq::socket_type::dealer, 1);
             auto idle = make(c, zmq::socket_type::dealer, 1); // gives the ROUTER POLLOUT
             slow.set(zmq::sockopt::routing_id, "slow");
@@ -449,13 +453,29 @@ TEST_F(device, a_full_peer_of_a_mandatory_router_parks_the_device)
             a.connect(fa);
             slow.connect(ba);
             idle.connect(ba);
-            green::task dev = green::spawn([&] { green::device(ZMQ_QUEUE, front, back); });
-            // Both peers known to the ROUTER: their hellos come back through it.
-            send_strs(slow, {"hello"});
-            send_strs(idle, {"hello"});
-            std::set<std::string> heard;
-            while (heard.size() < 2)
-                heard.insert(recv_strs(a).at(0));
+            // Both peers known to the ROUTER (a mandatory send to an unknown
+            // one fails), and the probes read, before the device starts.
+            for (green::socket_t* peer : {&slow, &idle}) {
+                const std::string id = peer == &slow ? "slow" : "idle";
+                auto probe = [&] {
+                    try {
+                        if (!back.send(zmq::buffer(id),
+                                       zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+                            return false;
+                    } catch (const zmq::error_t& e) {
+                        if (e.num() == EHOSTUNREACH)
+                            return false;
+                        throw;
+                    }
+                    back.send(zmq::str_buffer("probe"), zmq::send_flags::dontwait);
+                    return true;
+                };
+                while (!probe())
+                    green::sleep_for(1ms); // the peer's handshake is on its way
+                if (recv_strs(*peer) != strings{"probe"})
+                    std::_Exit(5);
+            }
+            green::task dev = green::spawn([&] { green::device(type, front, back); });
             constexpr int count = 20; // far more than the pipe to "slow" holds
             for (int i = 0; i < count; ++i)
                 send_strs(a, {"slow", std::to_string(i)});
@@ -467,6 +487,16 @@ TEST_F(device, a_full_peer_of_a_mandatory_router_parks_the_device)
             std::_Exit(green::hub::current().stats().rescues == 0 ? 0 : 4);
         },
         ::testing::ExitedWithCode(0), "");
+}
+
+TEST_F(device, a_full_peer_of_a_mandatory_router_parks_a_queue)
+{
+    expect_a_full_mandatory_peer_parks_the_device(ZMQ_QUEUE, zmq::socket_type::pair);
+}
+
+TEST_F(device, a_full_peer_of_a_mandatory_router_parks_a_streamer)
+{
+    expect_a_full_mandatory_peer_parks_the_device(ZMQ_STREAMER, zmq::socket_type::pull);
 }
 
 // poll() returns at once while a source has messages: the device yields

@@ -965,3 +965,19 @@ TEST_F(devices_test, BadInput_a_start_that_runs_out_of_fds_leaves_a_destructible
             ::testing::ExitedWithCode(0), "");
     }
 }
+
+// A kill that meets a process device's start() while it reads the child's
+// set-up stops the child, as it does a thread's.
+TEST_F(devices_test, a_kill_during_a_process_start_stops_the_child)
+{
+    SKIP_FORK_UNDER_ASAN();
+    devices::process_proxy p(ZMQ_PULL, ZMQ_PUSH);
+    p.bind_in_to_random_port("tcp://127.0.0.1");
+    const green::task t = green::spawn([&] { p.start(); });
+    t.kill(false); // pending at start()'s first green wait
+    EXPECT_TRUE(t.join(10s));
+    EXPECT_TRUE(t.killed());
+    EXPECT_TRUE(p.done()) << "the device process runs on";
+    int status = 0;
+    EXPECT_EQ(::waitpid(-1, &status, WNOHANG), -1) << "a device process was left unreaped";
+}

@@ -1590,3 +1590,39 @@ TEST_F(io_loop, a_scoped_timeout_around_start_ends_the_run_inside_a_callback)
     loop.start();
     EXPECT_EQ(later, 2) << "the timeout left by the ended run was lost";
 }
+
+// A run_sync whose run a scoped timeout ended before its function started
+// has thrown: the function must not run in a later run.
+TEST_F(io_loop, run_sync_ended_before_its_function_started_never_runs_it)
+{
+    loop.add_callback([] { green::sleep_for(10s); }); // queued ahead of run_sync's
+    bool ran = false;
+    {
+        green::scoped_timeout limit(10ms);
+        EXPECT_THROW(loop.run_sync([&] { ran = true; }), green::timeout_error);
+    }
+    loop.add_callback([&] { loop.stop(); });
+    watchdog guard(loop);
+    loop.start();
+    EXPECT_FALSE(ran);
+}
+
+// A kill met in a wait of the error handler itself ends the run too.
+TEST_F(io_loop, a_kill_inside_the_error_handler_ends_the_run)
+{
+    bool in_handler = false;
+    loop.set_error_handler([&](std::exception_ptr) {
+        in_handler = true;
+        green::sleep_for(10s);
+    });
+    green::task t = green::spawn([&] {
+        loop.add_callback([] { throw std::runtime_error("reported"); });
+        loop.start();
+    });
+    while (!in_handler)
+        boost::this_fiber::yield();
+    t.kill(false);
+    EXPECT_TRUE(t.join(5000ms)) << "the kill was reported as the handler's error";
+    EXPECT_TRUE(t.killed());
+    loop.set_error_handler(nullptr);
+}

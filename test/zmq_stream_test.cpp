@@ -1226,3 +1226,41 @@ TEST_F(zmq_stream, a_kill_inside_on_recv_ends_the_run_and_loses_nothing)
     loop.start();
     EXPECT_EQ(got, (std::vector<std::string>{"a", "b", "c"}));
 }
+
+// Nor does the reply that on_recv queued before the kill go out in that run:
+// after a kill, the stream runs nothing more until the next start().
+TEST_F(zmq_stream, a_kill_inside_on_recv_sends_nothing_more_in_that_run)
+{
+    const auto ep = test::unique_inproc();
+    green::zmq_stream server(green::socket_t(ctx, zmq::socket_type::pair), loop);
+    server.set(zmq::sockopt::linger, 0);
+    server.bind(ep);
+    green::socket_t client(ctx, zmq::socket_type::pair);
+    client.set(zmq::sockopt::linger, 0);
+    client.connect(ep);
+    bool in_callback = false;
+    int sent_callbacks = 0;
+    server.on_send([&](const message&, const green::send_status&) {
+        ++sent_callbacks;
+        loop.stop();
+    });
+    server.on_recv([&](message&) {
+        server.send_string("reply");
+        if (!std::exchange(in_callback, true))
+            green::sleep_for(10s);
+    });
+    client.send(zmq::str_buffer("request"));
+    green::task t = green::spawn([&] { loop.start(); });
+    while (!in_callback)
+        boost::this_fiber::yield();
+    t.kill(false);
+    ASSERT_TRUE(t.join(5000ms));
+    zmq::message_t m;
+    EXPECT_FALSE(client.recv(m, zmq::recv_flags::dontwait)) << "sent after the kill";
+    EXPECT_EQ(sent_callbacks, 0);
+
+    loop.start(); // until the reply went out
+    ASSERT_TRUE(client.recv(m, zmq::recv_flags::dontwait));
+    EXPECT_EQ(m.to_string(), "reply");
+    EXPECT_EQ(sent_callbacks, 1);
+}

@@ -62,8 +62,6 @@ std::string parse_spec(const std::string& text, socket_spec* out)
             return "endpoint '" + endpoint.substr(1) + "' is not TRANSPORT://ADDRESS";
         (endpoint[0] == '@' ? spec.binds : spec.connects).push_back(endpoint.substr(1));
     }
-    if (spec.binds.empty() && spec.connects.empty())
-        return "no endpoint in '" + text + "'";
     if (out)
         *out = spec;
     return {};
