@@ -428,13 +428,7 @@ TEST_F(io_loop, periodic_callback_skips_missed_ticks)
 TEST_F(io_loop, exceptions_go_to_the_error_handler_and_the_loop_goes_on)
 {
     std::vector<std::string> errors;
-    loop.set_error_handler([&](std::exception_ptr e) {
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            errors.emplace_back(ex.what());
-        }
-    });
+    loop.set_error_handler(test::collect_errors(errors));
     loop.add_callback([] { throw std::runtime_error("from callback"); });
     loop.call_later(1ms, [] { throw std::runtime_error("from timeout"); });
     green::periodic_callback pc(loop, [] { throw std::runtime_error("from periodic"); }, 1ms);
@@ -1407,14 +1401,7 @@ TEST_F(io_loop, BadInput_a_thread_without_a_hub_gets_one_for_its_loop)
 TEST_F(io_loop, handle_exception_of_an_empty_pointer_reports_the_current_exception)
 {
     std::vector<std::string> seen;
-    loop.set_error_handler([&](std::exception_ptr e) {
-        ASSERT_TRUE(e != nullptr);
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            seen.emplace_back(ex.what());
-        }
-    });
+    loop.set_error_handler(test::collect_errors(seen));
     try {
         throw std::runtime_error("current");
     } catch (...) {
@@ -1536,11 +1523,8 @@ TEST_F(io_loop, killing_the_task_that_runs_the_loop_inside_a_callback_ends_the_r
         loop.add_callback([&] { next_ran = true; });
         loop.start();
     });
-    while (!in_callback)
-        boost::this_fiber::yield();
-    t.kill(false);
-    ASSERT_TRUE(t.join(5000ms)) << "the killed task still runs the loop";
-    EXPECT_TRUE(t.killed());
+    ASSERT_TRUE(test::kill_once(t, [&] { return in_callback; }))
+        << "the killed task still runs the loop";
     EXPECT_TRUE(reported.empty()) << "the kill went to the error handler";
     EXPECT_FALSE(next_ran);
     EXPECT_FALSE(loop.running());
@@ -1556,13 +1540,7 @@ TEST_F(io_loop, killing_the_task_that_runs_the_loop_inside_a_callback_ends_the_r
 TEST_F(io_loop, a_scoped_timeout_around_start_ends_the_run_inside_a_callback)
 {
     std::vector<std::string> reported;
-    loop.set_error_handler([&](std::exception_ptr e) {
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            reported.emplace_back(ex.what());
-        }
-    });
+    loop.set_error_handler(test::collect_errors(reported));
     int later = 0;
     loop.add_callback([&] {
         green::scoped_timeout inner(1ms);
@@ -1619,10 +1597,7 @@ TEST_F(io_loop, a_kill_inside_the_error_handler_ends_the_run)
         loop.add_callback([] { throw std::runtime_error("reported"); });
         loop.start();
     });
-    while (!in_handler)
-        boost::this_fiber::yield();
-    t.kill(false);
-    EXPECT_TRUE(t.join(5000ms)) << "the kill was reported as the handler's error";
-    EXPECT_TRUE(t.killed());
+    EXPECT_TRUE(test::kill_once(t, [&] { return in_handler; }))
+        << "the kill was reported as the handler's error";
     loop.set_error_handler(nullptr);
 }

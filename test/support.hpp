@@ -308,6 +308,34 @@ inline strings recv_strs(zmq::green::socket_t& s)
     return out;
 }
 
+// Once reached() (the task has got where the test wants it, parked), kills
+// t and waits for it: true if it ended, killed, within 5 s.
+inline bool kill_once(const zmq::green::task& t, const std::function<bool()>& reached)
+{
+    while (!reached())
+        boost::this_fiber::yield();
+    t.kill(false);
+    return t.join(std::chrono::seconds{5}) && t.killed();
+}
+
+// An io_loop error handler that keeps the what() of each error in `into`.
+inline zmq::green::io_loop::error_handler collect_errors(std::vector<std::string>& into)
+{
+    return [&into](std::exception_ptr e) {
+        if (!e) {
+            into.emplace_back("<no exception>");
+            return;
+        }
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            into.emplace_back(ex.what());
+        } catch (...) {
+            into.emplace_back("<not a std::exception>");
+        }
+    };
+}
+
 // The errno of the zmq::error_t that fn throws; 0 if it throws none.
 inline int errno_of(const std::function<void()>& fn)
 {

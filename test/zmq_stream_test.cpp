@@ -58,13 +58,7 @@ protected:
             loop.stop();
         });
         // Tests that expect errors install their own handler.
-        loop.set_error_handler([this](std::exception_ptr e) {
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-                unexpected_errors_.emplace_back(ex.what());
-            }
-        });
+        loop.set_error_handler(test::collect_errors(unexpected_errors_));
     }
     void TearDown() override
     {
@@ -511,13 +505,7 @@ TEST_F(zmq_stream, exceptions_in_callbacks_are_reported_and_the_stream_goes_on)
 {
     push_pull s(ctx, loop);
     std::vector<std::string> errors;
-    loop.set_error_handler([&](std::exception_ptr e) {
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            errors.emplace_back(ex.what());
-        }
-    });
+    loop.set_error_handler(test::collect_errors(errors));
     int calls = 0;
     s.pull.on_recv([&](message&) {
         if (++calls == 2)
@@ -1215,11 +1203,8 @@ TEST_F(zmq_stream, a_kill_inside_on_recv_ends_the_run_and_loses_nothing)
     for (const char* text : {"a", "b", "c"})
         s.push.send_string(text);
     green::task t = green::spawn([&] { loop.start(); });
-    while (got.empty())
-        boost::this_fiber::yield();
-    t.kill(false);
-    ASSERT_TRUE(t.join(5000ms)) << "the killed task still runs the loop";
-    EXPECT_TRUE(t.killed());
+    ASSERT_TRUE(test::kill_once(t, [&] { return !got.empty(); }))
+        << "the killed task still runs the loop";
     EXPECT_EQ(reported, 0) << "the kill went to the error handler";
     EXPECT_EQ(got, std::vector<std::string>{"a"});
 
@@ -1251,10 +1236,7 @@ TEST_F(zmq_stream, a_kill_inside_on_recv_sends_nothing_more_in_that_run)
     });
     client.send(zmq::str_buffer("request"));
     green::task t = green::spawn([&] { loop.start(); });
-    while (!in_callback)
-        boost::this_fiber::yield();
-    t.kill(false);
-    ASSERT_TRUE(t.join(5000ms));
+    ASSERT_TRUE(test::kill_once(t, [&] { return in_callback; }));
     zmq::message_t m;
     EXPECT_FALSE(client.recv(m, zmq::recv_flags::dontwait)) << "sent after the kill";
     EXPECT_EQ(sent_callbacks, 0);
