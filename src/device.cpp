@@ -1,6 +1,8 @@
 #include <zmq/green/device.hpp>
 #include <zmq/green/multipart.hpp>
 #include <zmq/green/poll.hpp>
+#include <zmq/green/task.hpp>
+#include <zmq/green/timeout.hpp>
 
 #include "device_loop.hpp"
 #include "poll_wait.hpp"
@@ -330,10 +332,11 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
                 core->release();
         }
     } kept;
+    kept.cores.reserve(5);
     for (socket_ref s : {frontend, backend, opts.capture, opts.control, opts.monitor})
         if (s.core() != nullptr) {
-            s.core()->retain();
             kept.cores.push_back(s.core());
+            s.core()->retain();
         }
     auto check_open = [&kept] {
         for (const socket_core* core : kept.cores)
@@ -421,10 +424,12 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
         }
         // poll() returns without yielding while a source has messages: a busy
         // device would keep the thread's other fibers (its stop watcher
-        // among them) from ever running.
+        // among them) from ever running, and a kill or a scoped timeout of
+        // its own fiber from reaching it. A green sleep of nothing yields
+        // and meets both.
         if (since_yield >= burst_size) {
             since_yield = 0;
-            boost::this_fiber::yield();
+            sleep_for(std::chrono::milliseconds{0});
         }
     }
 }

@@ -167,32 +167,33 @@ int poll_or_retry(zmq_pollitem_t* items, size_t nitems, const std::vector<void*>
         // come while nothing waited. Commands after these bring new edges.
         for (void* socket : changes)
             if (socket_core* core = r.find_socket(socket))
-                core->refresh();
+                if (const int error = core->refresh().error)
+                    throw zmq::error_t(error);
         int rc = poll_now(r, items, nitems);
         if (rc > 0)
             return rc;
         if (retry())
             return 0;
-        bool blind = false;
         if (shared) {
+            check_still_open(r, green); // the retry may have yielded
             rc = poll_now(r, items, nitems);
             if (rc > 0)
                 return rc;
-            // That look may in turn have taken a command that made room:
-            // only a re-read can tell, as for a blocking send (perform).
-            blind = true;
         }
         wake_reason why;
         {
             park_slot slot;
             interest watching(r, slot, nitems + changes.size());
-            bool plain = false;
             for (size_t i = 0; i < nitems; ++i)
-                plain |= add_item(r, watching, items[i]);
+                add_item(r, watching, items[i]);
             for (void* socket : changes)
-                plain |= add_socket(r, watching, socket, any_change);
-            if (plain || blind)
-                slot.deadline = recheck_deadline(no_deadline);
+                add_socket(r, watching, socket, any_change);
+            // Always blind too: a level read after the retry (the second
+            // look above; another fiber's operation or io_loop handler on
+            // the same socket; a yield of the retry's send to the fiber that
+            // owns the direction) may take the command that made room, and
+            // with it the edge, as for a blocking send (perform).
+            slot.deadline = recheck_deadline(no_deadline);
             why = r.park(slot);
         }
         throw_if_interrupted(why);

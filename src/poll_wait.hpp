@@ -15,9 +15,9 @@ namespace zmq::green::detail {
 // or plain). For a destination that reports ZMQ_POLLOUT while refusing the
 // message at hand (a ROUTER_MANDATORY whose peer is full, while another has
 // room; a STREAM): waiting for POLLOUT would spin, and only a command from
-// the peer, which brings an edge, can make room. When such a socket is also
-// an item, the wait re-reads every 10 ms (blind_recheck) besides, as a
-// blocking send does in that case.
+// the peer, which brings an edge, can make room. The wait also re-reads
+// every 10 ms (blind_recheck), as a blocking send does in that case: a level
+// read by anyone after the retry may take that edge.
 int poll_or_retry(zmq_pollitem_t* items, size_t nitems, const std::vector<void*>& changes,
                   const std::function<bool()>& retry);
 

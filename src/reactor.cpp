@@ -542,7 +542,7 @@ void reactor::recheck_sockets() noexcept
             continue;
         core->tell_watchers(nullptr, true);
         if (!core->waiters.empty())
-            stats_.rescues += core->refresh().woken;
+            stats_.rescues += core->refresh(nullptr, true).woken;
     }
 }
 

@@ -86,8 +86,9 @@ struct wait_node : boost::intrusive::list_base_hook<auto_unlink> {
 
 using wait_list = boost::intrusive::list<wait_node, boost::intrusive::constant_time_size<false>>;
 
-// A socket waiter's mask bit, beside libzmq's events: woken by every level
-// read of the socket (an edge, another fiber's operation), whatever it says.
+// A socket waiter's mask bit, beside libzmq's events: woken by the socket's
+// next signal (an edge, or one the fallback re-check found), an error or a
+// close, whatever ZMQ_EVENTS says.
 constexpr short any_change = 0x100;
 
 // An io_loop handler's hold on a socket or fd. Unlike a parked fiber it does

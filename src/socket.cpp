@@ -22,12 +22,12 @@ void socket_core::on_ready(std::uint32_t) noexcept
 {
     ++edges;
     if (!waiters.empty())
-        owner.count_fd_wakeups(refresh().woken);
+        owner.count_fd_wakeups(refresh(nullptr, true).woken);
     else
         tell_watchers();
 }
 
-refresh_result socket_core::refresh(const change_watch* reader) noexcept
+refresh_result socket_core::refresh(const change_watch* reader, bool signalled) noexcept
 {
     tell_watchers(reader);
     refresh_result r;
@@ -44,7 +44,12 @@ refresh_result socket_core::refresh(const change_watch* reader) noexcept
         return r;
     }
     r.events = events;
-    r.woken = owner.wake_matching(waiters, static_cast<short>(events | any_change));
+    // Only a signal wakes any_change waiters: woken by every level read, two
+    // of them that read on waking (or one and an io_loop handler) would wake
+    // each other for ever.
+    const short wake = static_cast<short>(events | (signalled ? any_change : 0));
+    if (wake != 0)
+        r.woken = owner.wake_matching(waiters, wake);
     return r;
 }
 

@@ -49,8 +49,10 @@ public:
     // wakes every waiter whose event is now ready (all of them on error).
     // Call it after anything that may have consumed a signal: an operation,
     // a user's ZMQ_EVENTS read, bind/connect, an edge. Tells the watchers
-    // too, except `reader`, the one reading.
-    refresh_result refresh(const change_watch* reader = nullptr) noexcept;
+    // too, except `reader`, the one reading. A signal (an edge, or one the
+    // fallback re-check found) also wakes the any_change waiters.
+    refresh_result refresh(const change_watch* reader = nullptr,
+                           bool signalled = false) noexcept;
 
     // refresh() if anybody waits: the cheap form for after an operation.
     void after_op() noexcept

@@ -529,6 +529,34 @@ TEST_F(device, a_busy_device_yields_after_a_burst)
     EXPECT_LT(relayed_before_others_ran, backlog) << "the device drained its source first";
 }
 
+// Its yield is a green one: a kill of a busy device's task lands there, not
+// only once its sources have run dry.
+TEST_F(device, a_busy_device_task_can_be_killed)
+{
+    constexpr int backlog = 2500;
+    auto front = make(ctx, zmq::socket_type::pull, backlog);
+    auto back = make(ctx, zmq::socket_type::push, backlog);
+    auto producer = make(ctx, zmq::socket_type::push, backlog);
+    auto sink = make(ctx, zmq::socket_type::pull, backlog);
+    const auto fa = test::unique_inproc(), ba = test::unique_inproc();
+    front.bind(fa);
+    back.bind(ba);
+    producer.connect(fa);
+    sink.connect(ba);
+    for (int i = 0; i < backlog; ++i)
+        send_strs(producer, {"m"});
+    const green::task dev = green::spawn([&] { green::device(ZMQ_STREAMER, front, back); });
+    boost::this_fiber::yield(); // it runs its first burst, then yields
+    dev.kill(false);
+    ASSERT_TRUE(dev.join(10s));
+    EXPECT_TRUE(dev.killed());
+    int relayed = 0;
+    zmq::message_t m;
+    while (sink.recv(m, zmq::recv_flags::dontwait))
+        ++relayed;
+    EXPECT_LT(relayed, backlog) << "the kill waited for the source to run dry";
+}
+
 // --- bad input -----------------------------------------------------------------
 
 using test::expect_error;
