@@ -846,7 +846,7 @@ TEST_F(devices_test, killing_the_task_that_runs_a_caller_mode_device_ends_both)
 {
     auto outcome = std::make_shared<std::promise<std::pair<bool, bool>>>();
     auto result = outcome->get_future();
-    std::thread([outcome] {
+    std::thread runner([outcome] {
         green::context_t c;
         int in = 0;
         int out = 0;
@@ -870,9 +870,16 @@ TEST_F(devices_test, killing_the_task_that_runs_a_caller_mode_device_ends_both)
         if (!joined) // the stuck fiber's thread and hub must outlive it
             for (;;)
                 std::this_thread::sleep_for(1h);
-    }).detach();
-    ASSERT_EQ(result.wait_for(20s), std::future_status::ready);
+    });
+    if (result.wait_for(20s) != std::future_status::ready) {
+        runner.detach();
+        FAIL() << "the test's thread hangs";
+    }
     const auto [joined, killed] = result.get();
+    if (joined)
+        runner.join(); // what it owns is gone before the process ends
+    else
+        runner.detach();
     EXPECT_TRUE(joined) << "the killed task is stuck in the device's destructor";
     EXPECT_TRUE(killed);
 }
