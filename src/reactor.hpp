@@ -201,9 +201,16 @@ public:
     // otherwise), then wakes the fibers whose events or deadlines came.
     void run(clock::time_point until, bool block) noexcept;
     // run() without blocking, unless the dispatcher's previous turn ran
-    // run(): while fibers stay ready, every second turn polls.
+    // run(): while fibers stay ready, every second turn polls. Not at all
+    // while nothing could come of it: no fiber waits for a socket, an fd or
+    // a deadline, and no fd is watched (every io_loop watches its wakefd,
+    // so none exists). Two fibers answering each other through inproc
+    // sockets then switch without a syscall of this library's (L1: 3.5 to
+    // 3.0 us a round trip).
     void poll_unless_fresh() noexcept
     {
+        if (parked_waits_ == 0 && deadlines_.empty() && fds_.empty())
+            return;
         if (!std::exchange(fresh_, false))
             run(clock::time_point{}, false);
     }
