@@ -499,62 +499,63 @@ TEST_F(device, a_full_peer_of_a_mandatory_router_parks_a_streamer)
     expect_a_full_mandatory_peer_parks_the_device(ZMQ_STREAMER, zmq::socket_type::pull);
 }
 
+// A STREAMER's sockets with more messages queued in front of it than two
+// bursts of 1,000, and a sink that counts what it relayed.
+struct backlogged_streamer {
+    static constexpr int backlog = 2500;
+    explicit backlogged_streamer(green::context_t& ctx)
+        : front(make(ctx, zmq::socket_type::pull, backlog)),
+          back(make(ctx, zmq::socket_type::push, backlog)),
+          producer(make(ctx, zmq::socket_type::push, backlog)),
+          sink(make(ctx, zmq::socket_type::pull, backlog))
+    {
+        const auto fa = test::unique_inproc(), ba = test::unique_inproc();
+        front.bind(fa);
+        back.bind(ba);
+        producer.connect(fa);
+        sink.connect(ba);
+        for (int i = 0; i < backlog; ++i)
+            send_strs(producer, {"m"});
+    }
+    // What the device has relayed so far.
+    int drain_sink()
+    {
+        int n = 0;
+        zmq::message_t m;
+        while (sink.recv(m, zmq::recv_flags::dontwait))
+            ++n;
+        return n;
+    }
+    green::socket_t front, back, producer, sink;
+};
+
 // poll() returns at once while a source has messages: the device yields
 // after a burst, so that a busy one lets the thread's other fibers run.
 TEST_F(device, a_busy_device_yields_after_a_burst)
 {
-    constexpr int backlog = 2500; // more than two bursts of 1,000
-    auto front = make(ctx, zmq::socket_type::pull, backlog);
-    auto back = make(ctx, zmq::socket_type::push, backlog);
-    auto producer = make(ctx, zmq::socket_type::push, backlog);
-    auto sink = make(ctx, zmq::socket_type::pull, backlog);
-    const auto fa = test::unique_inproc(), ba = test::unique_inproc();
-    front.bind(fa);
-    back.bind(ba);
-    producer.connect(fa);
-    sink.connect(ba);
-    for (int i = 0; i < backlog; ++i)
-        send_strs(producer, {"m"});
+    backlogged_streamer s(ctx);
     int relayed_before_others_ran = -1;
-    test::run_fibers({[&] { green::device(ZMQ_STREAMER, front, back); },
+    test::run_fibers({[&] { green::device(ZMQ_STREAMER, s.front, s.back); },
                       [&] {
-                          int n = 0;
-                          zmq::message_t m;
-                          while (sink.recv(m, zmq::recv_flags::dontwait))
-                              ++n;
-                          relayed_before_others_ran = n;
-                          front.close(); // ends the device
+                          relayed_before_others_ran = s.drain_sink();
+                          s.front.close(); // ends the device
                       }});
     EXPECT_GT(relayed_before_others_ran, 0);
-    EXPECT_LT(relayed_before_others_ran, backlog) << "the device drained its source first";
+    EXPECT_LT(relayed_before_others_ran, s.backlog) << "the device drained its source first";
 }
 
 // Its yield is a green one: a kill of a busy device's task lands there, not
 // only once its sources have run dry.
 TEST_F(device, a_busy_device_task_can_be_killed)
 {
-    constexpr int backlog = 2500;
-    auto front = make(ctx, zmq::socket_type::pull, backlog);
-    auto back = make(ctx, zmq::socket_type::push, backlog);
-    auto producer = make(ctx, zmq::socket_type::push, backlog);
-    auto sink = make(ctx, zmq::socket_type::pull, backlog);
-    const auto fa = test::unique_inproc(), ba = test::unique_inproc();
-    front.bind(fa);
-    back.bind(ba);
-    producer.connect(fa);
-    sink.connect(ba);
-    for (int i = 0; i < backlog; ++i)
-        send_strs(producer, {"m"});
-    const green::task dev = green::spawn([&] { green::device(ZMQ_STREAMER, front, back); });
+    backlogged_streamer s(ctx);
+    const green::task dev =
+        green::spawn([&] { green::device(ZMQ_STREAMER, s.front, s.back); });
     boost::this_fiber::yield(); // it runs its first burst, then yields
     dev.kill(false);
     ASSERT_TRUE(dev.join(10s));
     EXPECT_TRUE(dev.killed());
-    int relayed = 0;
-    zmq::message_t m;
-    while (sink.recv(m, zmq::recv_flags::dontwait))
-        ++relayed;
-    EXPECT_LT(relayed, backlog) << "the kill waited for the source to run dry";
+    EXPECT_LT(s.drain_sink(), s.backlog) << "the kill waited for the source to run dry";
 }
 
 // --- bad input -----------------------------------------------------------------
