@@ -194,6 +194,13 @@ struct event_fd {
     }
 };
 
+// A green wait for fd to be readable, until deadline; false if it passed.
+// Uninterruptible waits (stop()) ignore kills and scoped timeouts.
+bool readable(int fd, detail::clock::time_point deadline, bool interruptible)
+{
+    return hub::current().reactor()->wait_fd(fd, ZMQ_POLLIN, deadline, interruptible);
+}
+
 // A line a worker hands to its owner, who waits for it in a green wait.
 // Not a boost::fibers::promise across threads: a worker thread that sets it
 // while the owner's wait holds the promise's fiber mutex parks on that mutex,
@@ -221,8 +228,7 @@ public:
     bool wait(std::chrono::milliseconds timeout, bool interruptible = true)
     {
         return is_set()
-               || (hub::current().reactor()->wait_fd(ready_.fd, ZMQ_POLLIN,
-                                                     detail::deadline_after(timeout), interruptible)
+               || (readable(ready_.fd, detail::deadline_after(timeout), interruptible)
                    && is_set());
     }
     std::string get()
@@ -268,11 +274,6 @@ std::chrono::milliseconds time_left(detail::clock::time_point deadline)
         return std::chrono::milliseconds{-1};
     const auto left = deadline - detail::clock::now();
     return std::max(0ms, std::chrono::ceil<std::chrono::milliseconds>(left));
-}
-
-bool readable(int fd, detail::clock::time_point deadline, bool interruptible)
-{
-    return hub::current().reactor()->wait_fd(fd, ZMQ_POLLIN, deadline, interruptible);
 }
 
 int port_of(const std::string& endpoint)

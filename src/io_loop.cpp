@@ -285,6 +285,16 @@ struct loop_state {
         }
     }
 
+    // Records e as the run's exit if it is one (the first stands).
+    bool took_exit(std::exception_ptr& e) noexcept
+    {
+        if (!ends_the_run(e))
+            return false;
+        if (!exit)
+            exit = std::move(e);
+        return true;
+    }
+
     void report(std::exception_ptr e) noexcept
     {
         if (!e) {
@@ -292,11 +302,8 @@ struct loop_state {
                                  "none being handled\n");
             return;
         }
-        if (ends_the_run(e)) {
-            if (!exit)
-                exit = std::move(e);
+        if (took_exit(e))
             return;
-        }
         try {
             if (on_error) {
                 // A copy: the handler may replace itself while it runs.
@@ -306,11 +313,8 @@ struct loop_state {
             }
         } catch (...) {
             e = std::current_exception(); // a throwing error handler: report that instead
-            if (ends_the_run(e)) { // met in a wait of the handler's own
-                if (!exit)
-                    exit = std::move(e);
+            if (took_exit(e)) // met in a wait of the handler's own
                 return;
-            }
         }
         try {
             std::rethrow_exception(e);
@@ -376,6 +380,15 @@ struct loop_state {
         return due;
     }
 
+    // Due timers a run that ended did not reach: due again in the next run.
+    template<class It>
+    void requeue(It first, It last)
+    {
+        for (; first != last; ++first)
+            if (!(*first)->cancelled)
+                timers.emplace((*first)->key, *first);
+    }
+
     void run_timers(const std::vector<std::shared_ptr<loop_timer>>& due)
     {
         for (auto it = due.begin(); it != due.end(); ++it) {
@@ -386,9 +399,7 @@ struct loop_state {
             t->cancelled = true;
             auto fn = std::move(t->fn);
             if (!guarded(fn)) {
-                for (auto rest = it + 1; rest != due.end(); ++rest)
-                    if (!(*rest)->cancelled)
-                        timers.emplace((*rest)->key, *rest);
+                requeue(it + 1, due.end());
                 return;
             }
         }
@@ -720,9 +731,7 @@ void io_loop::start()
         const auto due = s.due_timers();
         s.run_callbacks();
         if (s.exit) {
-            for (const auto& t : due) // due again in the next run
-                if (!t->cancelled)
-                    s.timers.emplace(t->key, t);
+            s.requeue(due.begin(), due.end());
             s.throw_exit();
         }
         s.run_timers(due);

@@ -89,6 +89,36 @@ void check_still_open(detail::reactor& r, const std::vector<void*>& green)
             throw zmq::error_t(ENOTSOCK);
 }
 
+// Parks until an item may be ready, a socket of `changes` gets a signal, or
+// the deadline. blind: re-read every blind_recheck all the same. Throws what
+// interrupted the wait, and ENOTSOCK if one of the green sockets was closed
+// (its handle is gone: it must not reach zmq_poll), also after the wake.
+void park_on(detail::reactor& r, const zmq_pollitem_t* items, size_t nitems,
+             const std::vector<void*>& changes, detail::clock::time_point deadline, bool blind,
+             const std::vector<void*>& green)
+{
+    detail::wake_reason why;
+    {
+        detail::park_slot slot;
+        slot.deadline = deadline;
+        detail::interest watching(r, slot, nitems + changes.size());
+        bool plain = false;
+        for (size_t i = 0; i < nitems; ++i)
+            plain |= add_item(r, watching, items[i]);
+        for (void* socket : changes)
+            plain |= add_socket(r, watching, socket, detail::any_change);
+        // The hub does not see a plain socket's operations: another fiber's
+        // can consume the edge this wait waits for.
+        if (plain || blind)
+            slot.deadline = detail::recheck_deadline(deadline);
+        why = r.park(slot);
+    }
+    detail::throw_if_interrupted(why);
+    if (why == detail::wake_reason::closed)
+        throw zmq::error_t(ENOTSOCK);
+    check_still_open(r, green);
+}
+
 } // namespace
 
 // A green socket of another thread must not be polled here: that would
@@ -118,26 +148,7 @@ int poll(zmq_pollitem_t* items, size_t nitems, std::chrono::milliseconds timeout
         return rc;
     const std::vector<void*> green = green_sockets(r, items, nitems);
     for (;;) {
-        detail::wake_reason why;
-        {
-            detail::park_slot slot;
-            slot.deadline = deadline;
-            detail::interest watching(r, slot, nitems);
-            bool plain = false;
-            for (size_t i = 0; i < nitems; ++i)
-                plain |= add_item(r, watching, items[i]);
-            // The hub does not see a plain socket's operations: another
-            // fiber's can consume the edge this poll waits for.
-            if (plain)
-                slot.deadline = detail::recheck_deadline(deadline);
-            why = r.park(slot);
-        }
-        detail::throw_if_interrupted(why);
-        // The closed socket's handle is gone: do not hand it to zmq_poll.
-        // Another fiber may also have closed one after this one was woken.
-        if (why == detail::wake_reason::closed)
-            throw zmq::error_t(ENOTSOCK);
-        check_still_open(r, green);
+        park_on(r, items, nitems, {}, deadline, false, green);
         rc = poll_now(r, items, nitems);
         // Whatever woke it (an event poll_now does not report, the plain
         // sockets' re-check), the loop ends at the deadline.
@@ -180,26 +191,12 @@ int poll_or_retry(zmq_pollitem_t* items, size_t nitems, const std::vector<void*>
             if (rc > 0)
                 return rc;
         }
-        wake_reason why;
-        {
-            park_slot slot;
-            interest watching(r, slot, nitems + changes.size());
-            for (size_t i = 0; i < nitems; ++i)
-                add_item(r, watching, items[i]);
-            for (void* socket : changes)
-                add_socket(r, watching, socket, any_change);
-            // Always blind too: a level read after the retry (the second
-            // look above; another fiber's operation or io_loop handler on
-            // the same socket; a yield of the retry's send to the fiber that
-            // owns the direction) may take the command that made room, and
-            // with it the edge, as for a blocking send (perform).
-            slot.deadline = recheck_deadline(no_deadline);
-            why = r.park(slot);
-        }
-        throw_if_interrupted(why);
-        if (why == wake_reason::closed)
-            throw zmq::error_t(ENOTSOCK);
-        check_still_open(r, green);
+        // Blind: a level read after the retry (the second look above;
+        // another fiber's operation or io_loop handler on the same socket; a
+        // yield of the retry's send to the fiber that owns the direction)
+        // may take the command that made room, and with it the edge, as for
+        // a blocking send (perform).
+        park_on(r, items, nitems, changes, no_deadline, true, green);
     }
 }
 
