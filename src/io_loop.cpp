@@ -94,12 +94,28 @@ struct loop_handler final : change_watch, std::enable_shared_from_this<loop_hand
     short presumed = 0;
     // Linked while queued for the loop's next level check.
     boost::intrusive::list_member_hook<auto_unlink> due_hook;
+    // Linked while its owner's send was refused though the level said
+    // POLLOUT (loop_access::send_refused). The level is about any peer
+    // (ROUTER_MANDATORY, XPUB_NODROP): believed at once, it would call the
+    // handler on every iteration, and the loop would never park. As in
+    // poll_or_retry, only a signal since the refusal (an edge, or one the
+    // fallback re-check found) makes POLLOUT worth a retry; and so does
+    // every blind_recheck, as anyone else's level read may have taken it.
+    boost::intrusive::list_member_hook<auto_unlink> refused_hook;
+    std::uint64_t edges_at_refusal = 0;
+    clock::time_point refusal_recheck{};
 };
 
 using due_list = boost::intrusive::list<
     loop_handler,
     boost::intrusive::member_hook<loop_handler, boost::intrusive::list_member_hook<auto_unlink>,
                                   &loop_handler::due_hook>,
+    boost::intrusive::constant_time_size<false>>;
+
+using refused_list = boost::intrusive::list<
+    loop_handler,
+    boost::intrusive::member_hook<loop_handler, boost::intrusive::list_member_hook<auto_unlink>,
+                                  &loop_handler::refused_hook>,
     boost::intrusive::constant_time_size<false>>;
 
 struct loop_state {
@@ -119,6 +135,7 @@ struct loop_state {
     std::unordered_map<socket_core*, std::shared_ptr<loop_handler>> socket_handlers;
     std::unordered_map<int, std::shared_ptr<loop_handler>> fd_handlers;
     due_list due_checks; // handlers whose level the next dispatch reads
+    refused_list refused; // handlers whose POLLOUT waits for a signal
     std::map<std::pair<clock::time_point, std::uint64_t>, std::shared_ptr<loop_timer>> timers;
     std::uint64_t timer_seq = 0;
     io_loop::error_handler on_error;
@@ -183,6 +200,7 @@ struct loop_state {
         h.active = false;
         h.change_watch::unlink();
         h.due_hook.unlink();
+        h.refused_hook.unlink();
         if (h.core != nullptr)
             std::exchange(h.core, nullptr)->release();
         if (h.registration != nullptr)
@@ -216,12 +234,18 @@ struct loop_state {
     // which must not run later if run_sync throws.
     void check_startable(const char* what) const
     {
-        if (closed)
-            throw std::logic_error(std::string("zmq::green::io_loop::") + what
-                                   + ": the loop is closed");
+        check_open(what);
         if (running)
             throw std::logic_error(std::string("zmq::green::io_loop::") + what
                                    + ": the loop is already running");
+    }
+
+    // What a closed loop refuses: work it would keep, and never run.
+    void check_open(const char* what) const
+    {
+        if (closed)
+            throw std::logic_error(std::string("zmq::green::io_loop::") + what
+                                   + ": the loop is closed");
     }
 
     void check_stopped(const char* what) const
@@ -420,6 +444,9 @@ struct loop_state {
                 if (!h->due_hook.is_linked())
                     h->changed(true);
         }
+        for (loop_handler& h : refused)
+            if (passed(h.refusal_recheck))
+                mark_due(h);
         bool any = false;
         std::vector<std::shared_ptr<loop_handler>> due_fds;
         due_list batch;
@@ -435,7 +462,8 @@ struct loop_state {
                 due_fds.push_back(std::move(keep));
                 continue;
             }
-            bool rescued = std::exchange(h.lost_edge, false);
+            const bool lost = std::exchange(h.lost_edge, false);
+            bool rescued = lost;
             short ready = static_cast<short>(std::exchange(h.presumed, 0) & h.events);
             if (ready != 0)
                 rescued = false; // its owner's calls found it ready, not the re-check
@@ -446,6 +474,16 @@ struct loop_state {
                 const refresh_result r = h.core->refresh(&h);
                 gone = r.error != 0;
                 ready = static_cast<short>(r.events & h.events);
+                // A level without POLLOUT is to be trusted again: room brings it.
+                if (!(r.events & ZMQ_POLLOUT))
+                    h.refused_hook.unlink();
+            }
+            if ((ready & ZMQ_POLLOUT) && h.refused_hook.is_linked()) {
+                if (h.core->edges != h.edges_at_refusal || lost
+                    || passed(h.refusal_recheck))
+                    h.refused_hook.unlink();
+                else
+                    ready = static_cast<short>(ready & ~ZMQ_POLLOUT);
             }
             if (gone) {
                 remove_gone(h, ZMQ_POLLERR);
@@ -575,16 +613,23 @@ struct loop_state {
         const clock::time_point timer_deadline =
             timers.empty() ? no_deadline : timers.begin()->first.first;
         slot.deadline = timer_deadline;
+        clock::time_point fallback_deadline = no_deadline;
         if ((!socket_handlers.empty() || !fd_handlers.empty()) && fallback.count() > 0) {
             const auto recheck = quiet_recheck_interval(fallback, quiet_fallbacks);
-            slot.deadline = std::min(slot.deadline, later_by(clock_ticks(recheck)));
+            fallback_deadline = later_by(clock_ticks(recheck));
+            slot.deadline = std::min(slot.deadline, fallback_deadline);
         }
+        for (const loop_handler& h : refused)
+            slot.deadline = std::min(slot.deadline, h.refusal_recheck);
         ++stats.parks;
         parked = &slot;
         const wake_reason why = owner->park(slot);
         parked = nullptr;
         throw_if_interrupted(why);
-        return why == wake_reason::timeout && clock::now() < timer_deadline;
+        if (why != wake_reason::timeout)
+            return false;
+        const auto now = clock::now();
+        return now >= fallback_deadline && now < timer_deadline;
     }
 
     void awake() noexcept
@@ -610,6 +655,25 @@ void loop_access::presume_ready(io_loop& loop, socket_core& core, short events) 
         h->presumed = static_cast<short>(h->presumed | events);
         loop.s_->mark_due(*h);
     }
+}
+
+void loop_access::send_refused(io_loop& loop, socket_core& core,
+                               std::uint64_t edges_before) noexcept
+{
+    auto& s = *loop.s_;
+    auto h = s.find(&core, -1);
+    if (!h)
+        return;
+    h->edges_at_refusal = edges_before;
+    h->refusal_recheck = later_by(blind_recheck);
+    if (!h->refused_hook.is_linked())
+        s.refused.push_back(*h);
+}
+
+void loop_access::send_taken(io_loop& loop, socket_core& core) noexcept
+{
+    if (auto h = loop.s_->find(&core, -1))
+        h->refused_hook.unlink();
 }
 
 bool loop_access::stopping(const io_loop& loop) noexcept
@@ -871,6 +935,7 @@ void io_loop::add_handler(socket_ref socket, handler fn, short events)
 {
     auto& s = *s_;
     s.check_thread("add_handler");
+    s.check_open("add_handler");
     detail::checked_events(events, "add_handler");
     auto* core = socket.core();
     if (core == nullptr || core->closed)
@@ -897,6 +962,7 @@ void io_loop::add_handler(int fd, handler fn, short events)
 {
     auto& s = *s_;
     s.check_thread("add_handler");
+    s.check_open("add_handler");
     detail::checked_events(events, "add_handler");
     if (fd < 0)
         throw zmq::error_t(EBADF);
@@ -927,6 +993,8 @@ void io_loop::update_handler(socket_ref socket, short events)
     auto h = s_->find(socket.core(), -1);
     if (socket.core() == nullptr || !h)
         throw std::invalid_argument("zmq::green::io_loop::update_handler: the socket has no handler");
+    if (!(events & ZMQ_POLLOUT))
+        h->refused_hook.unlink(); // no blind re-checks for a send nobody waits to make
     if (h->events != events) {
         h->events = events;
         s_->mark_due(*h);
@@ -977,6 +1045,8 @@ void io_loop::add_callback(callback fn)
 
 timeout_handle io_loop::call_later(clock::duration delay, callback fn)
 {
+    s_->check_thread("call_later");
+    s_->check_open("call_later");
     return call_at(detail::later_by(delay), std::move(fn));
 }
 
@@ -984,6 +1054,7 @@ timeout_handle io_loop::call_at(clock::time_point when, callback fn)
 {
     auto& s = *s_;
     s.check_thread("call_at");
+    s.check_open("call_at");
     if (!fn)
         throw std::invalid_argument("zmq::green::io_loop::call_at: empty function");
     auto t = std::make_shared<detail::loop_timer>();
@@ -1016,8 +1087,9 @@ void io_loop::set_error_handler(error_handler fn)
     s_->on_error = std::move(fn);
 }
 
-void io_loop::handle_exception(std::exception_ptr e) noexcept
+void io_loop::handle_exception(std::exception_ptr e)
 {
+    s_->check_thread("handle_exception");
     s_->report(e ? std::move(e) : std::current_exception());
 }
 
@@ -1119,6 +1191,9 @@ void periodic_callback::start()
 {
     if (s_->running)
         return;
+    detail::loop_access::check_thread(s_->loop, "periodic_callback::start");
+    if (s_->loop.closed())
+        throw std::logic_error("zmq::green::periodic_callback::start: the loop is closed");
     s_->next = io_loop::clock::now();
     ++s_->starts;
     s_->schedule_next(); // first: if it throws, the callback has not started

@@ -3,6 +3,8 @@
 
 #include <zmq/green/io_loop.hpp>
 
+#include <cstdint>
+
 namespace zmq::green::detail {
 
 class socket_core;
@@ -14,6 +16,14 @@ struct loop_access {
     // wrong guess costs one call that finds nothing, after which the loop
     // reads the level as usual.
     static void presume_ready(io_loop& loop, socket_core& core, short events) noexcept;
+    // A send on core's socket failed for want of room, whatever the level
+    // says: the loop calls the handler for ZMQ_POLLOUT again only after a
+    // signal since edges_before (core's edge count before the send), or a
+    // blind re-check, not for a level that may speak of another peer.
+    static void send_refused(io_loop& loop, socket_core& core,
+                             std::uint64_t edges_before) noexcept;
+    // A send went through after a refusal: the level is believed again.
+    static void send_taken(io_loop& loop, socket_core& core) noexcept;
     // stop() was called: a stream ends its burst, so that no message comes
     // after the one whose callback stopped the loop.
     static bool stopping(const io_loop& loop) noexcept;

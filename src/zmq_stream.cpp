@@ -8,6 +8,7 @@
 #include <boost/fiber/operations.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <iterator>
@@ -277,6 +278,8 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
             return false; // a stale POLLOUT (pyzmq #379)
         zmq_stream::message msg = std::move(queue.front());
         queue.pop_front();
+        // Before the send, which may yield: an edge meanwhile may bring room.
+        const std::uint64_t edges_before = core->edges;
         send_status status;
         try {
             bool sent;
@@ -291,10 +294,16 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
                 sent = static_cast<bool>(send_multipart(ref, msg, send_flags::dontwait));
             }
             if (!sent) {
-                // Readiness went stale: nothing was sent, try again later.
+                // Readiness went stale, or never held for this message
+                // (ROUTER_MANDATORY, XPUB_NODROP): try again once a signal
+                // may have made room.
                 queue.push_front(std::move(msg));
+                send_refused = true;
+                loop_access::send_refused(loop, *core, edges_before);
                 return false;
             }
+            if (std::exchange(send_refused, false))
+                loop_access::send_taken(loop, *core);
         } catch (const zmq::error_t& e) {
             if (e.num() == EFSM) {
                 queue.push_front(std::move(msg)); // the turn has passed (run_burst)
@@ -469,6 +478,7 @@ struct stream_state : std::enable_shared_from_this<stream_state> {
     std::deque<zmq_stream::message> queue;
     zmq_stream::message spare; // see handle_recv
     bool flushed = false;
+    bool send_refused = false; // the loop holds POLLOUT back (loop_access::send_refused)
     bool is_closed = false;
     static constexpr int max_flush_depth = 16;
     // Some 400 bytes of stack a level with a small callback (3.4 KB under

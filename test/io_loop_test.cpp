@@ -1379,6 +1379,54 @@ TEST_F(io_loop, BadInput_foreign_thread_calls_are_thread_errors)
     });
 }
 
+// A closed loop never runs again: work given to it is refused, naming the
+// call, rather than kept (a socket retained, an fd in the hub's epoll set)
+// for nothing until the loop goes. A callback is dropped, as in tornado.
+TEST_F(io_loop, BadInput_work_given_to_a_closed_loop_is_refused)
+{
+    green::io_loop closed;
+    closed.close();
+    green::socket_t s(ctx, zmq::socket_type::pull);
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    green::periodic_callback ticker(closed, [] {}, 1ms);
+    const char* const why = "the loop is closed";
+    test::expect_error<std::logic_error>(
+        [&] { closed.add_handler(s, [](short) {}, ZMQ_POLLIN); }, {"add_handler", why});
+    test::expect_error<std::logic_error>(
+        [&] { closed.add_handler(fds[0], [](short) {}, ZMQ_POLLIN); }, {"add_handler", why});
+    test::expect_error<std::logic_error>([&] { closed.call_later(1ms, [] {}); },
+                                         {"call_later", why});
+    test::expect_error<std::logic_error>(
+        [&] { closed.call_at(green::io_loop::time(), [] {}); }, {"call_at", why});
+    test::expect_error<std::logic_error>([&] { ticker.start(); },
+                                         {"periodic_callback::start", why});
+    EXPECT_FALSE(ticker.is_running());
+    closed.add_callback([] { ADD_FAILURE() << "a closed loop ran a callback"; });
+    ::close(fds[0]);
+    ::close(fds[1]);
+}
+
+// handle_exception runs the error handler, which belongs to the loop's
+// thread like the rest of its state.
+TEST_F(io_loop, BadInput_handle_exception_from_another_thread_is_a_thread_error)
+{
+    int handled = 0;
+    loop.set_error_handler([&](std::exception_ptr) { ++handled; });
+    bool threw = false;
+    std::thread([&] {
+        try {
+            loop.handle_exception(std::make_exception_ptr(std::runtime_error("elsewhere")));
+        } catch (const green::thread_error& e) {
+            threw = std::string(e.what()).find("handle_exception") != std::string::npos;
+        }
+    }).join();
+    EXPECT_TRUE(threw);
+    EXPECT_EQ(handled, 0);
+    loop.handle_exception(std::make_exception_ptr(std::runtime_error("here")));
+    EXPECT_EQ(handled, 1);
+}
+
 TEST_F(io_loop, BadInput_a_thread_without_a_hub_gets_one_for_its_loop)
 {
     std::thread([] {

@@ -461,6 +461,106 @@ TEST_F(zmq_stream, a_stream_drained_by_a_full_burst_still_gets_the_next_message)
     EXPECT_EQ(got, burst + 1);
 }
 
+namespace {
+
+// sender's level says POLLOUT, yet libzmq refuses msg (the queued filler
+// messages fill the pipe to receiver). A stream with msg queued waits for the
+// receiver to make room: the loop parks rather than retrying the send on
+// every iteration, and msg arrives, as `last`, once the receiver reads. With
+// the fallback re-check off, only the socket's edges end the loop's waits.
+void expect_a_refused_send_parks_the_loop(green::io_loop& loop, green::socket_t& sender,
+                                          green::socket_t& receiver, int fillers,
+                                          const test::strings& filler, message msg,
+                                          const test::strings& last)
+{
+    ASSERT_GT(fillers, 0);
+    ASSERT_TRUE(sender.get(zmq::sockopt::events) & ZMQ_POLLOUT);
+    loop.set_fallback_interval(0ms);
+    receiver.set(zmq::sockopt::rcvtimeo, 10000); // a lost message fails, not hangs
+    green::zmq_stream stream(sender, loop);
+    int reported = 0;
+    stream.send_multipart(std::move(msg), [&](const message&, const green::send_status& status) {
+        EXPECT_TRUE(status) << status.message();
+        ++reported;
+    });
+    const green::io_loop_stats before = loop.stats();
+    bool spun = false;
+    test::strings got;
+    test::run_fibers({[&] { loop.start(); },
+                      [&] {
+                          // The stream tried at the loop's first iteration; a
+                          // loop that waits parks at its next.
+                          while (loop.stats().parks == before.parks) {
+                              if (loop.stats().iterations - before.iterations > 100) {
+                                  spun = true;
+                                  loop.stop();
+                                  return;
+                              }
+                              boost::this_fiber::yield();
+                          }
+                          for (int i = 0; i < fillers; ++i)
+                              EXPECT_EQ(test::recv_strs(receiver), filler);
+                          got = test::recv_strs(receiver);
+                          loop.stop();
+                      }});
+    EXPECT_FALSE(spun) << "the loop retried the refused send on every iteration, never parking";
+    EXPECT_EQ(got, last);
+    EXPECT_EQ(reported, 1);
+    EXPECT_EQ(stream.queued(), 0u);
+}
+
+} // namespace
+
+// A ROUTER_MANDATORY says POLLOUT while any peer has room ("idle"), and
+// refuses a message for a full one.
+TEST_F(zmq_stream, a_router_mandatory_send_to_a_full_peer_parks_the_loop_until_it_reads)
+{
+    green::socket_t router(ctx, zmq::socket_type::router);
+    green::socket_t full(ctx, zmq::socket_type::dealer);
+    green::socket_t idle(ctx, zmq::socket_type::dealer);
+    for (auto* s : {&router, &full, &idle})
+        s->set(zmq::sockopt::linger, 0);
+    router.set(zmq::sockopt::router_mandatory, 1);
+    router.set(zmq::sockopt::sndhwm, 1);
+    const auto ep = test::unique_inproc();
+    router.bind(ep);
+    full.set(zmq::sockopt::routing_id, "full");
+    full.set(zmq::sockopt::rcvhwm, 1);
+    for (auto* dealer : {&full, &idle}) {
+        dealer->connect(ep);
+        dealer->send(zmq::str_buffer("hello")); // the router learns its routing id
+        ASSERT_EQ(test::recv_strs(router).size(), 2u);
+    }
+    const std::array<zmq::const_buffer, 2> to_full{zmq::str_buffer("full"), zmq::str_buffer("x")};
+    int queued = 0;
+    while (green::send_multipart(router, to_full, zmq::send_flags::dontwait))
+        ++queued;
+    expect_a_refused_send_parks_the_loop(loop, router, full, queued, {"x"}, make({"full", "last"}),
+                                         {"last"});
+}
+
+// An XPUB_NODROP always says POLLOUT, and refuses a message while a
+// subscriber's pipe is full.
+TEST_F(zmq_stream, an_xpub_nodrop_send_to_a_full_subscriber_parks_the_loop_until_it_reads)
+{
+    green::socket_t pub(ctx, zmq::socket_type::xpub);
+    green::socket_t sub(ctx, zmq::socket_type::sub);
+    for (auto* s : {&pub, &sub})
+        s->set(zmq::sockopt::linger, 0);
+    pub.set(zmq::sockopt::xpub_nodrop, 1);
+    pub.set(zmq::sockopt::sndhwm, 1);
+    const auto ep = test::unique_inproc();
+    pub.bind(ep);
+    sub.set(zmq::sockopt::rcvhwm, 1);
+    sub.set(zmq::sockopt::subscribe, "");
+    sub.connect(ep);
+    ASSERT_EQ(test::recv_strs(pub), test::strings{std::string(1, '\1')}); // subscribed
+    int queued = 0;
+    while (pub.send(zmq::str_buffer("x"), zmq::send_flags::dontwait))
+        ++queued;
+    expect_a_refused_send_parks_the_loop(loop, pub, sub, queued, {"x"}, make({"last"}), {"last"});
+}
+
 TEST_F(zmq_stream, a_per_send_callback_replaces_on_send_for_good)
 {
     push_pull s(ctx, loop);

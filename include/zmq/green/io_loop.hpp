@@ -73,7 +73,9 @@ public:
     void stop() noexcept;
     bool running() const noexcept;
     // Drops every handler, callback and timeout; with all_fds, also closes
-    // the registered sockets and fds. The loop cannot start again.
+    // the registered sockets and fds. The loop cannot start again: handlers
+    // and timeouts given to it then throw std::logic_error, and callbacks are
+    // dropped, as in tornado.
     void close(bool all_fds = false);
     bool closed() const noexcept;
 
@@ -120,8 +122,9 @@ public:
     // loop then goes on. The default prints one line on stderr. An empty
     // function restores the default.
     void set_error_handler(error_handler fn);
-    // Reports the current exception (or e) through the error handler.
-    void handle_exception(std::exception_ptr e) noexcept;
+    // Reports the current exception (or e) through the error handler. On the
+    // loop's thread only: the error handler belongs to it.
+    void handle_exception(std::exception_ptr e);
 
     // While the loop waits on sockets, it re-checks them after sleeping this
     // long, bounding the stall a lost edge could cause; with nothing between
@@ -147,6 +150,7 @@ public:
     periodic_callback(const periodic_callback&) = delete;
     periodic_callback& operator=(const periodic_callback&) = delete;
 
+    // std::logic_error once the loop is closed.
     void start();
     void stop();
     bool is_running() const noexcept;
