@@ -169,6 +169,13 @@ void context_t::close() noexcept
     // The wait below must not touch *this: another fiber may destroy it.
     closing_ = core;
     zmq_ctx_shutdown(core->handle);
+    // A monitor's socket is closed only by its monitor, which may never be
+    // read or destroyed before this close(): its events are lost to the
+    // shutdown anyway.
+    if (detail::reactor* r = detail::reactor::current())
+        for (detail::socket_core* s : r->sockets_of(*core))
+            if (s->of_monitor)
+                s->close();
     if (hub::installed() == nullptr && core->open_sockets.load() == 0) {
         // No fiber can run here (or the thread is exiting): nothing to park.
         term(core->handle);

@@ -59,6 +59,7 @@ void monitor_t::init(socket_t& socket, const char* addr, int events)
     try {
         socket_t pair(core->ctx, ZMQ_PAIR);
         pair.connect(addr);
+        pair.core()->of_monitor = true;
         monitor_socket_ = std::move(pair);
     } catch (...) {
         close();

@@ -384,12 +384,12 @@ void reactor::run(clock::time_point until, bool block) noexcept
         // Activity since the last sweep: the next within the configured interval.
         quiet_sweeps_ = 0;
         if (next_sweep_ != no_deadline)
-            next_sweep_ = std::min(next_sweep_, deadline_after(fallback_));
+            next_sweep_ = std::min(next_sweep_, deadline_after(fallback_interval()));
     }
     // Also when not blocking: fibers that keep the hub busy must not keep
     // the waits of the others from their re-check.
-    if (parked_waits_ > 0 && next_sweep_ == no_deadline && fallback_.count() > 0)
-        next_sweep_ = deadline_after(fallback_);
+    if (parked_waits_ > 0 && next_sweep_ == no_deadline && fallback_interval().count() > 0)
+        next_sweep_ = deadline_after(fallback_interval());
     if (block) {
         timeout = timeout_ms(until);
         sleeping_.store(true);
@@ -460,7 +460,7 @@ void reactor::expire_deadlines() noexcept
     const auto now = clock::now();
     while (!deadlines_.empty() && deadlines_.begin()->deadline <= now) {
         if (wake(*deadlines_.begin(), wake_reason::timeout))
-            ++stats_.timer_wakeups;
+            bump(counts_.timer_wakeups, 1);
     }
 }
 
@@ -470,13 +470,14 @@ void reactor::expire_deadlines() noexcept
 // nothing for sockets that are merely idle.
 void reactor::fallback_sweep() noexcept
 {
-    ++stats_.rechecks;
+    bump(counts_.rechecks, 1);
     // It covers the activity before it; only activity after it needs the
     // next one within the interval.
     quiet_sweeps_ = std::min(quiet_sweeps_ + 1, max_quiet_rechecks);
     stirred_ = false;
-    next_sweep_ = fallback_.count() > 0
-                      ? deadline_after(quiet_recheck_interval(fallback_, quiet_sweeps_))
+    const std::chrono::milliseconds interval = fallback_interval();
+    next_sweep_ = interval.count() > 0
+                      ? deadline_after(quiet_recheck_interval(interval, quiet_sweeps_))
                       : no_deadline;
     recheck_sockets();
     recheck_fd_waits();
@@ -517,7 +518,7 @@ void reactor::recheck_fd_waits() noexcept
         const std::size_t rescued = wake_matching(it->second->waiters, poll_to_zmq(revents));
         if (rescued > 0)
             stirred_ = true; // maybe a lost edge: keep looking at the configured pace
-        stats_.rescues += rescued;
+        bump(counts_.rescues, rescued);
     }
 }
 
@@ -542,7 +543,7 @@ void reactor::recheck_sockets() noexcept
             continue;
         core->tell_watchers(nullptr, true);
         if (!core->waiters.empty())
-            stats_.rescues += core->refresh(nullptr, true).woken;
+            bump(counts_.rescues, core->refresh(nullptr, true).woken);
     }
 }
 
@@ -754,16 +755,24 @@ std::vector<socket_core*> reactor::sockets_of(const context_core& ctx) const
 
 hub_stats reactor::stats() const noexcept
 {
-    hub_stats s = stats_;
+    hub_stats s;
+    s.fd_wakeups = counts_.fd_wakeups.load(std::memory_order_relaxed);
+    s.timer_wakeups = counts_.timer_wakeups.load(std::memory_order_relaxed);
     s.remote_wakeups = remote_wakeups_.load(std::memory_order_relaxed);
+    s.rescues = counts_.rescues.load(std::memory_order_relaxed);
+    s.rechecks = counts_.rechecks.load(std::memory_order_relaxed);
     return s;
 }
 
 void reactor::set_fallback_interval(std::chrono::milliseconds interval)
 {
+    // The re-check's schedule below is the hub thread's alone.
+    if (std::this_thread::get_id() != thread_)
+        throw thread_error("zmq::green::hub::set_fallback_interval: used from a thread that "
+                           "does not own the hub");
     if (interval.count() < 0)
         throw std::invalid_argument("zmq::green::hub::set_fallback_interval: negative interval");
-    fallback_ = interval;
+    fallback_.store(interval, std::memory_order_relaxed);
     next_sweep_ = no_deadline;
     quiet_sweeps_ = 0;
 }

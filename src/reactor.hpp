@@ -257,10 +257,15 @@ public:
     // with wake_reason::cancelled.
     void kill(fiber_state& state) noexcept;
 
+    // Any thread may read them.
     hub_stats stats() const noexcept;
-    void count_fd_wakeups(std::size_t n) noexcept { stats_.fd_wakeups += n; }
+    void count_fd_wakeups(std::size_t n) noexcept { bump(counts_.fd_wakeups, n); }
 
-    std::chrono::milliseconds fallback_interval() const noexcept { return fallback_; }
+    std::chrono::milliseconds fallback_interval() const noexcept
+    {
+        return fallback_.load(std::memory_order_relaxed);
+    }
+    // Throws thread_error on another thread.
     void set_fallback_interval(std::chrono::milliseconds interval);
 
     // The fallback re-check: finds the sockets whose fd holds a signal that
@@ -292,7 +297,19 @@ private:
     std::atomic<bool> sleeping_{false};
     std::atomic<bool> notified_{false};
     std::atomic<std::uint64_t> remote_wakeups_{0};
-    hub_stats stats_{};
+    // hub_stats, which a monitoring thread may read. Only this thread
+    // writes them: a relaxed load and store costs what a plain field does,
+    // where an atomic increment would lock the bus.
+    struct {
+        std::atomic<std::uint64_t> fd_wakeups{0};
+        std::atomic<std::uint64_t> timer_wakeups{0};
+        std::atomic<std::uint64_t> rescues{0};
+        std::atomic<std::uint64_t> rechecks{0};
+    } counts_;
+    static void bump(std::atomic<std::uint64_t>& count, std::uint64_t n) noexcept
+    {
+        count.store(count.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
 
     boost::intrusive::multiset<park_slot, boost::intrusive::compare<by_deadline>,
                                boost::intrusive::constant_time_size<false>>
@@ -307,7 +324,7 @@ private:
     std::vector<::epoll_event> events_; // run()'s buffer
 
     std::size_t parked_waits_ = 0;
-    std::chrono::milliseconds fallback_{1000};
+    std::atomic<std::chrono::milliseconds> fallback_{std::chrono::milliseconds{1000}};
     clock::time_point next_sweep_ = no_deadline;
     // A socket event or a new socket wait since the last sweep: the next
     // comes one interval after it (quiet_recheck_interval).

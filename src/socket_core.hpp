@@ -143,6 +143,10 @@ public:
     // monitor_t inits on the socket so far: libzmq keeps one monitor per
     // socket, and a monitor replaced by a newer one must not stop that one.
     unsigned monitors = 0;
+    // A monitor_t's own socket, which its user cannot close: a context
+    // closing on its thread closes it, or a monitor nobody reads would hold
+    // that close() up for ever.
+    bool of_monitor = false;
 
     // Tells the watchers, but except, that the state may have changed.
     void tell_watchers(const change_watch* except = nullptr, bool lost_edge = false) noexcept

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <functional>
+#include <future>
 #include <optional>
 #include <random>
 #include <system_error>
@@ -302,6 +303,36 @@ TEST(hub, fallback_interval_is_configurable)
     EXPECT_EQ(h.fallback_interval(), 0ms);
     EXPECT_THROW(h.set_fallback_interval(-1ms), std::invalid_argument);
     h.set_fallback_interval(old);
+}
+
+// A monitoring thread may read another thread's hub's stats while that hub
+// counts (a data race ThreadSanitizer would report, were they plain fields),
+// and its fallback interval; setting the interval is the owner's.
+TEST(hub, another_thread_reads_the_stats_but_cannot_set_the_interval)
+{
+    std::promise<green::hub*> installed;
+    std::atomic<bool> stop{false};
+    std::thread worker([&] {
+        installed.set_value(&green::hub::current());
+        while (!stop.load())
+            green::sleep_for(1ms); // a timer wake-up each time, counted
+    });
+    green::hub* h = installed.get_future().get();
+    const auto give_up = std::chrono::steady_clock::now() + 10s; // a hang guard
+    while (h->stats().timer_wakeups < 100 && std::chrono::steady_clock::now() < give_up) {
+    }
+    EXPECT_GE(h->stats().timer_wakeups, 100u);
+    EXPECT_EQ(h->fallback_interval(), 1000ms);
+    try {
+        h->set_fallback_interval(5ms);
+        ADD_FAILURE() << "set_fallback_interval from another thread accepted";
+    } catch (const green::thread_error& e) {
+        EXPECT_NE(std::string(e.what()).find("set_fallback_interval"), std::string::npos)
+            << e.what();
+    }
+    EXPECT_EQ(h->fallback_interval(), 1000ms);
+    stop = true;
+    worker.join();
 }
 
 // An idle hub need not keep waking to look for lost edges: nothing can be

@@ -276,3 +276,32 @@ TEST(monitor, a_replaced_monitor_going_leaves_the_newer_one_running)
     newer.abort();
     EXPECT_FALSE(newer.check_event(-1)); // its own abort still stops it
 }
+
+// Nobody reads this monitor's events: its socket, which the user cannot
+// close, must not keep the monitored socket's close() or the context's
+// close() waiting.
+TEST(monitor, a_monitor_nobody_reads_does_not_hold_up_the_close_of_its_context)
+{
+    recording_monitor mon; // outlives the context
+    green::context_t ctx;
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    s.set(zmq::sockopt::linger, 0);
+    mon.init(s, test::unique_inproc());
+    s.bind("tcp://127.0.0.1:*"); // an event nobody reads
+    bool socket_closed = false;
+    bool closed = false;
+    green::task closer = green::spawn([&] {
+        s.close();
+        socket_closed = true;
+        ctx.close();
+        closed = true;
+    });
+    const bool done = closer.join(10s); // a hang guard
+    EXPECT_TRUE(done) << "the context's close() waits for the monitor's socket";
+    if (!done)
+        ctx.destroy(); // closes the monitor's socket: the close() ends
+    closer.join();
+    EXPECT_TRUE(socket_closed);
+    EXPECT_TRUE(closed);
+    EXPECT_FALSE(mon.check_event(-1)); // stopped: at once
+}

@@ -206,6 +206,28 @@ TEST_F(task_test, a_pool_kill_also_kills_what_gets_in_meanwhile)
     EXPECT_EQ(p.running(), 0u);
 }
 
+// Every task of a full pool parked in that pool's spawn() waits for room
+// only its own end could make: no error, as the wait is not hopeless. A
+// fiber outside the pool (here one that gave the pool a time to finish) may
+// kill them, which ends each wait.
+TEST_F(task_test, tasks_parked_in_their_own_full_pools_spawn_end_when_killed)
+{
+    green::pool p(2);
+    int started = 0;
+    const auto spawns_again = [&] {
+        ++started;
+        p.spawn([] {});
+    };
+    p.spawn(spawns_again);
+    p.spawn(spawns_again);
+    EXPECT_FALSE(p.join(5ms));
+    EXPECT_EQ(started, 2);
+    green::task killer = green::spawn([&] { p.kill(); });
+    ASSERT_TRUE(killer.join(10s)) << "pool::kill never returned";
+    EXPECT_EQ(started, 2);
+    EXPECT_EQ(p.running(), 0u);
+}
+
 // From inside one of its tasks, kill() kills the others, waits for them, and
 // marks the caller, whose next wait raises, as a task's own kill() does.
 TEST_F(task_test, a_pool_kill_from_inside_a_task_marks_the_caller)

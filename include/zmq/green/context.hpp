@@ -33,8 +33,9 @@ public:
     // with zmq::error_t(ETERM). Safe to call from any thread.
     void shutdown() noexcept;
 
-    // shutdown(), wait until every green socket of the context is closed,
-    // then terminate. Parks only the calling fiber, and to the end: a kill or
+    // shutdown(), close this thread's monitor_t sockets of the context, wait
+    // until every other green socket of the context is closed, then
+    // terminate. Parks only the calling fiber, and to the end: a kill or
     // scoped timeout meanwhile meets the fiber at its next green wait.
     void close() noexcept;
 

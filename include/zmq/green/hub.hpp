@@ -59,6 +59,7 @@ public:
     void suspend_until(std::chrono::steady_clock::time_point const& abs_time) noexcept override;
     void notify() noexcept override;
 
+    // Readable from any thread (a monitoring one) while the hub lives.
     hub_stats stats() const noexcept;
 
     // How soon after activity (an event, a new socket or fd wait) parked
@@ -66,7 +67,8 @@ public:
     // deliver, and fd waits for an fd closed under them (which then end with
     // EBADF). With no more activity, each re-check comes four times later
     // than the last, up to 64 times this: an idle hub all but stops waking.
-    // Zero disables the re-check. Default: one second.
+    // Zero disables the re-check. Default: one second. Throws thread_error
+    // on a thread other than the hub's; fallback_interval() reads from any.
     void set_fallback_interval(std::chrono::milliseconds interval);
     std::chrono::milliseconds fallback_interval() const noexcept;
 

@@ -21,7 +21,11 @@ namespace zmq::green {
 //   at once after the monitor stopped;
 // - libzmq keeps one monitor per socket: a monitor that a newer one replaced
 //   (its events ended there) leaves the newer one running when it goes or
-//   aborts, where cppzmq's stops it.
+//   aborts, where cppzmq's stops it;
+// - the context's close() on the monitor's thread closes the monitor's own
+//   socket, read or not (the monitor is then stopped); a close() on another
+//   thread waits for it, as for that thread's other sockets, until the
+//   monitor is read past the shutdown or destroyed.
 class monitor_t {
 public:
     monitor_t() noexcept = default;

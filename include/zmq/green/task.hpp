@@ -89,7 +89,9 @@ bool joinall(const std::vector<task>& tasks,
 void killall(const std::vector<task>& tasks, bool block = true);
 
 // At most size tasks at a time (gevent.pool.Pool): spawn parks while the
-// pool is full.
+// pool is full. As with gevent, tasks that all spawn into their own full
+// pool park until a fiber outside it kills one: the pool cannot tell that
+// nobody will.
 class pool {
 public:
     explicit pool(std::size_t size); // std::invalid_argument for 0
