@@ -311,8 +311,9 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
     };
     std::vector<direction> dirs;
     if (frontend == backend) {
-        // One socket both receives and answers (an echoing REP).
-        dirs.emplace_back(frontend, frontend, frontend_base, frontend_base, &opts.front_prefix);
+        // One socket both receives and answers (an echoing REP). What it
+        // sends back counts as the backend's, as libzmq counts it.
+        dirs.emplace_back(frontend, frontend, frontend_base, backend_base, &opts.front_prefix);
     } else {
         if (opts.front_to_back && can_relay(frontend, backend))
             dirs.emplace_back(frontend, backend, frontend_base, backend_base, &opts.front_prefix);
@@ -523,7 +524,8 @@ device_loop_options monitored_queue_options(socket_ref in, socket_ref out, socke
     opts.monitor = mon;
     opts.front_prefix = in_prefix;
     opts.back_prefix = out_prefix;
-    opts.swap_ids = in.get(zmq::sockopt::type) == ZMQ_ROUTER
+    // One ROUTER as both sides answers the sender: its identity stays first.
+    opts.swap_ids = in != out && in.get(zmq::sockopt::type) == ZMQ_ROUTER
                     && out.get(zmq::sockopt::type) == ZMQ_ROUTER;
     return opts;
 }

@@ -69,6 +69,33 @@ void check_roles(const char* device, bool back_to_front, int in_type, int out_ty
 // Worker reports travel as text lines, the same for a thread and a process:
 //   setup: "ep ROLE ENDPOINT" per bound endpoint, then "ok" or "err ERRNO MESSAGE"
 //   end:   "done" or "err ERRNO MESSAGE"
+// An ipc path may hold a newline, which would end its line early: ENDPOINT
+// goes escaped ("\\" and "\n").
+std::string escaped(const std::string& text)
+{
+    std::string out;
+    for (const char ch : text) {
+        if (ch == '\\' || ch == '\n')
+            out += '\\';
+        out += ch == '\n' ? 'n' : ch;
+    }
+    return out;
+}
+
+std::string unescaped(const std::string& text)
+{
+    std::string out;
+    for (size_t i = 0; i < text.size(); ++i) {
+        if (text[i] == '\\' && i + 1 < text.size()) {
+            ++i;
+            out += text[i] == 'n' ? '\n' : text[i];
+        } else {
+            out += text[i];
+        }
+    }
+    return out;
+}
+
 std::string error_line(int errnum, const std::string& message)
 {
     std::string clean = message;
@@ -324,6 +351,12 @@ struct background_device::state {
     std::string buffer;
     bool eof = false;
     bool end_read = false;
+    // While start() reads the set-up, the report and the reaping of the
+    // child are its own: a join(), done() or stop() of another fiber waits
+    // for setup_over (stop() ends the child first).
+    bool setting_up = false;
+    bool stopped_in_setup = false;
+    std::unique_ptr<event_fd> setup_over;
 
     state(run_mode m, std::array<int, role_count> t) : mode(m), types(t)
     {
@@ -352,7 +385,8 @@ struct background_device::state {
                 throw_error_line(line);
             if (line.rfind("ep ", 0) == 0) {
                 const auto space = line.find(' ', 3);
-                endpoints.push_back({line.substr(3, space - 3), line.substr(space + 1)});
+                endpoints.push_back(
+                    {line.substr(3, space - 3), unescaped(line.substr(space + 1))});
             }
         }
     }
@@ -393,9 +427,14 @@ struct background_device::state {
             return true;
         if (mode != run_mode::process)
             return end_line.wait(timeout, interruptible);
+        const auto deadline = detail::deadline_after(timeout);
+        if (setting_up && !readable(setup_over->fd, deadline, interruptible))
+            return false;
+        if (finished) // start() met the end of the child
+            return true;
         std::string line;
         while (!end_read) {
-            const auto got = read_line(line, timeout, interruptible);
+            const auto got = read_line(line, time_left(deadline), interruptible);
             if (got == read_result::timeout)
                 return false;
             if (got == read_result::eof)
@@ -417,6 +456,8 @@ struct background_device::state {
         const auto deadline = detail::deadline_after(timeout);
         if (!forwarding_ended(time_left(deadline), interruptible))
             return false;
+        if (finished)
+            return true;
         if (mode == run_mode::process) {
             std::string line;
             for (;;) {
@@ -627,7 +668,7 @@ bool background_device::work(state& st, void* ctx_ptr,
                     doing = std::string("bind ") + role_names[r] + " " + addr;
                     target(r).bind(addr);
                     report += std::string("ep ") + role_names[r] + " "
-                              + target(r).get(zmq::sockopt::last_endpoint) + "\n";
+                              + escaped(target(r).get(zmq::sockopt::last_endpoint)) + "\n";
                 }
             for (size_t r : group)
                 for (const auto& addr : st.connects[r]) {
@@ -712,6 +753,7 @@ void background_device::start()
     hub::current(); // the owner's waits below park its fiber, not its thread
 
     if (st.mode == run_mode::process) {
+        st.setup_over = std::make_unique<event_fd>();
         int status[2];
         int stop[2];
         if (::pipe2(status, O_CLOEXEC) != 0)
@@ -779,6 +821,15 @@ void background_device::start()
         st.status_fd = status[0];
         st.stop_fd = stop[1];
         st.started = true; // once there is a child for stop() to end
+        st.setting_up = true;
+        struct setup_end {
+            state& st;
+            ~setup_end()
+            {
+                st.setting_up = false;
+                st.setup_over->signal();
+            }
+        } end_of_setup{st};
         std::string line;
         for (;;) {
             state::read_result got;
@@ -786,20 +837,26 @@ void background_device::start()
                 got = st.read_line(line, std::chrono::milliseconds{-1});
             } catch (...) {
                 // A kill or scoped timeout of this fiber: the child runs on.
+                st.setting_up = false;
                 this->stop();
                 throw;
             }
             if (got == state::read_result::eof) {
                 st.finished = true;
                 st.end_reported = true;
+                const auto exit_status = st.reap_child();
+                if (st.stopped_in_setup)
+                    throw device_error(ECANCELED, "device stopped during setup by stop()");
                 throw device_error(0, "device process exited during setup (status "
-                                          + st.reap_child() + ")");
+                                          + exit_status + ")");
             }
             if (is_error(line)) {
                 st.finished = true;
                 st.end_reported = true;
-                ::close(st.stop_fd); // the child exits at once
-                st.stop_fd = -1;
+                if (st.stop_fd >= 0) { // the child exits at once
+                    ::close(st.stop_fd);
+                    st.stop_fd = -1;
+                }
                 st.reap_child();
                 throw_error_line(line);
             }
@@ -893,8 +950,11 @@ void background_device::stop() noexcept
     st.end_reported = true; // stop() is the owner's decision: no error to report
     try {
         if (st.mode == run_mode::process) {
-            ::close(st.stop_fd);
-            st.stop_fd = -1;
+            if (st.stop_fd >= 0) {
+                ::close(st.stop_fd);
+                st.stop_fd = -1;
+            }
+            st.stopped_in_setup = st.setting_up;
         } else {
             st.stop_event->signal();
             // Uninterruptible: stop() is noexcept, and must not leave the

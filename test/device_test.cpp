@@ -304,6 +304,60 @@ TEST_F(device, steerable_proxy_answers_a_rep_control_socket)
                       }});
 }
 
+// libzmq's zmq_proxy takes one socket as both sides (a ROUTER that echoes):
+// what it receives counts as the frontend's, what it sends back as the
+// backend's (so zmq_proxy_steerable reports it, 4.3.4 as 4.3.5).
+TEST_F(device, a_steerable_proxy_on_one_router_echoes_and_counts_as_libzmq)
+{
+    auto router = make(ctx, zmq::socket_type::router);
+    auto dealer = make(ctx, zmq::socket_type::dealer);
+    dealer.set(zmq::sockopt::routing_id, "d");
+    const auto addr = test::unique_inproc();
+    router.bind(addr);
+    dealer.connect(addr);
+    test::bound_pair control(ctx, zmq::socket_type::pair, zmq::socket_type::pair,
+                             test::unique_inproc());
+    test::run_fibers({[&] { green::proxy_steerable(router, router, {}, control.a); },
+                      [&] {
+                          for (int i = 0; i < 2; ++i) {
+                              send_strs(dealer, {"hello"});
+                              EXPECT_EQ(recv_strs(dealer), strings{"hello"});
+                          }
+                          send_strs(control.b, {"STATISTICS"});
+                          // Two messages of two frames ("d", "hello") in, and back out.
+                          EXPECT_EQ(decode_stats(recv_strs(control.b)),
+                                    (std::array<std::uint64_t, 8>{4, 12, 0, 0, 0, 0, 4, 12}));
+                          send_strs(control.b, {"TERMINATE"});
+                      }});
+}
+
+// A monitored_queue whose in and out are one ROUTER answers the sender, as
+// zmq_proxy does: the identity swap of two ROUTERs would route the reply to a
+// peer named by the first frame of the payload, and it would be lost.
+TEST_F(device, a_monitored_queue_on_one_router_echoes_to_the_sender)
+{
+    auto router = make(ctx, zmq::socket_type::router);
+    auto dealer = make(ctx, zmq::socket_type::dealer);
+    dealer.set(zmq::sockopt::routing_id, "d");
+    const auto addr = test::unique_inproc();
+    router.bind(addr);
+    dealer.connect(addr);
+    test::bound_pair mon(ctx, zmq::socket_type::pair, zmq::socket_type::pair,
+                         test::unique_inproc());
+    test::run_fibers({[&] { green::monitored_queue(router, router, mon.a); },
+                      [&] {
+                          send_strs(dealer, {"hello", "there"});
+                          // A watchdog, not a timing: a lost echo never comes.
+                          const bool echoed = dealer.poll(ZMQ_POLLIN, 10s) != 0;
+                          EXPECT_TRUE(echoed) << "the echo went to another peer";
+                          if (echoed) {
+                              EXPECT_EQ(recv_strs(dealer), (strings{"hello", "there"}));
+                          }
+                          EXPECT_EQ(recv_strs(mon.b), (strings{"in", "d", "hello", "there"}));
+                          ctx.shutdown();
+                      }});
+}
+
 // Ported cppzmq code spells zmq::proxy and zmq::proxy_steerable: on green
 // sockets those run the green devices, which park the fiber (the other
 // fiber here sends and steers them), not libzmq's, which block the thread.

@@ -369,6 +369,129 @@ TEST_F(devices_test, steerable_process) {
     steerable_statistics_terminate<devices::process_proxy_steerable>(ctx);
 }
 
+// A REP control socket (its peer a REQ) gets an answer to every command, as
+// libzmq 4.3.5 gives it: the REQ can always send the next one, and TERMINATE
+// ends the device normally, not with EFSM.
+template<class Steerable>
+void steerable_rep_control(green::context_t& ctx)
+{
+    Steerable dev(ZMQ_PULL, ZMQ_PUSH, ZMQ_PUB, ZMQ_REP);
+    dev.setsockopt_in(zmq::sockopt::linger, 0);
+    dev.setsockopt_out(zmq::sockopt::linger, 0);
+    dev.setsockopt_ctrl(zmq::sockopt::linger, 0);
+    const int in = dev.bind_in_to_random_port("tcp://127.0.0.1");
+    const int out = dev.bind_out_to_random_port("tcp://127.0.0.1");
+    const int ctl = dev.bind_ctrl_to_random_port("tcp://127.0.0.1");
+    dev.start();
+    auto push = make(ctx, zmq::socket_type::push);
+    auto pull = make(ctx, zmq::socket_type::pull);
+    auto req = make(ctx, zmq::socket_type::req);
+    push.connect(local(in));
+    pull.connect(local(out));
+    req.connect(local(ctl));
+    for (const char* cmd : {"PAUSE", "STATISTICS", "RESUME", "what?"}) {
+        SCOPED_TRACE(cmd);
+        send_strs(req, {cmd});
+        EXPECT_EQ(recv_strs(req).size(), std::string(cmd) == "STATISTICS" ? 8u : 1u);
+    }
+    send_strs(push, {"hello"});
+    EXPECT_EQ(recv_strs(pull), strings{"hello"});
+    send_strs(req, {"TERMINATE"});
+    EXPECT_EQ(recv_strs(req), strings{""});
+    EXPECT_NO_THROW(EXPECT_TRUE(dev.join()));
+}
+
+TEST_F(devices_test, steerable_rep_control_thread) { steerable_rep_control<devices::thread_proxy_steerable>(ctx); }
+TEST_F(devices_test, steerable_rep_control_fiber) { steerable_rep_control<devices::fiber_proxy_steerable>(ctx); }
+TEST_F(devices_test, steerable_rep_control_process) {
+    SKIP_FORK_UNDER_ASAN();
+    steerable_rep_control<devices::process_proxy_steerable>(ctx);
+}
+
+// The set-up report names every bound endpoint exactly, whatever bytes its
+// ipc path holds: a newline in it must not end the endpoint, nor pass for the
+// end of the report.
+template<class Device>
+void endpoint_with_a_newline(green::context_t& ctx)
+{
+    char dir[] = "/tmp/zg-devices-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    const std::string path = std::string(dir) + "/a\\\nok\nep out b";
+    const std::string endpoint = "ipc://" + path;
+    {
+        Device dev(ZMQ_QUEUE, ZMQ_REP, -1);
+        dev.setsockopt_in(zmq::sockopt::linger, 0);
+        dev.bind_in(endpoint);
+        dev.start();
+        EXPECT_FALSE(dev.done());
+        const bool exact = dev.endpoints().size() == 1u && dev.endpoints()[0].socket == "in"
+                           && dev.endpoints()[0].endpoint == endpoint;
+        EXPECT_TRUE(exact) << dev.endpoints().size() << " endpoints, the first '"
+                           << (dev.endpoints().empty() ? "" : dev.endpoints()[0].endpoint)
+                           << "'";
+        if (exact) { // a REQ of another endpoint would wait for ever
+            auto req = make(ctx, zmq::socket_type::req);
+            req.connect(dev.endpoints()[0].endpoint);
+            expect_echo(req, "hello");
+        }
+        dev.stop();
+    }
+    ::unlink(path.c_str());
+    ::rmdir(dir);
+}
+
+TEST_F(devices_test, endpoint_with_a_newline_thread) { endpoint_with_a_newline<devices::thread_device>(ctx); }
+TEST_F(devices_test, endpoint_with_a_newline_process) {
+    SKIP_FORK_UNDER_ASAN();
+    endpoint_with_a_newline<devices::process_device>(ctx);
+}
+
+// A stop() from another fiber while start() reads a device process's set-up:
+// the child is reaped once, by its pid, and start() does not return a device
+// that runs on. A second reap, waitpid(-1), would take another child of the
+// owner (or block until one ends).
+TEST_F(devices_test, a_stop_during_a_process_start_reaps_the_child_once)
+{
+    SKIP_FORK_UNDER_ASAN();
+    int gate[2];
+    ASSERT_EQ(::pipe(gate), 0);
+    const pid_t other = ::fork();
+    ASSERT_GE(other, 0);
+    if (other == 0) {
+        ::close(gate[1]);
+        ::alarm(10); // a watchdog for an owner blocked in waitpid(-1)
+        char byte;
+        [[maybe_unused]] const auto n = ::read(gate[0], &byte, 1);
+        ::_exit(7);
+    }
+    ::close(gate[0]);
+    {
+        devices::process_proxy p(ZMQ_PULL, ZMQ_PUSH);
+        p.bind_in_to_random_port("tcp://127.0.0.1");
+        bool started = false;
+        std::string error;
+        test::run_fibers({[&] {
+                              try {
+                                  p.start(); // parks reading the set-up
+                                  started = true;
+                              } catch (const devices::device_error& e) {
+                                  error = e.what();
+                              }
+                          },
+                          [&] { p.stop(); }});
+        EXPECT_TRUE(p.done());
+        if (!started) {
+            EXPECT_NE(error.find("stop"), std::string::npos) << error;
+        }
+    }
+    int status = 0;
+    EXPECT_EQ(::waitpid(other, &status, WNOHANG), 0) << "the owner's other child was reaped";
+    ::close(gate[1]);
+    EXPECT_EQ(::waitpid(other, &status, 0), other);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7) << status;
+    EXPECT_EQ(::waitpid(-1, &status, WNOHANG), -1) << "a device process was left unreaped";
+}
+
 // A device's setup error reaches the owner from start().
 template<class Device>
 void setup_errors(green::context_t& ctx)

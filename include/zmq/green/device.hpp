@@ -53,7 +53,9 @@ struct proxy_statistics {
 // A message is taken from a source only when its destination reports
 // POLLOUT, so a destination at its high-water mark holds back its own
 // direction and never the other one. When frontend and backend are the same
-// socket (e.g. a REP that echoes), each message is sent back on it.
+// socket (e.g. a REP that echoes), each message is sent back on it and, as
+// libzmq counts it, counted as received by the frontend and sent by the
+// backend.
 
 // QUEUE forwards both ways; FORWARDER and STREAMER forward frontend to
 // backend only (unlike pyzmq and libzmq, the type is honoured). A value
@@ -83,9 +85,10 @@ void proxy_steerable(socket_ref frontend, socket_ref backend, socket_ref capture
 // addressed to a peer of the other side reaches it; as with any ROUTER, a
 // message whose first frame names no connected peer of the other side (peers
 // that set no ZMQ_ROUTING_ID cannot be named) is dropped, and mon still sees
-// it. An empty prefix is std::invalid_argument (a subscriber could not tell
-// the directions apart). Prefixes are bytes, any but none: a null pointer
-// (0, NULL, nullptr) does not compile.
+// it. When in and out are one ROUTER, nothing is swapped: the reply goes back
+// to the sender. An empty prefix is std::invalid_argument (a subscriber could
+// not tell the directions apart). Prefixes are bytes, any but none: a null
+// pointer (0, NULL, nullptr) does not compile.
 void monitored_queue(socket_ref in, socket_ref out, socket_ref mon,
                      const std::string& in_prefix = "in", const std::string& out_prefix = "out");
 void monitored_queue(socket_ref in, socket_ref out, socket_ref mon, std::nullptr_t,

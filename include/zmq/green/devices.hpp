@@ -90,7 +90,9 @@ public:
 
     // Starts the device. Setup errors are thrown here as device_error; in
     // caller mode so are the device's own errors. Throws std::logic_error
-    // if already started.
+    // if already started. A stop() from another fiber that ends a device
+    // process before it reported its set-up makes this throw device_error
+    // (ECANCELED).
     void start();
     // Waits up to timeout (-1: forever; below -1 is std::invalid_argument)
     // for the device to end: to stop forwarding, then to deliver what it
