@@ -3,6 +3,7 @@
 #include <zmq/green/timeout.hpp>
 
 #include "loop_access.hpp"
+#include "relaxed_count.hpp"
 #include "socket_core.hpp"
 
 #include <boost/fiber/fiber.hpp>
@@ -142,9 +143,12 @@ struct loop_state {
     park_slot* parked = nullptr;
     bool running = false;
     bool closed = false;
-    std::chrono::milliseconds fallback{1000};
+    std::atomic<std::chrono::milliseconds> fallback{std::chrono::milliseconds{1000}};
     unsigned quiet_fallbacks = 0; // re-checks in a row that nothing else came between
-    io_loop_stats stats;
+    // io_loop_stats, which a monitoring thread may read.
+    struct {
+        relaxed_count iterations, parks, rescues, level_checks;
+    } stats;
 
     // A kill of the loop's fiber, or the expiry of a scoped timeout around
     // start(), escaped a callback: like gevent's GreenletExit, it is not the
@@ -470,7 +474,7 @@ struct loop_state {
             bool gone = h.core->closed;
             if (!gone && ready == 0) {
                 // The one EVENTS read; it also wakes fibers waiting on the socket.
-                ++stats.level_checks;
+                stats.level_checks.add();
                 const refresh_result r = h.core->refresh(&h);
                 gone = r.error != 0;
                 ready = static_cast<short>(r.events & h.events);
@@ -521,7 +525,7 @@ struct loop_state {
                 mark_due(*h);
             return true;
         }
-        stats.level_checks += due.size();
+        stats.level_checks.add(due.size());
         // An fd the re-check presumed lost may have an edge epoll holds but
         // has not delivered: delivered now, it is not counted as a rescue.
         for (auto& h : due)
@@ -569,7 +573,7 @@ struct loop_state {
     void call(loop_handler& h, short ready, bool rescued)
     {
         if (rescued)
-            ++stats.rescues;
+            stats.rescues.add();
         guarded([&] { h.fn(ready); });
         // Level-triggered: still ready unless the next check says otherwise.
         mark_due(h);
@@ -614,14 +618,15 @@ struct loop_state {
             timers.empty() ? no_deadline : timers.begin()->first.first;
         slot.deadline = timer_deadline;
         clock::time_point fallback_deadline = no_deadline;
-        if ((!socket_handlers.empty() || !fd_handlers.empty()) && fallback.count() > 0) {
-            const auto recheck = quiet_recheck_interval(fallback, quiet_fallbacks);
+        const auto interval = fallback.load(std::memory_order_relaxed);
+        if ((!socket_handlers.empty() || !fd_handlers.empty()) && interval.count() > 0) {
+            const auto recheck = quiet_recheck_interval(interval, quiet_fallbacks);
             fallback_deadline = later_by(clock_ticks(recheck));
             slot.deadline = std::min(slot.deadline, fallback_deadline);
         }
         for (const loop_handler& h : refused)
             slot.deadline = std::min(slot.deadline, h.refusal_recheck);
-        ++stats.parks;
+        stats.parks.add();
         parked = &slot;
         const wake_reason why = owner->park(slot);
         parked = nullptr;
@@ -791,7 +796,7 @@ void io_loop::start()
 
     bool after_fallback = false;
     for (;;) {
-        ++s.stats.iterations;
+        s.stats.iterations.add();
         const auto due = s.due_timers();
         s.run_callbacks();
         if (s.exit) {
@@ -1098,13 +1103,25 @@ void io_loop::set_fallback_interval(std::chrono::milliseconds interval)
     s_->check_thread("set_fallback_interval");
     if (interval.count() < 0)
         throw std::invalid_argument("zmq::green::io_loop::set_fallback_interval: negative interval");
-    s_->fallback = interval;
+    s_->fallback.store(interval, std::memory_order_relaxed);
     s_->quiet_fallbacks = 0;
 }
 
-std::chrono::milliseconds io_loop::fallback_interval() const noexcept { return s_->fallback; }
+std::chrono::milliseconds io_loop::fallback_interval() const noexcept
+{
+    return s_->fallback.load(std::memory_order_relaxed);
+}
 
-io_loop_stats io_loop::stats() const noexcept { return s_->stats; }
+io_loop_stats io_loop::stats() const noexcept
+{
+    const auto& c = s_->stats;
+    io_loop_stats out;
+    out.iterations = c.iterations.get();
+    out.parks = c.parks.get();
+    out.rescues = c.rescues.get();
+    out.level_checks = c.level_checks.get();
+    return out;
+}
 
 namespace {
 

@@ -460,7 +460,7 @@ void reactor::expire_deadlines() noexcept
     const auto now = clock::now();
     while (!deadlines_.empty() && deadlines_.begin()->deadline <= now) {
         if (wake(*deadlines_.begin(), wake_reason::timeout))
-            bump(counts_.timer_wakeups, 1);
+            counts_.timer_wakeups.add();
     }
 }
 
@@ -470,7 +470,7 @@ void reactor::expire_deadlines() noexcept
 // nothing for sockets that are merely idle.
 void reactor::fallback_sweep() noexcept
 {
-    bump(counts_.rechecks, 1);
+    counts_.rechecks.add();
     // It covers the activity before it; only activity after it needs the
     // next one within the interval.
     quiet_sweeps_ = std::min(quiet_sweeps_ + 1, max_quiet_rechecks);
@@ -518,7 +518,7 @@ void reactor::recheck_fd_waits() noexcept
         const std::size_t rescued = wake_matching(it->second->waiters, poll_to_zmq(revents));
         if (rescued > 0)
             stirred_ = true; // maybe a lost edge: keep looking at the configured pace
-        bump(counts_.rescues, rescued);
+        counts_.rescues.add(rescued);
     }
 }
 
@@ -543,7 +543,7 @@ void reactor::recheck_sockets() noexcept
             continue;
         core->tell_watchers(nullptr, true);
         if (!core->waiters.empty())
-            bump(counts_.rescues, core->refresh(nullptr, true).woken);
+            counts_.rescues.add(core->refresh(nullptr, true).woken);
     }
 }
 
@@ -756,11 +756,11 @@ std::vector<socket_core*> reactor::sockets_of(const context_core& ctx) const
 hub_stats reactor::stats() const noexcept
 {
     hub_stats s;
-    s.fd_wakeups = counts_.fd_wakeups.load(std::memory_order_relaxed);
-    s.timer_wakeups = counts_.timer_wakeups.load(std::memory_order_relaxed);
+    s.fd_wakeups = counts_.fd_wakeups.get();
+    s.timer_wakeups = counts_.timer_wakeups.get();
     s.remote_wakeups = remote_wakeups_.load(std::memory_order_relaxed);
-    s.rescues = counts_.rescues.load(std::memory_order_relaxed);
-    s.rechecks = counts_.rechecks.load(std::memory_order_relaxed);
+    s.rescues = counts_.rescues.get();
+    s.rechecks = counts_.rechecks.get();
     return s;
 }
 

@@ -1,6 +1,8 @@
 // Internals of the hub: epoll, deadlines and parked fibers. One per thread.
 #pragma once
 
+#include "relaxed_count.hpp"
+
 #include <zmq/green/hub.hpp>
 
 #include <boost/fiber/context.hpp>
@@ -259,7 +261,7 @@ public:
 
     // Any thread may read them.
     hub_stats stats() const noexcept;
-    void count_fd_wakeups(std::size_t n) noexcept { bump(counts_.fd_wakeups, n); }
+    void count_fd_wakeups(std::size_t n) noexcept { counts_.fd_wakeups.add(n); }
 
     std::chrono::milliseconds fallback_interval() const noexcept
     {
@@ -297,19 +299,10 @@ private:
     std::atomic<bool> sleeping_{false};
     std::atomic<bool> notified_{false};
     std::atomic<std::uint64_t> remote_wakeups_{0};
-    // hub_stats, which a monitoring thread may read. Only this thread
-    // writes them: a relaxed load and store costs what a plain field does,
-    // where an atomic increment would lock the bus.
+    // hub_stats, which a monitoring thread may read.
     struct {
-        std::atomic<std::uint64_t> fd_wakeups{0};
-        std::atomic<std::uint64_t> timer_wakeups{0};
-        std::atomic<std::uint64_t> rescues{0};
-        std::atomic<std::uint64_t> rechecks{0};
+        relaxed_count fd_wakeups, timer_wakeups, rescues, rechecks;
     } counts_;
-    static void bump(std::atomic<std::uint64_t>& count, std::uint64_t n) noexcept
-    {
-        count.store(count.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-    }
 
     boost::intrusive::multiset<park_slot, boost::intrusive::compare<by_deadline>,
                                boost::intrusive::constant_time_size<false>>

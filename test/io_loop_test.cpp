@@ -200,6 +200,31 @@ TEST_F(io_loop, stop_from_another_thread)
     stopper.join();
 }
 
+// A monitoring thread may read a running loop's stats and fallback interval
+// (ThreadSanitizer reports a data race were they plain fields).
+TEST_F(io_loop, another_thread_reads_the_stats_of_a_running_loop)
+{
+    constexpr std::uint64_t iterations = 100;
+    std::atomic<bool> loop_ended{false};
+    std::thread reader;
+    green::periodic_callback ticker(loop, [] {}, 1ms); // an iteration, and a park, each time
+    watchdog guard(loop);
+    loop.add_callback([&] {
+        reader = std::thread([&] {
+            while (loop.stats().iterations < iterations && !loop_ended)
+                std::this_thread::yield();
+            EXPECT_EQ(loop.fallback_interval(), 1000ms);
+            loop.stop();
+        });
+    });
+    ticker.start();
+    loop.start();
+    loop_ended = true; // a watchdog stop must not leave the reader waiting
+    reader.join();
+    EXPECT_GE(loop.stats().iterations, iterations);
+    EXPECT_GT(loop.stats().parks, 0u);
+}
+
 // As tornado: the due timeouts are taken before the callbacks run, so a
 // zero-delay timeout added by a callback runs on the next iteration, after
 // the callbacks that callback added.

@@ -129,10 +129,11 @@ public:
     // While the loop waits on sockets, it re-checks them after sleeping this
     // long, bounding the stall a lost edge could cause; with nothing between
     // re-checks, each comes four times later, up to 64 times this. Zero
-    // disables. Default 1 s.
+    // disables. Default 1 s. Set on the loop's thread; read on any.
     void set_fallback_interval(std::chrono::milliseconds interval);
     std::chrono::milliseconds fallback_interval() const noexcept;
 
+    // Readable from any thread (a monitoring one) while the loop lives.
     io_loop_stats stats() const noexcept;
 
 private:
