@@ -467,6 +467,8 @@ struct background_device::state {
                 if (got == read_result::eof)
                     break;
             }
+            if (finished) // another fiber's wait met the same end and reaped the child
+                return true;
             finished = true;
             const auto status = reap_child();
             if (!end_read)
@@ -491,6 +493,9 @@ struct background_device::state {
 
     std::string reap_child()
     {
+        // waitpid(-1) would take, or wait for, another child of the owner.
+        if (pid <= 0)
+            throw std::logic_error("zmq::green::devices: the device process was already reaped");
         int status = 0;
         while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
         }

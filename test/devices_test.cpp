@@ -446,25 +446,49 @@ TEST_F(devices_test, endpoint_with_a_newline_process) {
     endpoint_with_a_newline<devices::process_device>(ctx);
 }
 
+// A child of the owner that is no device's. A device reaps its own process
+// by pid: a waitpid(-1) would take this one, or block until it ends.
+class bystander_child {
+public:
+    bystander_child()
+    {
+        int gate[2];
+        if (::pipe(gate) != 0)
+            throw std::system_error(errno, std::generic_category(), "pipe");
+        pid_ = ::fork();
+        if (pid_ == 0) {
+            ::close(gate[1]);
+            ::alarm(10); // a watchdog for an owner blocked in waitpid(-1)
+            char byte;
+            [[maybe_unused]] const auto n = ::read(gate[0], &byte, 1);
+            ::_exit(7);
+        }
+        ::close(gate[0]);
+        gate_ = gate[1];
+    }
+
+    // Nobody reaped it; it then ends, reaped here, and no other child is left.
+    void expect_untouched_then_end()
+    {
+        int status = 0;
+        EXPECT_EQ(::waitpid(pid_, &status, WNOHANG), 0) << "the owner's other child was reaped";
+        ::close(gate_);
+        EXPECT_EQ(::waitpid(pid_, &status, 0), pid_);
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7) << status;
+        EXPECT_EQ(::waitpid(-1, &status, WNOHANG), -1) << "a device process was left unreaped";
+    }
+
+private:
+    pid_t pid_ = -1;
+    int gate_ = -1;
+};
+
 // A stop() from another fiber while start() reads a device process's set-up:
-// the child is reaped once, by its pid, and start() does not return a device
-// that runs on. A second reap, waitpid(-1), would take another child of the
-// owner (or block until one ends).
+// the child is reaped once, and start() does not return a device that runs on.
 TEST_F(devices_test, a_stop_during_a_process_start_reaps_the_child_once)
 {
     SKIP_FORK_UNDER_ASAN();
-    int gate[2];
-    ASSERT_EQ(::pipe(gate), 0);
-    const pid_t other = ::fork();
-    ASSERT_GE(other, 0);
-    if (other == 0) {
-        ::close(gate[1]);
-        ::alarm(10); // a watchdog for an owner blocked in waitpid(-1)
-        char byte;
-        [[maybe_unused]] const auto n = ::read(gate[0], &byte, 1);
-        ::_exit(7);
-    }
-    ::close(gate[0]);
+    bystander_child other;
     {
         devices::process_proxy p(ZMQ_PULL, ZMQ_PUSH);
         p.bind_in_to_random_port("tcp://127.0.0.1");
@@ -484,12 +508,41 @@ TEST_F(devices_test, a_stop_during_a_process_start_reaps_the_child_once)
             EXPECT_NE(error.find("stop"), std::string::npos) << error;
         }
     }
-    int status = 0;
-    EXPECT_EQ(::waitpid(other, &status, WNOHANG), 0) << "the owner's other child was reaped";
-    ::close(gate[1]);
-    EXPECT_EQ(::waitpid(other, &status, 0), other);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7) << status;
-    EXPECT_EQ(::waitpid(-1, &status, WNOHANG), -1) << "a device process was left unreaped";
+    other.expect_untouched_then_end();
+}
+
+// Two fibers joining a device process that reported its end and lingers
+// (a message held for an unreachable peer) both see it exit: one reaps it.
+TEST_F(devices_test, two_joins_of_a_process_device_reap_it_once)
+{
+    SKIP_FORK_UNDER_ASAN();
+    bystander_child other;
+    {
+        devices::process_proxy_steerable p(ZMQ_PULL, ZMQ_PUSH, ZMQ_PUB, ZMQ_REP);
+        p.setsockopt_out(zmq::sockopt::linger, 500);
+        p.connect_out("tcp://127.0.0.1:1");
+        const int in = p.bind_in_to_random_port("tcp://127.0.0.1");
+        const int ctl = p.bind_ctrl_to_random_port("tcp://127.0.0.1");
+        p.start();
+        auto push = make(ctx, zmq::socket_type::push);
+        auto req = make(ctx, zmq::socket_type::req);
+        push.connect(local(in));
+        req.connect(local(ctl));
+        send_strs(push, {"held"});
+        for (std::uint64_t sent = 0; sent == 0;) { // until "held" waits in the device's out
+            send_strs(req, {"STATISTICS"});
+            const auto frames = recv_strs(req);
+            std::memcpy(&sent, frames.at(6).data(), sizeof sent); // backend messages out
+        }
+        send_strs(req, {"TERMINATE"});
+        recv_strs(req);
+        while (!p.done()) // its end reported: the joins wait for its exit
+            EXPECT_FALSE(p.join(20ms));
+        int joined = 0;
+        test::run_fibers({[&] { joined += p.join(10s); }, [&] { joined += p.join(10s); }});
+        EXPECT_EQ(joined, 2);
+    }
+    other.expect_untouched_then_end();
 }
 
 // A device's setup error reaches the owner from start().
