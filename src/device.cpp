@@ -9,6 +9,7 @@
 #include "socket_core.hpp"
 
 #include <cstring>
+#include <deque>
 #include <iterator>
 #include <stdexcept>
 #include <vector>
@@ -325,27 +326,13 @@ void forward(socket_ref frontend, socket_ref backend, const device_loop_options&
     // close, or destroy, one of its sockets meanwhile. Their state lives on
     // until the loop ends, and a closed one ends it (ENOTSOCK), as it does a
     // poll.
-    // (Not a std::deque<core_guard>: zmq-green-device, built with ASan, does
-    // not tell it of fiber stacks, and the deque's destructor, run while an
-    // exception unwinds a device fiber, is then falsely reported as a
-    // stack-buffer-underflow.)
-    struct keep_alive {
-        std::vector<socket_core*> cores;
-        ~keep_alive()
-        {
-            for (socket_core* core : cores)
-                core->release();
-        }
-    } kept;
-    kept.cores.reserve(5);
+    std::deque<core_guard> kept; // a deque: a core_guard does not move
     for (socket_ref s : {frontend, backend, opts.capture, opts.control, opts.monitor})
-        if (s.core() != nullptr) {
-            kept.cores.push_back(s.core());
-            s.core()->retain();
-        }
+        if (s.core() != nullptr)
+            kept.emplace_back(*s.core());
     auto check_open = [&kept] {
-        for (const socket_core* core : kept.cores)
-            if (core->closed)
+        for (const core_guard& held : kept)
+            if (held.core().closed)
                 throw zmq::error_t(ENOTSOCK);
     };
 

@@ -181,6 +181,8 @@ public:
     core_guard(const core_guard&) = delete;
     core_guard& operator=(const core_guard&) = delete;
 
+    const socket_core& core() const noexcept { return core_; }
+
 private:
     socket_core& core_;
 };
