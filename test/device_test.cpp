@@ -304,19 +304,30 @@ TEST_F(device, steerable_proxy_answers_a_rep_control_socket)
                       }});
 }
 
+// A ROUTER to be both sides of a device, a DEALER "d" connected to it, and
+// a PAIR of sockets for the device's control or monitor (side.a).
+struct echo_router {
+    explicit echo_router(green::context_t& ctx)
+        : router(make(ctx, zmq::socket_type::router)), dealer(make(ctx, zmq::socket_type::dealer)),
+          side(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc())
+    {
+        dealer.set(zmq::sockopt::routing_id, "d");
+        const auto addr = test::unique_inproc();
+        router.bind(addr);
+        dealer.connect(addr);
+    }
+    green::socket_t router, dealer;
+    test::bound_pair side;
+};
+
 // libzmq's zmq_proxy takes one socket as both sides (a ROUTER that echoes):
 // what it receives counts as the frontend's, what it sends back as the
 // backend's (so zmq_proxy_steerable reports it, 4.3.4 as 4.3.5).
 TEST_F(device, a_steerable_proxy_on_one_router_echoes_and_counts_as_libzmq)
 {
-    auto router = make(ctx, zmq::socket_type::router);
-    auto dealer = make(ctx, zmq::socket_type::dealer);
-    dealer.set(zmq::sockopt::routing_id, "d");
-    const auto addr = test::unique_inproc();
-    router.bind(addr);
-    dealer.connect(addr);
-    test::bound_pair control(ctx, zmq::socket_type::pair, zmq::socket_type::pair,
-                             test::unique_inproc());
+    echo_router r(ctx);
+    auto &router = r.router, &dealer = r.dealer;
+    auto& control = r.side;
     test::run_fibers({[&] { green::proxy_steerable(router, router, {}, control.a); },
                       [&] {
                           for (int i = 0; i < 2; ++i) {
@@ -336,14 +347,9 @@ TEST_F(device, a_steerable_proxy_on_one_router_echoes_and_counts_as_libzmq)
 // peer named by the first frame of the payload, and it would be lost.
 TEST_F(device, a_monitored_queue_on_one_router_echoes_to_the_sender)
 {
-    auto router = make(ctx, zmq::socket_type::router);
-    auto dealer = make(ctx, zmq::socket_type::dealer);
-    dealer.set(zmq::sockopt::routing_id, "d");
-    const auto addr = test::unique_inproc();
-    router.bind(addr);
-    dealer.connect(addr);
-    test::bound_pair mon(ctx, zmq::socket_type::pair, zmq::socket_type::pair,
-                         test::unique_inproc());
+    echo_router r(ctx);
+    auto &router = r.router, &dealer = r.dealer;
+    auto& mon = r.side;
     test::run_fibers({[&] { green::monitored_queue(router, router, mon.a); },
                       [&] {
                           send_strs(dealer, {"hello", "there"});

@@ -268,47 +268,12 @@ TEST_F(socket, sender_parked_at_hwm_resumes_when_the_peer_reads)
     EXPECT_GT(parked_while_full, 0);
 }
 
-// A ROUTER_MANDATORY router with SNDHWM 1 and two dealers: it has filled the
-// pipe to "full", while "idle" has room, so ZMQ_EVENTS says POLLOUT.
-struct router_with_a_full_peer {
-    explicit router_with_a_full_peer(green::context_t& ctx)
-        : router(ctx, zmq::socket_type::router), full(ctx, zmq::socket_type::dealer),
-          idle(ctx, zmq::socket_type::dealer)
-    {
-        router.set(zmq::sockopt::router_mandatory, 1);
-        router.set(zmq::sockopt::sndhwm, 1);
-        const auto ep = test::unique_inproc();
-        router.bind(ep);
-        full.set(zmq::sockopt::routing_id, "full");
-        full.set(zmq::sockopt::rcvhwm, 1);
-        for (auto* dealer : {&full, &idle}) {
-            dealer->connect(ep);
-            dealer->send(zmq::str_buffer("hello")); // the router learns its routing id
-            EXPECT_EQ(test::recv_strs(router).size(), 2u);
-        }
-        while (green::send_multipart(router, to_full, zmq::send_flags::dontwait))
-            ++queued;
-        EXPECT_TRUE(router.get(zmq::sockopt::events) & ZMQ_POLLOUT);
-    }
-
-    // full reads what was queued for it, and one more.
-    void drain_full()
-    {
-        for (int i = 0; i <= queued; ++i)
-            EXPECT_EQ(test::recv_strs(full), test::strings{"x"});
-    }
-
-    green::socket_t router, full, idle;
-    const std::array<zmq::const_buffer, 2> to_full{zmq::str_buffer("full"), zmq::str_buffer("x")};
-    int queued = 0;
-};
-
 // ZMQ_EVENTS says POLLOUT while any peer has room, yet a ROUTER_MANDATORY
 // send to a full peer fails: the sender parks until that peer reads, or
 // until ZMQ_SNDTIMEO, rather than retrying while the level disagrees.
 TEST_F(socket, router_mandatory_send_to_a_full_peer_parks_until_it_reads)
 {
-    router_with_a_full_peer r(ctx);
+    test::router_with_a_full_peer r(ctx);
     test::close_guard guard(r.router);
     r.router.set(zmq::sockopt::sndtimeo, 20);
     const green::hub_stats before = green::hub::current().stats();
@@ -328,7 +293,7 @@ TEST_F(socket, router_mandatory_send_to_a_full_peer_parks_until_it_reads)
 // still gets its message.
 TEST_F(socket, router_mandatory_send_to_a_full_peer_while_a_receiver_waits)
 {
-    router_with_a_full_peer r(ctx);
+    test::router_with_a_full_peer r(ctx);
     test::close_guard guard(r.router);
     test::strings received;
     boost::fibers::fiber receiver([&] { received = test::recv_strs(r.router); });

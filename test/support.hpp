@@ -395,6 +395,43 @@ private:
     boost::fibers::fiber fiber_;
 };
 
+// A ROUTER_MANDATORY router with SNDHWM 1 and two dealers: it has filled the
+// pipe to "full", while "idle" has room, so ZMQ_EVENTS says POLLOUT.
+struct router_with_a_full_peer {
+    explicit router_with_a_full_peer(zmq::green::context_t& ctx)
+        : router(ctx, zmq::socket_type::router), full(ctx, zmq::socket_type::dealer),
+          idle(ctx, zmq::socket_type::dealer)
+    {
+        for (auto* s : {&router, &full, &idle})
+            s->set(zmq::sockopt::linger, 0);
+        router.set(zmq::sockopt::router_mandatory, 1);
+        router.set(zmq::sockopt::sndhwm, 1);
+        const auto ep = unique_inproc();
+        router.bind(ep);
+        full.set(zmq::sockopt::routing_id, "full");
+        full.set(zmq::sockopt::rcvhwm, 1);
+        for (auto* dealer : {&full, &idle}) {
+            dealer->connect(ep);
+            dealer->send(zmq::str_buffer("hello")); // the router learns its routing id
+            EXPECT_EQ(recv_strs(router).size(), 2u);
+        }
+        while (zmq::green::send_multipart(router, to_full, zmq::send_flags::dontwait))
+            ++queued;
+        EXPECT_TRUE(router.get(zmq::sockopt::events) & ZMQ_POLLOUT);
+    }
+
+    // full reads what was queued for it, and one more.
+    void drain_full()
+    {
+        for (int i = 0; i <= queued; ++i)
+            EXPECT_EQ(recv_strs(full), strings{"x"});
+    }
+
+    zmq::green::socket_t router, full, idle;
+    const std::array<zmq::const_buffer, 2> to_full{zmq::str_buffer("full"), zmq::str_buffer("x")};
+    int queued = 0;
+};
+
 // Every test ends with the fallback re-check having rescued nothing: a rescue
 // means an edge was missed.
 class green_test : public ::testing::Test {

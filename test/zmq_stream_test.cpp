@@ -515,28 +515,9 @@ void expect_a_refused_send_parks_the_loop(green::io_loop& loop, green::socket_t&
 // refuses a message for a full one.
 TEST_F(zmq_stream, a_router_mandatory_send_to_a_full_peer_parks_the_loop_until_it_reads)
 {
-    green::socket_t router(ctx, zmq::socket_type::router);
-    green::socket_t full(ctx, zmq::socket_type::dealer);
-    green::socket_t idle(ctx, zmq::socket_type::dealer);
-    for (auto* s : {&router, &full, &idle})
-        s->set(zmq::sockopt::linger, 0);
-    router.set(zmq::sockopt::router_mandatory, 1);
-    router.set(zmq::sockopt::sndhwm, 1);
-    const auto ep = test::unique_inproc();
-    router.bind(ep);
-    full.set(zmq::sockopt::routing_id, "full");
-    full.set(zmq::sockopt::rcvhwm, 1);
-    for (auto* dealer : {&full, &idle}) {
-        dealer->connect(ep);
-        dealer->send(zmq::str_buffer("hello")); // the router learns its routing id
-        ASSERT_EQ(test::recv_strs(router).size(), 2u);
-    }
-    const std::array<zmq::const_buffer, 2> to_full{zmq::str_buffer("full"), zmq::str_buffer("x")};
-    int queued = 0;
-    while (green::send_multipart(router, to_full, zmq::send_flags::dontwait))
-        ++queued;
-    expect_a_refused_send_parks_the_loop(loop, router, full, queued, {"x"}, make({"full", "last"}),
-                                         {"last"});
+    test::router_with_a_full_peer r(ctx);
+    expect_a_refused_send_parks_the_loop(loop, r.router, r.full, r.queued, {"x"},
+                                         make({"full", "last"}), {"last"});
 }
 
 // An XPUB_NODROP always says POLLOUT, and refuses a message while a
