@@ -152,7 +152,7 @@ TEST(context, converts_to_its_libzmq_handle_when_const)
 {
     green::context_t ctx;
     const green::context_t& view = ctx;
-    const void* raw = view;
+    const auto* raw = static_cast<const void*>(view);
     EXPECT_NE(raw, nullptr);
     EXPECT_EQ(raw, ctx.handle());
     EXPECT_EQ(zmq_ctx_get(const_cast<void*>(raw), ZMQ_IO_THREADS), 1);

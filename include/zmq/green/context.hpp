@@ -55,8 +55,8 @@ public:
 
     void* handle() noexcept;
     explicit operator bool() const noexcept { return core_ != nullptr; }
-    operator void*() noexcept { return handle(); }
-    operator void const*() const noexcept;
+    explicit operator void*() noexcept { return handle(); }
+    explicit operator void const*() const noexcept;
 
     void swap(context_t& other) noexcept
     {
