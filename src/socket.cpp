@@ -4,9 +4,12 @@
 #include "socket_core.hpp"
 #include "system_stack.hpp"
 
+#include <boost/fiber/fss.hpp>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 namespace zmq::green {
 
@@ -163,6 +166,62 @@ void socket_core::abandon(boost::fibers::context* caller) noexcept
         end_send();
         release(send_dir);
         completed(ZMQ_POLLOUT);
+    }
+}
+
+namespace {
+
+// The sockets a fiber has owned a direction of between two frames. Pruned
+// as it takes another, emptied when it ends.
+struct mid_messages {
+    boost::fibers::context* self;
+    std::vector<socket_core*> cores; // each retained
+
+    static bool still_owned(const socket_core& core, const boost::fibers::context* ctx) noexcept
+    {
+        return core.send_dir.owner == ctx || core.recv_dir.owner == ctx;
+    }
+
+    ~mid_messages()
+    {
+        for (socket_core* core : cores) {
+            if (core->touchable_here() && still_owned(*core, self))
+                core->abandon(self);
+            core->release();
+        }
+    }
+};
+
+boost::fibers::fiber_specific_ptr<mid_messages> fiber_mid_messages;
+
+} // namespace
+
+void socket_core::owned_past_the_call(boost::fibers::context* self)
+{
+    // The thread's main fiber ends with the thread, and its hub.
+    if (self->is_context(boost::fibers::type::main_context))
+        return;
+    mid_messages* m = fiber_mid_messages.get();
+    if (m == nullptr) {
+        fiber_mid_messages.reset(new mid_messages{self, {}});
+        m = fiber_mid_messages.get();
+    }
+    bool listed = false;
+    auto& cores = m->cores;
+    for (auto it = cores.begin(); it != cores.end();) {
+        if (*it == this) {
+            listed = true;
+            ++it;
+        } else if (!mid_messages::still_owned(**it, self)) {
+            (*it)->release();
+            it = cores.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    if (!listed) {
+        cores.push_back(this);
+        retain();
     }
 }
 
@@ -473,6 +532,13 @@ socket_t::socket_t(const std::shared_ptr<detail::context_core>& context, int typ
 socket_t::operator void*() { return checked_handle(); }
 
 socket_t::operator void const*() const { return checked_handle(); }
+
+void socket_t::check_replaceable() const
+{
+    if (core_ != nullptr && !core_->touchable_here())
+        throw thread_error("zmq::green::socket_t: assigned to on a thread that does not own the "
+                           "socket it holds, which would be lost open");
+}
 
 void socket_t::close() noexcept
 {

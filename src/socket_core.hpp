@@ -89,6 +89,12 @@ public:
     // Ends the messages the fiber caller owns a direction for, and hands
     // the directions on (see message_frames).
     void abandon(boost::fibers::context* caller) noexcept;
+    // self now owns a direction between two frames of a message: if it ends
+    // before the last frame (an exception, a kill), the end of the fiber
+    // abandons the message, or the fibers queued for the direction would
+    // wait for ever, and a new fiber given the dead one's pooled stack (and
+    // so its context's address) would be taken for the owner.
+    void owned_past_the_call(boost::fibers::context* self);
 
     // Wakes every waiter with ENOTSOCK and closes the libzmq socket.
     void close() noexcept;
@@ -221,10 +227,12 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             refresh_stale_reply_count();
         const int rc = op(more);
         if (rc >= 0) {
-            if (more)
+            if (more) {
                 dir.owner = caller_ctx();
-            else
+                owned_past_the_call(caller);
+            } else {
                 completed(event);
+            }
             return rc;
         }
         if (errno != EAGAIN && errno != EINTR) {
@@ -313,6 +321,8 @@ socket_core::perform(direction& dir, short event, bool dontwait, int timeo_optio
             if (!more) {
                 release(dir);
                 completed(event);
+            } else if (!continuing) {
+                owned_past_the_call(self);
             }
             return rc;
         }

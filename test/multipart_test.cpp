@@ -226,6 +226,52 @@ TEST_F(multipart, a_range_that_throws_mid_message_leaves_the_socket_to_the_next_
     EXPECT_EQ(test::recv_strs(p.b), test::strings{"next"});
 }
 
+// A fiber that ends between two frames of its own sends (an exception it
+// caught, or a kill at a wait) ends its message as a throwing range does, and
+// the next sender, a fiber that may run on the dead one's pooled stack, sends
+// a message of its own rather than waiting for ever or joining that one.
+TEST_F(multipart, a_fiber_that_ends_mid_message_leaves_the_socket_to_the_next_sender)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    p.a.set(zmq::sockopt::sndtimeo, 10000); // a hang fails, after 10 s
+    p.b.set(zmq::sockopt::rcvtimeo, 10000);
+    boost::fibers::fiber([&] {
+        try {
+            p.a.send(zmq::str_buffer("a"), zmq::send_flags::sndmore);
+            throw std::runtime_error("no next frame");
+        } catch (const std::runtime_error&) {
+        }
+    }).join();
+    green::task killed = green::spawn([&] {
+        p.a.send(zmq::str_buffer("half"), zmq::send_flags::sndmore);
+        green::sleep_for(std::chrono::hours(1));
+    });
+    boost::this_fiber::yield(); // it sent its first frame and sleeps
+    killed.kill();
+    bool sent = false;
+    green::spawn([&] { sent = static_cast<bool>(p.a.send(zmq::str_buffer("whole"))); }).join();
+    EXPECT_TRUE(sent);
+    EXPECT_EQ(test::recv_strs(p.b), (test::strings{"a", ""}));
+    EXPECT_EQ(test::recv_strs(p.b), (test::strings{"half", ""}));
+    EXPECT_EQ(test::recv_strs(p.b), test::strings{"whole"});
+}
+
+// A fiber that ends between two frames it receives leaves the rest of its
+// message behind it, dropped: the next receiver gets the next message.
+TEST_F(multipart, a_fiber_that_ends_mid_receive_leaves_the_socket_to_the_next_receiver)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair, test::unique_inproc());
+    p.b.set(zmq::sockopt::rcvtimeo, 10000); // a hang fails, after 10 s
+    test::send_strs(p.a, {"a", "b"});
+    test::send_strs(p.a, {"next"});
+    boost::fibers::fiber([&] {
+        zmq::message_t first;
+        ASSERT_TRUE(p.b.recv(first));
+        EXPECT_TRUE(first.more());
+    }).join();
+    boost::fibers::fiber([&] { EXPECT_EQ(test::recv_strs(p.b), test::strings{"next"}); }).join();
+}
+
 // libzmq refuses a later frame only when the message's pipe has gone (HWM
 // counts whole messages), and a PUSH socket then drops frames until a last
 // one. This PUSH loses its first peer after a message's first frame; a second

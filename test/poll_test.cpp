@@ -443,6 +443,25 @@ TEST_F(poll, BadInput_huge_timeout_is_a_long_wait_not_an_overflow)
                       [&] { p.a.send(zmq::str_buffer("late")); }});
 }
 
+// poller_t's deadline saturates too, as poll's: a timeout past the clock's
+// range (in nanoseconds) is a long wait. Added to the clock unchecked, it
+// overflowed (UndefinedBehaviorSanitizer stops there) and could wrap to a
+// deadline already passed; min() overflowed before its check.
+TEST_F(poll, BadInput_poller_huge_timeout_is_a_long_wait_not_an_overflow)
+{
+    test::bound_pair p(ctx, zmq::socket_type::pair, zmq::socket_type::pair);
+    green::poller_t<> poller;
+    poller.add(p.b, green::event_flags::pollin);
+    std::vector<green::poller_event<>> events(1);
+    const std::chrono::milliseconds millennium = std::chrono::hours(24 * 365 * 1000);
+    size_t got = 0;
+    test::run_fibers({[&] { got = poller.wait_all(events, millennium); },
+                      [&] { p.a.send(zmq::str_buffer("late")); }});
+    EXPECT_EQ(got, 1u);
+    EXPECT_EQ(poller.wait_all(events, std::chrono::milliseconds::max()), 1u);
+    EXPECT_THROW(poller.wait_all(events, std::chrono::milliseconds::min()), std::invalid_argument);
+}
+
 TEST_F(poll, BadInput_bad_items_are_errors_and_poll_goes_on)
 {
     int not_a_socket = 0;

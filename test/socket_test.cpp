@@ -1040,6 +1040,23 @@ TEST_F(socket, BadInput_close_on_a_foreign_thread_keeps_the_socket)
     delete local;
 }
 
+// Assigning to a socket_t closes what it held: on a foreign thread that
+// close is refused, and so is the assignment, which would lose it open.
+TEST_F(socket, BadInput_assignment_on_a_foreign_thread_keeps_the_socket)
+{
+    auto* local = new green::context_t; // if the socket leaks, closing it would hang
+    {
+        green::socket_t s(*local, zmq::socket_type::pair);
+        std::thread([&] {
+            EXPECT_THROW(s = green::socket_t(), green::thread_error);
+        }).join();
+        if (s.handle() == nullptr)
+            FAIL() << "the socket_t lost its socket (the context is leaked, not closed)";
+        expect_usable(*local, s);
+    }
+    delete local;
+}
+
 // Green calls install a hub on a thread that has none; a socket whose
 // thread has ended can still be closed from another thread.
 TEST_F(socket, BadInput_threads_without_a_hub)

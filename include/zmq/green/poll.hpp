@@ -69,6 +69,13 @@ constexpr event_flags operator~(event_flags a) noexcept
     return zmq::detail::enum_bit_not(a);
 }
 
+namespace detail {
+// -1 is forever; other negative timeouts are std::invalid_argument naming
+// the call `what`; a timeout past the clock's range saturates.
+std::chrono::steady_clock::time_point wait_deadline(std::chrono::milliseconds timeout,
+                                                    const char* what);
+} // namespace detail
+
 struct no_user_data;
 
 // The draft cppzmq poller_event, with a green socket reference.
@@ -122,7 +129,7 @@ public:
         // data, which is EFAULT there too.
         if (events.empty())
             throw zmq::error_t(EFAULT);
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        const auto deadline = detail::wait_deadline(timeout, "poller_t::wait_all");
         for (auto left = timeout;;) {
             std::vector<zmq_pollitem_t> items(items_);
             const unsigned long changes = changes_;

@@ -160,9 +160,12 @@ public:
     ~socket_t() { close(); }
 
     socket_t(socket_t&& other) noexcept : socket_base(std::exchange(other.core_, nullptr)) {}
-    socket_t& operator=(socket_t&& other) noexcept
+    // Throws thread_error on a thread that does not own the socket it
+    // replaces, which stays open (as close() leaves it) rather than lost.
+    socket_t& operator=(socket_t&& other)
     {
         if (this != &other) {
+            check_replaceable();
             close();
             core_ = std::exchange(other.core_, nullptr);
         }
@@ -182,6 +185,7 @@ public:
     operator void const*() const;
 
 private:
+    void check_replaceable() const;
     friend class monitor_t;
     // A socket of the context behind ctx: monitor_t's, of its socket's.
     socket_t(const std::shared_ptr<detail::context_core>& ctx, int type);
