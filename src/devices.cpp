@@ -600,8 +600,12 @@ int background_device::add_random_bind(role r, const std::string& addr, int min_
                                     + std::to_string(min_port) + ", " + std::to_string(max_port)
                                     + ") or max_tries " + std::to_string(max_tries));
     // The port goes after the last ':': only tcp has one. (An ipc path
-    // would take ":*" literally and leave no port to report.)
-    if (addr.rfind("tcp://", 0) != 0)
+    // would take ":*" literally and leave no port to report.) A ':' after an
+    // IPv6 host's ']' already starts a port, which libzmq would read as the
+    // host's and fail to bind with ENODEV.
+    const auto host_end = addr.rfind(']');
+    if (addr.rfind("tcp://", 0) != 0
+        || addr.find(':', host_end == std::string::npos ? 6 : host_end) != std::string::npos)
         throw std::invalid_argument("zmq::green::devices: bind to a random port needs a tcp:// "
                                     "address without a port, got '" + addr + "'");
     zmq::context_t probe_ctx;

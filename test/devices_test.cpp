@@ -927,8 +927,10 @@ TEST_F(devices_test, BadInput_random_port_arguments)
                     {"70000"});
     expect_error<E>([&] { dev.bind_in_to_random_port("tcp://127.0.0.1", 100, 200, 0); },
                     {"max_tries 0"});
-    expect_error<devices::bind_error>([&] { dev.bind_in_to_random_port("tcp://127.0.0.1:5555"); },
-                                      {"'tcp://127.0.0.1:5555'"});
+    expect_error<E>([&] { dev.bind_in_to_random_port("tcp://127.0.0.1:5555"); },
+                    {"without a port", "'tcp://127.0.0.1:5555'"});
+    expect_error<E>([&] { dev.bind_in_to_random_port("tcp://[::1]:5555"); },
+                    {"without a port", "'tcp://[::1]:5555'"});
     expect_error<devices::bind_error>([&] { dev.bind_in_to_random_port("tcp://", 1000, 2000); },
                                       {"'tcp://'"});
     // Nothing was recorded: the device still configures and runs.

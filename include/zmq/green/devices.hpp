@@ -68,8 +68,8 @@ public:
     void bind_in(const std::string& addr) { add_bind(role::in, addr); }
     void connect_in(const std::string& addr) { add_connect(role::in, addr); }
     // The bind_*_to_random_port calls reserve a port of addr, "tcp://HOST", at once and
-    // return it. std::invalid_argument for another transport or a bad range; bind_error
-    // (naming addr) if addr cannot be bound or no port is free.
+    // return it. std::invalid_argument for another transport, an addr with a port or a bad
+    // range; bind_error (naming addr) if addr cannot be bound or no port is free.
     int bind_in_to_random_port(const std::string& addr, int min_port = 49152, int max_port = 65536,
                                int max_tries = 100)
     {
