@@ -21,9 +21,10 @@ monitor_t::monitor_t(monitor_t&& other) noexcept
 {
 }
 
-monitor_t& monitor_t::operator=(monitor_t&& other) noexcept
+monitor_t& monitor_t::operator=(monitor_t&& other)
 {
     if (this != &other) {
+        monitor_socket_.check_replaceable(); // before anything changes
         close();
         watched_ = std::exchange(other.watched_, nullptr);
         generation_ = other.generation_;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace zmq::green {
@@ -174,7 +175,11 @@ namespace {
 // The sockets a fiber has owned a direction of between two frames. Pruned
 // as it takes another, emptied when it ends.
 struct mid_messages {
-    boost::fibers::context* self;
+    explicit mid_messages(boost::fibers::context* ctx) noexcept : self(ctx) {}
+    mid_messages(const mid_messages&) = delete;
+    mid_messages& operator=(const mid_messages&) = delete;
+
+    boost::fibers::context* const self;
     std::vector<socket_core*> cores; // each retained
 
     static bool still_owned(const socket_core& core, const boost::fibers::context* ctx) noexcept
@@ -198,13 +203,27 @@ boost::fibers::fiber_specific_ptr<mid_messages> fiber_mid_messages;
 
 void socket_core::owned_past_the_call(boost::fibers::context* self)
 {
-    // The thread's main fiber ends with the thread, and its hub.
+    // Boost.Fiber runs no cleanup when a thread's main fiber ends: a message
+    // it leaves open stays open, as a thread's would.
     if (self->is_context(boost::fibers::type::main_context))
         return;
+    try {
+        keep_until_the_end(self);
+    } catch (...) {
+        // Unlisted, the direction would stay with the fiber past its end:
+        // end the message now, and report the failure.
+        abandon(self);
+        throw;
+    }
+}
+
+void socket_core::keep_until_the_end(boost::fibers::context* self)
+{
     mid_messages* m = fiber_mid_messages.get();
     if (m == nullptr) {
-        fiber_mid_messages.reset(new mid_messages{self, {}});
-        m = fiber_mid_messages.get();
+        auto fresh = std::make_unique<mid_messages>(self);
+        fiber_mid_messages.reset(fresh.get());
+        m = fresh.release();
     }
     bool listed = false;
     auto& cores = m->cores;

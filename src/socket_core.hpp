@@ -94,6 +94,7 @@ public:
     // abandons the message, or the fibers queued for the direction would
     // wait for ever, and a new fiber given the dead one's pooled stack (and
     // so its context's address) would be taken for the owner.
+    // Throws what the list's allocation threw, after abandoning the message.
     void owned_past_the_call(boost::fibers::context* self);
 
     // Wakes every waiter with ENOTSOCK and closes the libzmq socket.
@@ -174,6 +175,7 @@ private:
     // cannot be taken back.
     void end_send() noexcept { zmq_send(handle, nullptr, 0, ZMQ_DONTWAIT); }
     clock::time_point deadline_from_option(int timeo_option) const noexcept;
+    void keep_until_the_end(boost::fibers::context* self);
     [[noreturn]] void throw_closed() const;
 
     unsigned refs_ = 1;

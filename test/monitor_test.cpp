@@ -242,6 +242,25 @@ TEST(monitor, BadInput_another_threads_socket_is_a_thread_error)
     EXPECT_FALSE(mine.check_event(-1));
 }
 
+// Assigning to a monitor closes its socket: refused on a foreign thread, as
+// for a socket_t, with the monitor left running for its own thread.
+TEST(monitor, BadInput_assignment_on_a_foreign_thread_is_a_thread_error)
+{
+    green::context_t ctx;
+    green::socket_t s(ctx, zmq::socket_type::pair);
+    s.set(zmq::sockopt::linger, 0);
+    recording_monitor mon;
+    mon.init(s, test::unique_inproc());
+    std::thread([&] {
+        EXPECT_THROW(static_cast<green::monitor_t&>(mon) = green::monitor_t(), green::thread_error);
+    }).join();
+    s.bind("tcp://127.0.0.1:*");
+    ASSERT_TRUE(mon.check_event(-1)); // still running
+    EXPECT_TRUE(mon.seen(ZMQ_EVENT_LISTENING));
+    mon.abort();
+    EXPECT_FALSE(mon.check_event(-1));
+}
+
 // Another fiber's init() ends the monitor a fiber waits in; the new one
 // goes on.
 TEST(monitor, init_in_another_fiber_ends_the_wait_and_the_new_monitor_reports)

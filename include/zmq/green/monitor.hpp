@@ -32,7 +32,9 @@ public:
     virtual ~monitor_t();
 
     monitor_t(monitor_t&& other) noexcept;
-    monitor_t& operator=(monitor_t&& other) noexcept;
+    // Throws thread_error on a thread that does not own the monitored
+    // socket; this monitor is then left as it was.
+    monitor_t& operator=(monitor_t&& other);
     monitor_t(const monitor_t&) = delete;
     monitor_t& operator=(const monitor_t&) = delete;
 
