@@ -23,6 +23,10 @@
 
 struct epoll_event;
 
+namespace zmq::green {
+class scoped_timeout;
+}
+
 namespace zmq::green::detail {
 
 using clock = std::chrono::steady_clock;
@@ -122,7 +126,8 @@ void tell(watch_list& list, short events, const change_watch* except, bool lost_
 // of its scoped timeouts and a kill nobody has delivered yet. Only fibers
 // that use scoped timeouts or run as tasks have one.
 struct fiber_state {
-    clock::time_point deadline = no_deadline;
+    clock::time_point deadline = no_deadline; // the earliest of its scopes
+    scoped_timeout* innermost = nullptr;      // its live scoped timeouts, a list
     bool kill_pending = false;
     park_slot* parked = nullptr; // its current interruptible wait
     unsigned users = 0;          // scoped timeouts and a task keep it

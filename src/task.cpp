@@ -126,11 +126,21 @@ bool joinall(const std::vector<task>& tasks, std::chrono::milliseconds timeout)
 
 void killall(const std::vector<task>& tasks, bool block)
 {
-    for (const task& t : tasks)
-        t.kill(false);
+    // Killed first, the caller would meet its kill in its waits for the
+    // others, and could not join itself.
+    const task* self = nullptr;
+    for (const task& t : tasks) {
+        if (t.is_calling_fiber())
+            self = &t;
+        else
+            t.kill(false);
+    }
     if (block)
         for (const task& t : tasks)
-            t.join();
+            if (&t != self)
+                t.join();
+    if (self != nullptr)
+        self->kill(false);
 }
 
 pool::pool(std::size_t size)
@@ -150,13 +160,14 @@ task pool::start(std::function<void()> fn,
 {
     if (!fn)
         throw std::invalid_argument("zmq::green::pool::spawn: empty function");
+    const std::shared_ptr<detail::pool_state> s = s_; // see wait_available
     wait_available();
     // Counted now, not when the fiber first runs: spawning again before it
     // runs must see the pool fuller.
-    ++s_->running;
+    ++s->running;
     task t;
     try {
-        t = launch([s = s_, fn = std::move(fn)] {
+        t = launch([s, fn = std::move(fn)] {
             struct leave {
                 detail::pool_state& s;
                 ~leave()
@@ -168,44 +179,49 @@ task pool::start(std::function<void()> fn,
             fn();
         });
     } catch (...) {
-        --s_->running;
+        --s->running;
         throw;
     }
-    auto& tasks = s_->tasks;
+    auto& tasks = s->tasks;
     tasks.erase(std::remove_if(tasks.begin(), tasks.end(), [](const task& x) { return x.ready(); }),
                 tasks.end());
     tasks.push_back(t);
     return t;
 }
 
+// The waits below hold the pool's state, which its tasks share: the pool
+// itself may be destroyed while a fiber waits in them.
 bool pool::wait_available(std::chrono::milliseconds timeout)
 {
-    s_->room.check_thread("pool::wait_available");
+    const std::shared_ptr<detail::pool_state> s = s_;
+    s->room.check_thread("pool::wait_available");
     const auto deadline = detail::wait_deadline(timeout, "pool::wait_available");
-    while (s_->running >= s_->size)
-        if (!s_->room.wait(deadline))
-            return s_->running < s_->size;
+    while (s->running >= s->size)
+        if (!s->room.wait(deadline))
+            return s->running < s->size;
     return true;
 }
 
 bool pool::join(std::chrono::milliseconds timeout)
 {
-    s_->room.check_thread("pool::join");
+    const std::shared_ptr<detail::pool_state> s = s_;
+    s->room.check_thread("pool::join");
     const auto deadline = detail::wait_deadline(timeout, "pool::join");
-    for (const task& t : s_->tasks)
+    for (const task& t : s->tasks)
         if (t.is_calling_fiber())
             throw std::logic_error("zmq::green::pool::join: called from one of the pool's own "
                                    "tasks, which would wait for itself");
-    while (s_->running > 0)
-        if (!s_->room.wait(deadline))
-            return s_->running == 0;
+    while (s->running > 0)
+        if (!s->room.wait(deadline))
+            return s->running == 0;
     return true;
 }
 
 void pool::kill(bool block)
 {
+    const std::shared_ptr<detail::pool_state> s = s_; // see wait_available
     // As the pool's other calls, even when it has no task to refuse.
-    s_->room.check_thread("pool::kill");
+    s->room.check_thread("pool::kill");
     // As gevent's Group.kill, again while tasks run: a fiber parked in
     // spawn() starts one as each killed task ends. Each pass works on a copy,
     // since starting a task changes the pool's list. Called from one of the
@@ -214,7 +230,7 @@ void pool::kill(bool block)
     std::optional<task> self;
     for (;;) {
         std::vector<task> others;
-        for (const task& t : s_->tasks) {
+        for (const task& t : s->tasks) {
             if (t.is_calling_fiber())
                 self = t;
             else if (!t.ready())

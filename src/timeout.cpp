@@ -14,14 +14,23 @@ void detail::throw_bad_duration(const char* what, const char* why)
 
 scoped_timeout::scoped_timeout(clock::time_point deadline)
     : state_(&hub::current().reactor()->attach_fiber_state()), deadline_(deadline),
-      outer_(state_->deadline)
+      outer_scope_(state_->innermost)
 {
-    state_->deadline = std::min(outer_, deadline_);
+    state_->innermost = this;
+    state_->deadline = std::min(state_->deadline, deadline_);
 }
 
 scoped_timeout::~scoped_timeout()
 {
-    state_->deadline = outer_;
+    // Usually the innermost scope; one ended out of order leaves the list
+    // from the middle, and the deadline is then that of the scopes left.
+    scoped_timeout** link = &state_->innermost;
+    while (*link != this)
+        link = &(*link)->outer_scope_;
+    *link = outer_scope_;
+    state_->deadline = detail::no_deadline;
+    for (const scoped_timeout* s = state_->innermost; s != nullptr; s = s->outer_scope_)
+        state_->deadline = std::min(state_->deadline, s->deadline_);
     // The hub outlives every fiber of its thread, and so this scope.
     detail::reactor::current()->detach_fiber_state(*state_);
 }

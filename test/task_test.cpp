@@ -246,11 +246,46 @@ TEST_F(task_test, a_pool_kill_from_inside_a_task_marks_the_caller)
     EXPECT_TRUE(self.killed());
 }
 
+// killall with the calling task in the list kills and waits for the
+// others, then marks the caller, as pool::kill does: its next wait raises.
+TEST_F(task_test, killall_from_a_listed_task_marks_the_caller_last)
+{
+    green::task other = green::spawn([] { green::sleep_for(1h); });
+    bool returned = false;
+    green::task self;
+    self = green::spawn([&] {
+        green::killall({self, other});
+        returned = true;
+        green::sleep_for(1h); // the kill lands here
+    });
+    EXPECT_TRUE(self.join(10s));
+    EXPECT_TRUE(returned);
+    EXPECT_TRUE(other.killed());
+    EXPECT_TRUE(self.killed());
+}
+
+// A pool destroyed while a fiber waits in its join(): the wait holds what
+// the pool's tasks share, and ends with them.
+TEST_F(task_test, a_pool_destroyed_while_a_fiber_joins_it_ends_that_join_with_its_tasks)
+{
+    auto p = std::make_unique<green::pool>(1);
+    green::event go;
+    p->spawn([&] { go.wait(); });
+    bool joined = false;
+    green::task joiner = green::spawn([&] { joined = p->join(); });
+    boost::this_fiber::yield(); // it waits
+    p.reset();
+    go.set();
+    EXPECT_TRUE(joiner.join(10s));
+    EXPECT_TRUE(joined);
+}
+
 TEST_F(task_test, bad_input_is_rejected_with_a_clear_error)
 {
     EXPECT_THROW(green::pool(0), std::invalid_argument);
     green::pool p(1);
     EXPECT_THROW(p.spawn(nullptr), std::invalid_argument);
+    EXPECT_THROW(green::spawn(nullptr), std::invalid_argument);
     green::task none;
     EXPECT_THROW(none.join(), std::logic_error);
     green::task t = green::spawn([] { green::sleep_for(1h); });

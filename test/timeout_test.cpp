@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 
 #include <thread>
 
@@ -82,6 +83,22 @@ TEST_F(timeout_test, a_finished_scope_leaves_later_waits_alone)
     p.in.set(zmq::sockopt::rcvtimeo, 20);
     zmq::message_t m;
     EXPECT_FALSE(p.in.recv(m)); // the socket's own timeout: EAGAIN, not timeout_error
+}
+
+// Scopes held by pointers may end out of order: the deadline left is the
+// earliest of the scopes still alive, never that of one that has ended.
+// (In a task, whose state outlives the scopes.)
+TEST_F(timeout_test, scopes_ended_out_of_order_leave_the_deadline_of_those_alive)
+{
+    green::spawn([] {
+        auto expired = std::make_unique<green::scoped_timeout>(green::scoped_timeout::clock::now());
+        auto late = std::make_unique<green::scoped_timeout>(1h);
+        EXPECT_THROW(green::sleep_for(1h), green::timeout_error);
+        expired.reset();
+        EXPECT_NO_THROW(green::sleep_for(1ms)); // only the late scope is left
+        late.reset();
+        EXPECT_NO_THROW(green::sleep_for(1ms)); // and then none
+    }).join();
 }
 
 TEST_F(timeout_test, the_sockets_own_timeout_still_wins_when_earlier)

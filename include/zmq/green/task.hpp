@@ -9,6 +9,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -60,6 +61,7 @@ private:
     template<class StackAllocator>
     friend task spawn(std::allocator_arg_t, StackAllocator&& salloc, std::function<void()> fn);
     friend class pool;
+    friend void killall(const std::vector<task>& tasks, bool block);
     const detail::task_state& state(const char* what) const;
     // It is the fiber making this call.
     bool is_calling_fiber() const noexcept;
@@ -73,6 +75,8 @@ private:
 template<class StackAllocator>
 task spawn(std::allocator_arg_t, StackAllocator&& salloc, std::function<void()> fn)
 {
+    if (!fn)
+        throw std::invalid_argument("zmq::green::spawn: empty function");
     task t(detail::new_task_state());
     boost::fibers::fiber(std::allocator_arg, std::forward<StackAllocator>(salloc),
                          [s = t.s_, fn = std::move(fn)] { detail::run_task(s, fn); })
@@ -86,6 +90,8 @@ task spawn(std::function<void()> fn);
 bool joinall(const std::vector<task>& tasks,
              std::chrono::milliseconds timeout = std::chrono::milliseconds{-1});
 // Kills every task; with block, waits until all have ended (gevent.killall).
+// A calling task in the list is marked last, as by its own kill(): its next
+// green wait raises fiber_cancelled.
 void killall(const std::vector<task>& tasks, bool block = true);
 
 // At most size tasks at a time (gevent.pool.Pool): spawn parks while the

@@ -62,7 +62,9 @@ public:
 // libzmq takes its later frames at once, unless the message's peer has gone
 // (then a wait for another could be endless, and the interrupted message is
 // ended with an empty last frame). Leaving the scope leaves nothing behind.
-// Create and destroy it on the same fiber, as a local.
+// Create and destroy it on the same fiber, normally as a local; scopes
+// ended out of order (held by pointers) leave the earliest deadline of
+// those still alive.
 //
 //     try {
 //         zmq::green::scoped_timeout limit(100ms);
@@ -93,7 +95,7 @@ public:
 private:
     detail::fiber_state* state_;
     clock::time_point deadline_;
-    clock::time_point outer_;
+    scoped_timeout* outer_scope_; // the fiber's scopes, innermost first
 };
 
 // Green sleeps: other fibers run meanwhile, and unlike
