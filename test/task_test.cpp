@@ -228,15 +228,19 @@ TEST_F(task_test, tasks_parked_in_their_own_full_pools_spawn_end_when_killed)
     EXPECT_EQ(p.running(), 0u);
 }
 
-// From inside one of its tasks, kill() kills the others, waits for them, and
-// marks the caller, whose next wait raises, as a task's own kill() does.
-TEST_F(task_test, a_pool_kill_from_inside_a_task_marks_the_caller)
+namespace {
+
+// kill_all(self, other), called from the task self, kills and waits for
+// other, then marks self, as a task's own kill() does: its next wait raises.
+void expect_the_caller_killed_last(
+    const std::function<green::task(std::function<void()>)>& spawn,
+    const std::function<void(const green::task& self, const green::task& other)>& kill_all)
 {
-    green::pool p(2);
-    green::task other = p.spawn([] { green::sleep_for(1h); });
+    green::task other = spawn([] { green::sleep_for(1h); });
     bool returned = false;
-    green::task self = p.spawn([&] {
-        p.kill();
+    green::task self;
+    self = spawn([&] {
+        kill_all(self, other);
         returned = true;
         green::sleep_for(1h); // the kill lands here
     });
@@ -246,22 +250,20 @@ TEST_F(task_test, a_pool_kill_from_inside_a_task_marks_the_caller)
     EXPECT_TRUE(self.killed());
 }
 
-// killall with the calling task in the list kills and waits for the
-// others, then marks the caller, as pool::kill does: its next wait raises.
+} // namespace
+
+TEST_F(task_test, a_pool_kill_from_inside_a_task_marks_the_caller)
+{
+    green::pool p(2);
+    expect_the_caller_killed_last([&](std::function<void()> fn) { return p.spawn(std::move(fn)); },
+                                  [&](const green::task&, const green::task&) { p.kill(); });
+}
+
 TEST_F(task_test, killall_from_a_listed_task_marks_the_caller_last)
 {
-    green::task other = green::spawn([] { green::sleep_for(1h); });
-    bool returned = false;
-    green::task self;
-    self = green::spawn([&] {
-        green::killall({self, other});
-        returned = true;
-        green::sleep_for(1h); // the kill lands here
-    });
-    EXPECT_TRUE(self.join(10s));
-    EXPECT_TRUE(returned);
-    EXPECT_TRUE(other.killed());
-    EXPECT_TRUE(self.killed());
+    expect_the_caller_killed_last(
+        [](std::function<void()> fn) { return green::spawn(std::move(fn)); },
+        [](const green::task& self, const green::task& other) { green::killall({self, other}); });
 }
 
 // A pool destroyed while a fiber waits in its join(): the wait holds what
