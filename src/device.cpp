@@ -1,7 +1,6 @@
 #include <zmq/green/device.hpp>
 #include <zmq/green/multipart.hpp>
 #include <zmq/green/poll.hpp>
-#include <zmq/green/task.hpp>
 #include <zmq/green/timeout.hpp>
 
 #include "device_loop.hpp"

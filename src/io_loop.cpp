@@ -408,6 +408,25 @@ struct loop_state {
         return due;
     }
 
+    // call_at and call_later, named `what` in their errors.
+    std::shared_ptr<loop_timer> add_timer(clock::time_point when, io_loop::callback fn,
+                                          const char* what)
+    {
+        check_thread(what);
+        check_open(what);
+        if (!fn)
+            throw std::invalid_argument(std::string("zmq::green::io_loop::") + what
+                                        + ": empty function");
+        auto t = std::make_shared<loop_timer>();
+        t->loop = this;
+        t->key = {when, timer_seq++};
+        t->fn = std::move(fn);
+        timers.emplace(t->key, t);
+        // A parked loop must recompute its deadline.
+        wake();
+        return t;
+    }
+
     // Due timers a run that ended did not reach: due again in the next run.
     template<class It>
     void requeue(It first, It last)
@@ -1050,26 +1069,12 @@ void io_loop::add_callback(callback fn)
 
 timeout_handle io_loop::call_later(clock::duration delay, callback fn)
 {
-    s_->check_thread("call_later");
-    s_->check_open("call_later");
-    return call_at(detail::later_by(delay), std::move(fn));
+    return timeout_handle(s_->add_timer(detail::later_by(delay), std::move(fn), "call_later"));
 }
 
 timeout_handle io_loop::call_at(clock::time_point when, callback fn)
 {
-    auto& s = *s_;
-    s.check_thread("call_at");
-    s.check_open("call_at");
-    if (!fn)
-        throw std::invalid_argument("zmq::green::io_loop::call_at: empty function");
-    auto t = std::make_shared<detail::loop_timer>();
-    t->loop = &s;
-    t->key = {when, s.timer_seq++};
-    t->fn = std::move(fn);
-    s.timers.emplace(t->key, t);
-    // A parked loop must recompute its deadline.
-    s.wake();
-    return timeout_handle(t);
+    return timeout_handle(s_->add_timer(when, std::move(fn), "call_at"));
 }
 
 void io_loop::remove_timeout(const timeout_handle& handle)

@@ -380,16 +380,17 @@ int reactor::timeout_ms(clock::time_point until) const noexcept
 void reactor::run(clock::time_point until, bool block) noexcept
 {
     int timeout = 0;
+    const std::chrono::milliseconds interval = fallback_interval();
     if (stirred_ && quiet_sweeps_ > 0) {
         // Activity since the last sweep: the next within the configured interval.
         quiet_sweeps_ = 0;
         if (next_sweep_ != no_deadline)
-            next_sweep_ = std::min(next_sweep_, deadline_after(fallback_interval()));
+            next_sweep_ = std::min(next_sweep_, deadline_after(interval));
     }
     // Also when not blocking: fibers that keep the hub busy must not keep
     // the waits of the others from their re-check.
-    if (parked_waits_ > 0 && next_sweep_ == no_deadline && fallback_interval().count() > 0)
-        next_sweep_ = deadline_after(fallback_interval());
+    if (parked_waits_ > 0 && next_sweep_ == no_deadline && interval.count() > 0)
+        next_sweep_ = deadline_after(interval);
     if (block) {
         timeout = timeout_ms(until);
         sleeping_.store(true);
@@ -767,7 +768,7 @@ hub_stats reactor::stats() const noexcept
 void reactor::set_fallback_interval(std::chrono::milliseconds interval)
 {
     // The re-check's schedule below is the hub thread's alone.
-    if (std::this_thread::get_id() != thread_)
+    if (!on_owner_thread())
         throw thread_error("zmq::green::hub::set_fallback_interval: used from a thread that "
                            "does not own the hub");
     if (interval.count() < 0)

@@ -190,8 +190,8 @@ struct mid_messages {
     ~mid_messages()
     {
         for (socket_core* core : cores) {
-            if (core->touchable_here() && still_owned(*core, self))
-                core->abandon(self);
+            if (core->touchable_here())
+                core->abandon(self); // a direction self still owns, if any
             core->release();
         }
     }
